@@ -1,0 +1,48 @@
+"""`PrunedLlavaForConditionalGeneration`: stock LLaVA (1.5) plus `prune_budget=` in forward and generate."""
+
+from __future__ import annotations
+
+import math
+
+from transformers import LlavaForConditionalGeneration
+
+from .pruning import ArchitectureHooks, CaptureProjectorInput, TokenPruningMixin, VisualSegment
+
+
+def llava_vision_feature_dim(model) -> int:
+    layers = model.config.vision_feature_layer
+    return model.config.vision_config.hidden_size * (len(layers) if isinstance(layers, (list, tuple)) else 1)
+
+
+class LlavaPruneHooks(ArchitectureHooks):
+    vision_input_names = ("pixel_values", "image_sizes", "vision_feature_layer", "vision_feature_select_strategy")
+
+    def visual_token_ids(self, model) -> tuple[int, ...]:
+        return (model.config.image_token_id,)
+
+    def vision_feature_dim(self, model) -> int:
+        return llava_vision_feature_dim(model)
+
+    def encode(self, model, input_ids, inputs, need_features) -> list[VisualSegment]:
+        capture = CaptureProjectorInput(model.model.multi_modal_projector, None, need_features)
+        with capture:
+            outputs = model.model.get_image_features(
+                pixel_values=inputs["pixel_values"],
+                vision_feature_layer=inputs.get("vision_feature_layer"),
+                vision_feature_select_strategy=inputs.get("vision_feature_select_strategy"),
+                image_sizes=inputs.get("image_sizes"),
+            )
+        segments = []
+        for merged in outputs.pooler_output:
+            embeds, features = capture.split(merged.reshape(-1, merged.shape[-1]))
+            side = math.isqrt(embeds.shape[0])
+            grid_hw = (side, side) if side * side == embeds.shape[0] else None
+            segments.append(VisualSegment(embeds, features, model.config.image_token_id, grid_hw))
+        return segments
+
+
+class PrunedLlavaForConditionalGeneration(TokenPruningMixin, LlavaForConditionalGeneration):
+    prune_hooks = LlavaPruneHooks()
+
+
+__all__ = ["LlavaPruneHooks", "PrunedLlavaForConditionalGeneration", "llava_vision_feature_dim"]

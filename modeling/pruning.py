@@ -1,0 +1,448 @@
+"""Architecture-agnostic pruning: budgets, per-image selection, sequence compaction, and the model mixin.
+
+The mixin `TokenPruningMixin` sits in front of a stock `transformers` VLM class. With a budget, it
+encodes the images once, lets a selector pick the visual tokens of every image, and hands the language
+model a shorter sequence (kept tokens only, at their original positions) as `inputs_embeds`. Without a
+budget it calls the stock code unchanged. What differs between architectures (where visual tokens come
+from, how positions are computed) lives in a small `ArchitectureHooks` object per architecture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.utils import logging
+
+from .builtin_selectors import VisionSelectorScorer  # noqa: F401  (importing the module registers every built-in)
+from .configuration_token_prune import TokenPruneConfig, check_budget
+from .token_selectors import TokenSelector, get_selector_class
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class VisualSegment:
+    """One unit of selection: the visual tokens of one image, or of one video frame.
+
+    embeds: (N, llm_hidden) projector output, what the language model would see.
+    features: (N, vision_feature_dim) pre-projector features grouped per LLM token, or None if not requested.
+    token_id: the placeholder id of these tokens in `input_ids`.
+    grid_hw: (rows, cols) layout of the N tokens when they form a grid, else None.
+    """
+
+    embeds: torch.Tensor
+    features: torch.Tensor | None
+    token_id: int
+    grid_hw: tuple[int, int] | None = None
+
+
+class ArchitectureHooks:
+    """What one architecture must tell the shared pruning code. One subclass per architecture file."""
+
+    #: keyword inputs that feed only the vision side; dropped once the visual tokens are embedded.
+    vision_input_names: tuple[str, ...] = ("pixel_values",)
+
+    def visual_token_ids(self, model) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def vision_feature_dim(self, model) -> int:
+        """Width of the pre-projector features grouped per LLM token."""
+        raise NotImplementedError
+
+    def has_visual_inputs(self, inputs: dict[str, Any]) -> bool:
+        return any(inputs.get(name) is not None for name in self.vision_input_names if name.startswith("pixel_values"))
+
+    def encode(self, model, input_ids: torch.Tensor, inputs: dict[str, Any], need_features: bool) -> list[VisualSegment]:
+        """Run the vision side once. Segments are ordered per token id as their placeholders appear (row-major)."""
+        raise NotImplementedError
+
+    def position_ids(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, inputs: dict[str, Any]):
+        """Positions of the unpruned sequence: (B, L), or (3, B, L) for M-RoPE. Padding-aware, as `generate` makes them."""
+        positions = attention_mask.long().cumsum(-1) - 1
+        return positions.masked_fill(attention_mask == 0, 0)
+
+    def after_generate_plan(self, model, plan: PrunePlan) -> None:
+        """Hook for per-architecture state that must follow the compacted sequence (e.g. cached rope deltas)."""
+
+
+class CaptureProjectorInput:
+    """Context manager: append a projector's input to its output along the last dim.
+
+    Whatever the stock code does to the projector output afterwards (re-ordering rows, splitting per image)
+    is then applied to the pre-projector features too, so they stay aligned with the LLM tokens without
+    re-implementing any of that bookkeeping. `split` separates the two again.
+    """
+
+    def __init__(self, projector: torch.nn.Module, group: int | None, enabled: bool) -> None:
+        self.projector, self.group, self.enabled, self.handle = projector, group, enabled, None
+        self.output_dim: int | None = None
+
+    def _hook(self, module, args, output):
+        features = args[0]
+        if self.group is not None:
+            features = features.reshape(-1, self.group)
+        self.output_dim = output.shape[-1]
+        return torch.cat([output, features.to(output.dtype)], dim=-1)
+
+    def __enter__(self):
+        if self.enabled:
+            self.handle = self.projector.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.remove()
+
+    def split(self, merged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.enabled:
+            return merged, None
+        return merged[..., : self.output_dim], merged[..., self.output_dim :]
+
+
+@dataclass
+class PrunePlan:
+    """The compacted sequence handed to the language model.
+
+    keep_mask: (B, L) caller layout; False only at dropped visual tokens.
+    source_index: (B, Lc) position in the caller's row of each compacted slot (0 at padding slots).
+    attention_mask: (B, Lc) compacted, left-padded.
+    input_ids / inputs_embeds / position_ids: compacted; position_ids keep the unpruned positions.
+    """
+
+    keep_mask: torch.Tensor
+    source_index: torch.Tensor
+    attention_mask: torch.Tensor
+    input_ids: torch.Tensor
+    inputs_embeds: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    def gather(self, values: torch.Tensor, fill: float | int) -> torch.Tensor:
+        """Compact a (..., B, L) tensor laid out like the caller's input_ids; padding slots get `fill`."""
+        index = self.source_index.expand(*values.shape[:-2], -1, -1)
+        compact = values.gather(-1, index)
+        return compact.masked_fill(self.attention_mask.expand_as(compact) == 0, fill)
+
+    def scatter(self, compact: torch.Tensor, full_length: int, fill: float = 0.0) -> torch.Tensor:
+        """Inverse of the compaction for (B, Lc, ...) tensors: back to (B, L, ...), `fill` where nothing was computed."""
+        batch, _, *rest = compact.shape
+        full = compact.new_full((batch, full_length, *rest), fill)
+        rows, cols = torch.nonzero(self.attention_mask, as_tuple=True)
+        full[rows, self.source_index[rows, cols]] = compact[rows, cols]
+        return full
+
+
+def tokens_to_keep(budget: float | int, num_tokens: int) -> int:
+    """Contract: a float keeps max(1, round(b * N)) tokens (half rounds up), an int keeps min(K, N)."""
+    if isinstance(budget, float):
+        return min(num_tokens, max(1, math.floor(budget * num_tokens + 0.5)))
+    return min(budget, num_tokens)
+
+
+def budget_keeps_everything(budget: float | int | None) -> bool:
+    return budget is None or (isinstance(budget, float) and budget == 1.0)
+
+
+class TokenPruningMixin:
+    """Adds `prune_budget=` / `prune_method=` to `forward` and `generate` of a stock VLM class.
+
+    Attributes set on the instance: `token_prune_config` (a `TokenPruneConfig` or None) and, for learned
+    methods, the `token_selector` submodule.
+    """
+
+    prune_hooks: ArchitectureHooks
+
+    def __init__(self, config, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.token_prune_config: TokenPruneConfig | None = None
+        self.token_selector: TokenSelector | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # `generate` inspects forward's signature (e.g. whether it takes `position_ids`), so the drop-in
+        # forward must advertise the stock parameters plus ours.
+        stock_forward = next(
+            klass.__dict__["forward"]
+            for klass in cls.__mro__[cls.__mro__.index(TokenPruningMixin) + 1 :]
+            if "forward" in klass.__dict__
+        )
+
+        parameters = [p for p in inspect.signature(stock_forward).parameters.values() if p.kind != p.VAR_KEYWORD]
+        positional_names = [p.name for p in parameters[1:] if p.kind == p.POSITIONAL_OR_KEYWORD]
+
+        def forward(self, *args, **kwargs):
+            if len(args) > len(positional_names):
+                raise TypeError(f"forward() takes at most {len(positional_names)} positional arguments")
+            for name, value in zip(positional_names, args):
+                if name in kwargs:
+                    raise TypeError(f"forward() got multiple values for argument '{name}'")
+                kwargs[name] = value
+            return TokenPruningMixin.forward(self, **kwargs)
+
+        parameters += [
+            inspect.Parameter("prune_budget", inspect.Parameter.KEYWORD_ONLY, default=None),
+            inspect.Parameter("prune_method", inspect.Parameter.KEYWORD_ONLY, default=None),
+            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+        ]
+        forward.__signature__ = inspect.Signature(parameters)
+        forward.__doc__ = TokenPruningMixin.forward.__doc__
+        forward.__name__ = forward.__qualname__ = "forward"
+        cls.forward = forward
+
+    @classmethod
+    def from_base_model(cls, base_model):
+        """A `cls` instance sharing every module, parameter and buffer of `base_model`, which stays unchanged."""
+        pruned = cls.__new__(cls)
+        state = dict(base_model.__dict__)
+        state.pop("forward", None)  # an instance-level forward (an accelerate hook) would bypass ours
+        for key, value in state.items():
+            if isinstance(value, dict):
+                state[key] = type(value)(value)  # own registries (_modules, _parameters, hooks), shared tensors
+        pruned.__dict__.update(state)
+        pruned.token_prune_config = None
+        pruned.token_selector = None
+        return pruned
+
+    # ----------------------------------------------------------------- attachment
+    def attach_token_selector(self, prune_config: TokenPruneConfig) -> None:
+        """Validate `prune_config` against this model and attach its selector (weights freshly initialised)."""
+        if not isinstance(prune_config, TokenPruneConfig):
+            raise TypeError(f"`config` must be a TokenPruneConfig, got {type(prune_config).__name__}")
+        model_type = self.config.model_type
+        if prune_config.base_model_type is not None and prune_config.base_model_type != model_type:
+            raise ValueError(
+                f"`base_model_type` of the token-prune config is {prune_config.base_model_type!r} but this model is "
+                f"{model_type!r}: the selector was trained for another base model"
+            )
+        selector_cls = get_selector_class(prune_config.method, argument="method")
+        feature_source = prune_config.feature_source or selector_cls.default_feature_source
+        input_dim = self._selector_input_dim(feature_source)
+        if prune_config.input_dim is not None and prune_config.input_dim != input_dim:
+            raise ValueError(
+                f"`input_dim` of the token-prune config is {prune_config.input_dim} but this model's {feature_source} "
+                f"are {input_dim} wide: the selector does not match this model"
+            )
+        prune_config = dataclasses.replace(prune_config, input_dim=input_dim, base_model_type=model_type)
+        selector = selector_cls(prune_config, input_dim=input_dim, llm_hidden_size=self._llm_hidden_size())
+        reference = next(self.parameters())
+        if any(True for _ in selector.parameters()):
+            self.token_selector = selector.to(device=reference.device, dtype=reference.dtype)
+        else:
+            self.token_selector = None
+        self.token_prune_config = prune_config
+        self._transient_selectors: dict[str, TokenSelector] = {}
+
+    def _llm_hidden_size(self) -> int:
+        return self.config.get_text_config().hidden_size
+
+    def _selector_input_dim(self, feature_source: str) -> int:
+        if feature_source == "projector_output":
+            return self._llm_hidden_size()
+        return self.prune_hooks.vision_feature_dim(self)
+
+    # ----------------------------------------------------------------- call-time resolution
+    def _resolve_pruning(self, prune_budget: Any, prune_method: Any) -> tuple[float | int | None, TokenSelector | None]:
+        """Validate the call-time arguments (before any compute) and return (budget, selector)."""
+        check_budget(prune_budget, "prune_budget")
+        config = getattr(self, "token_prune_config", None)
+        budget = prune_budget if prune_budget is not None else (config.budget if config is not None else None)
+        if prune_method is None:
+            if config is None:
+                if budget is not None:
+                    raise ValueError(
+                        "`prune_budget` was given but this model has no token selector: pass `prune_method=` "
+                        "(e.g. 'divprune') or attach one with hf_tokenprune.get_pruned_model"
+                    )
+                return None, None
+            prune_method = config.method
+        selector_cls = get_selector_class(prune_method, argument="prune_method")
+        if budget_keeps_everything(budget):
+            return None, None
+        if config is not None and prune_method == config.method and self.token_selector is not None:
+            return budget, self.token_selector
+        if selector_cls.trainable:
+            attached = config.method if config is not None else None
+            raise ValueError(
+                f"`prune_method` {prune_method!r} is a learned selector and needs trained weights, but this model's "
+                f"selector is {attached!r}; load a checkpoint of {prune_method!r} or use a training-free method"
+            )
+        cache = self.__dict__.setdefault("_transient_selectors", {})
+        if prune_method not in cache:
+            base = config if config is not None else TokenPruneConfig(method=prune_method)
+            transient_config = dataclasses.replace(base, method=prune_method, feature_source=None, input_dim=None)
+            feature_source = selector_cls.default_feature_source
+            cache[prune_method] = selector_cls(
+                transient_config,
+                input_dim=self._selector_input_dim(feature_source),
+                llm_hidden_size=self._llm_hidden_size(),
+            )
+        return budget, cache[prune_method]
+
+    # ----------------------------------------------------------------- planning
+    def plan_pruning(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        vision_inputs: dict[str, Any],
+        budget: float | int,
+        selector: TokenSelector,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> PrunePlan:
+        """Encode the images, select per image, and compact the sequence. Shapes: input_ids (B, L)."""
+        hooks = self.prune_hooks
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        segments = hooks.encode(self, input_ids, vision_inputs, need_features=selector.feature_source == "vision_features")
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        keep_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        generator = None
+        for token_id in hooks.visual_token_ids(self):
+            token_segments = [segment for segment in segments if segment.token_id == token_id]
+            rows, cols = torch.nonzero(input_ids == token_id, as_tuple=True)
+            sizes = [segment.embeds.shape[0] for segment in token_segments]
+            if sum(sizes) != rows.numel():
+                raise ValueError(
+                    f"`input_ids` hold {rows.numel()} placeholder tokens (id {token_id}) but the vision inputs "
+                    f"produce {sum(sizes)} visual tokens"
+                )
+            if not token_segments:
+                continue
+            inputs_embeds[rows, cols] = torch.cat([segment.embeds for segment in token_segments]).to(inputs_embeds.dtype)
+            offset = 0
+            for segment, size in zip(token_segments, sizes):
+                seg_rows, seg_cols = rows[offset : offset + size], cols[offset : offset + size]
+                offset += size
+                num_keep = tokens_to_keep(budget, size)
+                if num_keep == size:
+                    continue
+                features = segment.features if selector.feature_source == "vision_features" else segment.embeds
+                selector_dtype = next(selector.parameters(), features).dtype
+                with torch.no_grad():
+                    keep_indices = selector.select(
+                        features.to(selector_dtype), num_keep, grid_hw=segment.grid_hw, generator=generator
+                    )
+                dropped = torch.ones(size, dtype=torch.bool, device=input_ids.device)
+                dropped[keep_indices.to(input_ids.device)] = False
+                keep_mask[seg_rows[dropped], seg_cols[dropped]] = False
+        if position_ids is None:
+            position_ids = hooks.position_ids(self, input_ids, attention_mask, vision_inputs)
+        return self._compact(input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels)
+
+    def _compact(self, input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels) -> PrunePlan:
+        reaching = keep_mask & attention_mask.bool()
+        lengths = reaching.sum(-1)
+        compact_length = int(lengths.max())
+        slots = torch.arange(compact_length, device=input_ids.device)
+        compact_mask = (slots[None, :] >= compact_length - lengths[:, None]).long()
+        # Stable sort puts the kept positions, in order, at the end of each row: that is left padding.
+        order = torch.sort(reaching.long(), dim=-1, stable=True).indices[:, -compact_length:]
+        source_index = order.masked_fill(compact_mask == 0, 0)
+        plan = PrunePlan(
+            keep_mask=keep_mask,
+            source_index=source_index,
+            attention_mask=compact_mask,
+            input_ids=None,
+            inputs_embeds=None,
+            position_ids=None,
+        )
+        pad_id = self.generation_config.pad_token_id
+        plan.input_ids = plan.gather(input_ids, pad_id if isinstance(pad_id, int) else 0)
+        embed_index = source_index[..., None].expand(-1, -1, inputs_embeds.shape[-1])
+        plan.inputs_embeds = inputs_embeds.gather(1, embed_index) * compact_mask[..., None].to(inputs_embeds.dtype)
+        plan.position_ids = plan.gather(position_ids, 0)
+        plan.labels = plan.gather(labels, -100) if labels is not None else None
+        return plan
+
+    def _vision_inputs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {name: kwargs[name] for name in self.prune_hooks.vision_input_names if name in kwargs}
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, input_ids=None, attention_mask=None, prune_budget=None, prune_method=None, **kwargs):
+        """Stock forward plus `prune_budget` / `prune_method`; the output carries `keep_mask` (B, L)."""
+        budget, selector = self._resolve_pruning(prune_budget, prune_method)
+        past = kwargs.get("past_key_values")
+        prefill = past is None or past.get_seq_length() == 0
+        if budget is None or input_ids is None or not prefill or not self.prune_hooks.has_visual_inputs(kwargs):
+            outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            if input_ids is not None:
+                outputs["keep_mask"] = torch.ones_like(input_ids, dtype=torch.bool)
+            return outputs
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("`inputs_embeds` cannot be combined with `prune_budget`: pruning needs `input_ids`")
+        vision_inputs = self._vision_inputs(kwargs)
+        plan = self.plan_pruning(
+            input_ids,
+            attention_mask,
+            vision_inputs,
+            budget,
+            selector,
+            position_ids=kwargs.pop("position_ids", None),
+            labels=kwargs.pop("labels", None),
+        )
+        language_kwargs = {k: v for k, v in kwargs.items() if k not in vision_inputs}
+        outputs = super().forward(
+            input_ids=None,
+            attention_mask=plan.attention_mask,
+            inputs_embeds=plan.inputs_embeds,
+            position_ids=plan.position_ids,
+            labels=plan.labels,
+            **language_kwargs,
+        )
+        # Logits come back in the caller's layout (zeros at dropped tokens) unless only the last few were asked for.
+        if not kwargs.get("logits_to_keep"):
+            outputs["logits"] = plan.scatter(outputs.logits, input_ids.shape[1])
+        outputs["keep_mask"] = plan.keep_mask
+        return outputs
+
+    # ----------------------------------------------------------------- generate
+    @torch.no_grad()
+    def generate(self, inputs=None, *args, prune_budget=None, prune_method=None, **kwargs):
+        """Stock `generate` plus `prune_budget` / `prune_method`.
+
+        Returns the caller's `input_ids` followed by the new tokens, as the stock model does; a dict-style
+        output (`return_dict_in_generate=True`) also carries `keep_mask` (B, L).
+        """
+        budget, selector = self._resolve_pruning(prune_budget, prune_method)
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if budget is None or input_ids is None or not self.prune_hooks.has_visual_inputs(kwargs) or args:
+            # prune_budget=1.0 keeps the forward passes of this call unpruned even when the config sets a default.
+            output = super().generate(inputs, *args, prune_budget=1.0, **kwargs)
+            if input_ids is not None and not isinstance(output, torch.Tensor):
+                output["keep_mask"] = torch.ones_like(input_ids, dtype=torch.bool)
+            return output
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("`inputs_embeds` cannot be combined with `prune_budget`: pruning needs `input_ids`")
+        if kwargs.get("past_key_values") is not None:
+            raise ValueError("`past_key_values` cannot be combined with `prune_budget`: pruning happens at prefill")
+        kwargs.pop("input_ids", None)
+        vision_inputs = self._vision_inputs(kwargs)
+        plan = self.plan_pruning(
+            input_ids,
+            kwargs.pop("attention_mask", None),
+            vision_inputs,
+            budget,
+            selector,
+            position_ids=kwargs.pop("position_ids", None),
+        )
+        self.prune_hooks.after_generate_plan(self, plan)
+        generate_kwargs = {k: v for k, v in kwargs.items() if k not in vision_inputs}
+        output = super().generate(
+            input_ids=plan.input_ids,
+            inputs_embeds=plan.inputs_embeds,
+            attention_mask=plan.attention_mask,
+            position_ids=plan.position_ids,
+            **generate_kwargs,
+        )
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        restored = torch.cat([input_ids.to(sequences.device), sequences[:, plan.input_ids.shape[1] :]], dim=-1)
+        if isinstance(output, torch.Tensor):
+            return restored
+        output["sequences"] = restored
+        output["keep_mask"] = plan.keep_mask
+        return output

@@ -1,0 +1,268 @@
+"""Tiny random vision-language models built from configs, and model inputs built directly.
+
+As in the `transformers` model testers: hidden size 32, two layers. The stock processors of
+Qwen2.5-VL and InternVL need torchvision (not installable here), so inputs are assembled by hand
+exactly as the processors lay them out: placeholder tokens at the image positions, pixel tensors
+of the right shape, and the per-model extras (`image_grid_thw`, `mm_token_type_ids`, `image_sizes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
+
+VOCAB = 64
+PAD, BOS, EOS = 0, 1, 2
+TEXT_TOKENS = range(8, 40)  # ordinary text ids; specials live above 40
+IMAGE_ID, VIDEO_ID, VSTART, VEND = 60, 61, 58, 59
+
+TEXT_CONFIG = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    pad_token_id=PAD,
+    bos_token_id=BOS,
+    eos_token_id=EOS,
+)
+
+
+def tiny_qwen2_5_vl(attn_implementation: str = "eager") -> Qwen2_5_VLForConditionalGeneration:
+    config = Qwen2_5_VLConfig(
+        text_config=dict(TEXT_CONFIG, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}),
+        vision_config=dict(
+            depth=2,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            patch_size=2,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=8,
+            out_hidden_size=32,
+            fullatt_block_indexes=[1],
+        ),
+        image_token_id=IMAGE_ID,
+        video_token_id=VIDEO_ID,
+        vision_start_token_id=VSTART,
+        vision_end_token_id=VEND,
+    )
+    return _build(Qwen2_5_VLForConditionalGeneration, config, attn_implementation)
+
+
+def tiny_llava(attn_implementation: str = "eager") -> LlavaForConditionalGeneration:
+    config = LlavaConfig(
+        text_config=dict(TEXT_CONFIG, model_type="llama"),
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=8,
+            patch_size=2,
+            projection_dim=16,
+        ),
+        image_token_index=IMAGE_ID,
+        image_seq_length=16,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    return _build(LlavaForConditionalGeneration, config, attn_implementation)
+
+
+def tiny_llava_next(attn_implementation: str = "eager") -> LlavaNextForConditionalGeneration:
+    config = LlavaNextConfig(
+        text_config=dict(TEXT_CONFIG, model_type="llama"),
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=8,
+            patch_size=2,
+            projection_dim=16,
+        ),
+        image_token_index=IMAGE_ID,
+        image_grid_pinpoints=[[8, 8], [8, 16], [16, 8], [16, 16]],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    return _build(LlavaNextForConditionalGeneration, config, attn_implementation)
+
+
+def tiny_internvl(attn_implementation: str = "eager") -> InternVLForConditionalGeneration:
+    config = InternVLConfig(
+        text_config=dict(TEXT_CONFIG, model_type="qwen2"),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=[8, 8],
+            patch_size=[2, 2],
+        ),
+        image_token_id=IMAGE_ID,
+        image_seq_length=4,
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    return _build(InternVLForConditionalGeneration, config, attn_implementation)
+
+
+def _build(model_cls, config, attn_implementation):
+    torch.manual_seed(0)
+    config._attn_implementation = attn_implementation
+    model = model_cls(config).eval()
+    # Random init leaves some layers near-degenerate; a larger std makes logits depend visibly on every token.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim >= 2:
+                parameter.normal_(0.0, 0.2)
+    model.generation_config.pad_token_id = PAD
+    model.generation_config.eos_token_id = None  # tests generate a fixed number of tokens
+    model.generation_config.do_sample = False
+    return model
+
+
+@dataclass
+class Sample:
+    """One prompt: text before/after each image, and per image a size (arch-specific meaning)."""
+
+    prefix: list[int]
+    images: list[tuple[int, int]]
+    suffix: list[int]
+
+
+def _text(seed: int, length: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return [TEXT_TOKENS[i] for i in torch.randint(len(TEXT_TOKENS), (length,), generator=generator).tolist()]
+
+
+def make_samples(image_counts: list[int], sizes: list[tuple[int, int]], seed: int = 0) -> list[Sample]:
+    """Samples with the given number of images each; image sizes cycle through `sizes`."""
+    samples, size_index = [], 0
+    for index, count in enumerate(image_counts):
+        images = []
+        for _ in range(count):
+            images.append(sizes[size_index % len(sizes)])
+            size_index += 1
+        samples.append(Sample(_text(seed + 10 * index, 3 + index), images, _text(seed + 10 * index + 5, 4)))
+    return samples
+
+
+def build_inputs(arch: str, samples: list[Sample], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Left-padded batch of `samples` in the layout the stock processor of `arch` produces."""
+    generator = torch.Generator().manual_seed(seed + 123)
+    rows, pixel_values, extras = [], [], {"image_grid_thw": [], "image_sizes": []}
+    for sample in samples:
+        row = [BOS] + sample.prefix
+        for height, width in sample.images:
+            row += _image_block(arch, height, width, generator, pixel_values, extras)
+            row += sample.suffix[:1]
+        row += sample.suffix
+        rows.append(row)
+    length = max(len(row) for row in rows)
+    input_ids = torch.tensor([[PAD] * (length - len(row)) + row for row in rows])
+    attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if pixel_values:
+        if arch == "llava_next":
+            inputs["pixel_values"] = torch.stack(_pad_crops(pixel_values))
+            inputs["image_sizes"] = torch.tensor(extras["image_sizes"])
+        elif arch == "qwen2_5_vl":
+            inputs["pixel_values"] = torch.cat(pixel_values)
+            inputs["image_grid_thw"] = torch.tensor(extras["image_grid_thw"])
+        else:
+            inputs["pixel_values"] = torch.cat(pixel_values)
+    if arch == "qwen2_5_vl":
+        inputs["mm_token_type_ids"] = (input_ids == IMAGE_ID).int()
+    return inputs
+
+
+def _image_block(arch, height, width, generator, pixel_values, extras) -> list[int]:
+    if arch == "qwen2_5_vl":
+        # (height, width) in patches of 2 px; 2 x 2 patches merge into one LLM token.
+        pixel_values.append(torch.randn(height * width, 3 * 2 * 2 * 2, generator=generator))
+        extras["image_grid_thw"].append([1, height, width])
+        return [VSTART] + [IMAGE_ID] * (height * width // 4) + [VEND]
+    if arch == "llava":
+        pixel_values.append(torch.randn(1, 3, 8, 8, generator=generator))
+        return [IMAGE_ID] * 16
+    if arch == "internvl":
+        # `height` tiles of 8 x 8 px, each 4 tokens after the 2 x 2 pixel shuffle.
+        pixel_values.append(torch.randn(height, 3, 8, 8, generator=generator))
+        return [VSTART] + [IMAGE_ID] * (4 * height) + [VEND]
+    if arch == "llava_next":
+        # (height, width) in pixels; anyres tiles of 8 px; base view + crops, unpadded, with row newlines.
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        pinpoints = [[8, 8], [8, 16], [16, 8], [16, 16]]
+        num_crops = image_size_to_num_patches((height, width), pinpoints, 8)
+        pixel_values.append(torch.randn(num_crops, 3, 8, 8, generator=generator))
+        extras["image_sizes"].append([height, width])
+        return [IMAGE_ID] * llava_next_token_count(height, width)
+    raise ValueError(arch)
+
+
+def llava_next_token_count(height: int, width: int) -> int:
+    from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
+
+    rows, cols = get_anyres_image_grid_shape((height, width), [[8, 8], [8, 16], [16, 8], [16, 16]], 8)
+    grid = torch.zeros(1, rows * 4, cols * 4)
+    unpadded = unpad_image(grid, (height, width))
+    return 16 + unpadded.shape[1] * (unpadded.shape[2] + 1)
+
+
+def _pad_crops(pixel_values: list[torch.Tensor]) -> list[torch.Tensor]:
+    most = max(p.shape[0] for p in pixel_values)
+    return [torch.cat([p, p.new_zeros(most - p.shape[0], *p.shape[1:])]) for p in pixel_values]
+
+
+def make_video_inputs(frames: int = 4, height: int = 4, width: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A Qwen2.5-VL video prompt: `frames` frames (temporal patch 2), each `height` x `width` patches."""
+    generator = torch.Generator().manual_seed(seed)
+    grid_t = frames // 2
+    tokens = grid_t * height * width // 4
+    row = [BOS] + _text(seed, 3) + [VSTART] + [VIDEO_ID] * tokens + [VEND] + _text(seed + 1, 4)
+    input_ids = torch.tensor([row])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "pixel_values_videos": torch.randn(grid_t * height * width, 3 * 2 * 2 * 2, generator=generator),
+        "video_grid_thw": torch.tensor([[grid_t, height, width]]),
+        "second_per_grid_ts": torch.tensor([1.0]),
+        "mm_token_type_ids": (input_ids == VIDEO_ID).int() * 2,
+    }
+
+
+BUILDERS = {
+    "qwen2_5_vl": tiny_qwen2_5_vl,
+    "llava": tiny_llava,
+    "llava_next": tiny_llava_next,
+    "internvl": tiny_internvl,
+}
+
+# Image sizes per architecture: different sizes within one batch wherever the architecture allows.
+IMAGE_SIZES = {
+    "qwen2_5_vl": [(4, 4), (4, 6), (6, 4)],
+    "llava": [(8, 8)],
+    "internvl": [(1, 1), (2, 2), (3, 3)],
+    "llava_next": [(8, 8), (8, 14), (16, 10)],
+}
