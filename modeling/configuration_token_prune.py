@@ -61,7 +61,9 @@ class TokenPruneConfig:
     method: str = field(default="visionselector", metadata={"help": "Registered selector name."})
     budget: float | int | None = field(
         default=None,
-        metadata={"help": "Default budget: float in (0, 1] = fraction per image, int >= 1 = tokens per image, None = off."},
+        metadata={
+            "help": "Default budget: float in (0, 1] = fraction per image, int >= 1 = tokens per image, None = off."
+        },
     )
     feature_source: str | None = field(
         default=None,

@@ -55,7 +55,9 @@ class InternVLPruneHooks(ArchitectureHooks):
             # Tiles stacked vertically: an even spread over this grid covers every tile and every region of it.
             grid_hw = (run // side, side) if side * side == tokens_per_tile and run % side == 0 else None
             segments.append(
-                VisualSegment(embeds[rows], None if features is None else features[rows], model.config.image_token_id, grid_hw)
+                VisualSegment(
+                    embeds[rows], None if features is None else features[rows], model.config.image_token_id, grid_hw
+                )
             )
         return segments
 

@@ -43,7 +43,9 @@ class LlavaNextPruneHooks(ArchitectureHooks):
             # Newline tokens add an LLM-width embedding after packing; packing the pre-projector features the
             # same way, with a zero newline, keeps them aligned token for token.
             num_crops = [
-                image_size_to_num_patches(size, model.config.image_grid_pinpoints, model.config.vision_config.image_size)
+                image_size_to_num_patches(
+                    size, model.config.image_grid_pinpoints, model.config.vision_config.image_size
+                )
                 for size in inputs["image_sizes"]
             ]
             features = torch.split(recorded[0], num_crops)
@@ -53,7 +55,7 @@ class LlavaNextPruneHooks(ArchitectureHooks):
             )
         return [
             VisualSegment(embeds, features, model.config.image_token_id, None)
-            for embeds, features in zip(outputs.pooler_output, features_per_image)
+            for embeds, features in zip(outputs.pooler_output, features_per_image, strict=True)
         ]
 
 

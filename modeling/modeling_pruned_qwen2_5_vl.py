@@ -6,7 +6,6 @@ pruned like images. Kept tokens keep their 3-D M-RoPE positions.
 
 from __future__ import annotations
 
-import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from .pruning import ArchitectureHooks, CaptureProjectorInput, PrunePlan, TokenPruningMixin, VisualSegment
@@ -45,7 +44,7 @@ class Qwen2_5_VLPruneHooks(ArchitectureHooks):
             capture = CaptureProjectorInput(inner.visual.merger, inner.visual.merger.hidden_size, need_features)
             with capture:
                 outputs = encoder(inputs[pixel_key], grid_thw)
-            for merged, (frames, height, width) in zip(outputs.pooler_output, grid_thw.tolist()):
+            for merged, (frames, height, width) in zip(outputs.pooler_output, grid_thw.tolist(), strict=True):
                 embeds, features = capture.split(merged)
                 per_frame = height * width // merge**2
                 for frame in range(frames):

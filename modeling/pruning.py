@@ -57,7 +57,9 @@ class ArchitectureHooks:
     def has_visual_inputs(self, inputs: dict[str, Any]) -> bool:
         return any(inputs.get(name) is not None for name in self.vision_input_names if name.startswith("pixel_values"))
 
-    def encode(self, model, input_ids: torch.Tensor, inputs: dict[str, Any], need_features: bool) -> list[VisualSegment]:
+    def encode(
+        self, model, input_ids: torch.Tensor, inputs: dict[str, Any], need_features: bool
+    ) -> list[VisualSegment]:
         """Run the vision side once. Segments are ordered per token id as their placeholders appear (row-major)."""
         raise NotImplementedError
 
@@ -178,7 +180,7 @@ class TokenPruningMixin:
         def forward(self, *args, **kwargs):
             if len(args) > len(positional_names):
                 raise TypeError(f"forward() takes at most {len(positional_names)} positional arguments")
-            for name, value in zip(positional_names, args):
+            for name, value in zip(positional_names, args, strict=False):
                 if name in kwargs:
                     raise TypeError(f"forward() got multiple values for argument '{name}'")
                 kwargs[name] = value
@@ -298,7 +300,9 @@ class TokenPruningMixin:
         hooks = self.prune_hooks
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        segments = hooks.encode(self, input_ids, vision_inputs, need_features=selector.feature_source == "vision_features")
+        segments = hooks.encode(
+            self, input_ids, vision_inputs, need_features=selector.feature_source == "vision_features"
+        )
         inputs_embeds = self.get_input_embeddings()(input_ids)
         keep_mask = torch.ones_like(input_ids, dtype=torch.bool)
         generator = None
@@ -313,9 +317,11 @@ class TokenPruningMixin:
                 )
             if not token_segments:
                 continue
-            inputs_embeds[rows, cols] = torch.cat([segment.embeds for segment in token_segments]).to(inputs_embeds.dtype)
+            inputs_embeds[rows, cols] = torch.cat([segment.embeds for segment in token_segments]).to(
+                inputs_embeds.dtype
+            )
             offset = 0
-            for segment, size in zip(token_segments, sizes):
+            for segment, size in zip(token_segments, sizes, strict=True):
                 seg_rows, seg_cols = rows[offset : offset + size], cols[offset : offset + size]
                 offset += size
                 num_keep = tokens_to_keep(budget, size)

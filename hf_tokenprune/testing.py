@@ -1,4 +1,6 @@
-"""Tiny random vision-language models built from configs, and model inputs built directly.
+"""Tiny random vision-language models built from configs, model inputs built directly, and a tiny tokenizer.
+
+For tests, demos and the README snippet: nothing here downloads anything.
 
 As in the `transformers` model testers: hidden size 32, two layers. The stock processors of
 Qwen2.5-VL and InternVL need torchvision (not installable here), so inputs are assembled by hand
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     InternVLConfig,
     InternVLForConditionalGeneration,
@@ -18,6 +21,7 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
+    PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
 )
@@ -26,6 +30,38 @@ VOCAB = 64
 PAD, BOS, EOS = 0, 1, 2
 TEXT_TOKENS = range(8, 40)  # ordinary text ids; specials live above 40
 IMAGE_ID, VIDEO_ID, VSTART, VEND = 60, 61, 58, 59
+
+WORDS = (
+    "a the is what colour shape red green blue yellow circle square triangle star left right top bottom "
+    "how many one two three yes no word box cat dog sun moon tree house"
+).split()
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level tokenizer matching the tiny models' ids: text words at 8..39, specials below 8, vision ids at 58..61."""
+    vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<unk>": 3}
+    vocab.update({word: TEXT_TOKENS[i] for i, word in enumerate(WORDS[: len(TEXT_TOKENS)])})
+    vocab.update(
+        {"<|vision_start|>": VSTART, "<|vision_end|>": VEND, "<|image_pad|>": IMAGE_ID, "<|video_pad|>": VIDEO_ID}
+    )
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
+
+
+def tiny_qwen2_5_vl_inputs(question: str = "what colour is the circle", image_patches: tuple[int, int] = (8, 8)):
+    """Inputs for `tiny_qwen2_5_vl`: one random image of `image_patches` (rows, cols) patches and a question."""
+    tokenizer = tiny_tokenizer()
+    words = tokenizer(question, add_special_tokens=False)["input_ids"]
+    return build_inputs("qwen2_5_vl", [Sample(prefix=[], images=[image_patches], suffix=words)])
+
 
 TEXT_CONFIG = dict(
     vocab_size=VOCAB,
@@ -43,7 +79,9 @@ TEXT_CONFIG = dict(
 
 def tiny_qwen2_5_vl(attn_implementation: str = "eager") -> Qwen2_5_VLForConditionalGeneration:
     config = Qwen2_5_VLConfig(
-        text_config=dict(TEXT_CONFIG, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}),
+        text_config=dict(
+            TEXT_CONFIG, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
+        ),
         vision_config=dict(
             depth=2,
             hidden_size=16,
@@ -148,6 +186,7 @@ class Sample:
     prefix: list[int]
     images: list[tuple[int, int]]
     suffix: list[int]
+    seed: int = 0  # pixel values depend on the sample alone, so a sample is the same inside and outside a batch
 
 
 def _text(seed: int, length: int) -> list[int]:
@@ -163,17 +202,19 @@ def make_samples(image_counts: list[int], sizes: list[tuple[int, int]], seed: in
         for _ in range(count):
             images.append(sizes[size_index % len(sizes)])
             size_index += 1
-        samples.append(Sample(_text(seed + 10 * index, 3 + index), images, _text(seed + 10 * index + 5, 4)))
+        samples.append(
+            Sample(_text(seed + 10 * index, 3 + index), images, _text(seed + 10 * index + 5, 4), seed + index)
+        )
     return samples
 
 
 def build_inputs(arch: str, samples: list[Sample], seed: int = 0) -> dict[str, torch.Tensor]:
     """Left-padded batch of `samples` in the layout the stock processor of `arch` produces."""
-    generator = torch.Generator().manual_seed(seed + 123)
     rows, pixel_values, extras = [], [], {"image_grid_thw": [], "image_sizes": []}
     for sample in samples:
         row = [BOS] + sample.prefix
-        for height, width in sample.images:
+        for image_index, (height, width) in enumerate(sample.images):
+            generator = torch.Generator().manual_seed(seed + 1000 * sample.seed + image_index)
             row += _image_block(arch, height, width, generator, pixel_values, extras)
             row += sample.suffix[:1]
         row += sample.suffix

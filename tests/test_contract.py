@@ -1,0 +1,395 @@
+"""The inference contract of DESIGN.md, one suite over every (architecture, method) pair.
+
+Oracles: the stock base model (identity), the stock base model with dropped tokens masked out of
+attention at unpruned positions (drop equals mask), and one-by-one runs (batching).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hf_tokenprune.modeling.modeling_pruned_internvl import placeholder_runs
+
+from hf_tokenprune import TokenPruneConfig, available_selectors, get_pruned_model
+from hf_tokenprune.testing import (
+    BUILDERS,
+    IMAGE_ID,
+    IMAGE_SIZES,
+    VIDEO_ID,
+    build_inputs,
+    make_samples,
+    make_video_inputs,
+)
+
+ARCHS = list(BUILDERS)
+METHODS = ["visionselector", "autoselect", "reconstruction", "random", "uniform", "divprune", "dart"]
+LEARNED = {"visionselector", "autoselect", "reconstruction"}
+NEW_TOKENS = 4
+
+
+@pytest.fixture(scope="module")
+def base_models():
+    cache = {}
+
+    def get(arch: str, attn: str = "eager"):
+        if (arch, attn) not in cache:
+            cache[arch, attn] = BUILDERS[arch](attn)
+        return cache[arch, attn]
+
+    return get
+
+
+def pruned(base, method: str, **config_kwargs):
+    model = get_pruned_model(base, TokenPruneConfig(method=method, **config_kwargs))
+    if model.token_selector is not None:
+        # Near-zero init would rank by noise-level differences; spread the scores so selection is decisive.
+        generator = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for parameter in model.token_selector.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return model
+
+
+def batch_inputs(arch: str) -> dict:
+    """Left-padded batch: samples with 2, 0 and 1 images, of different sizes where the architecture allows."""
+    return build_inputs(arch, make_samples([2, 0, 1], IMAGE_SIZES[arch]))
+
+
+def unpruned_positions(base, inputs: dict) -> torch.Tensor:
+    """Positions of the full sequence, computed with the stock code: M-RoPE for Qwen2.5-VL, else mask cumsum."""
+    mask = inputs["attention_mask"]
+    if base.config.model_type == "qwen2_5_vl":
+        positions, _ = base.model.get_rope_index(
+            inputs["input_ids"],
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"),
+            second_per_grid_ts=inputs.get("second_per_grid_ts"),
+            attention_mask=mask,
+        )
+        return positions
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def masked_base_inputs(base, inputs: dict, keep_mask: torch.Tensor) -> dict:
+    """Contract line 3's oracle input: everything unpruned, dropped tokens zero in a 2-D attention mask."""
+    masked = dict(inputs)
+    masked["position_ids"] = unpruned_positions(base, inputs)
+    masked["attention_mask"] = inputs["attention_mask"] * keep_mask.long()
+    return masked
+
+
+def expected_kept(input_ids: torch.Tensor, budget, frames_per_run: int = 1) -> list[int]:
+    """Tokens kept per image (or video frame), from the placeholder runs in `input_ids`."""
+    kept = []
+    for token_id in (IMAGE_ID, VIDEO_ID):
+        for run in placeholder_runs(input_ids, token_id):
+            size = run // frames_per_run
+            for _ in range(frames_per_run):
+                if isinstance(budget, float):
+                    kept.append(min(size, max(1, math.floor(budget * size + 0.5))))
+                else:
+                    kept.append(min(budget, size))
+    return kept
+
+
+def kept_per_run(input_ids: torch.Tensor, keep_mask: torch.Tensor, frames_per_run: int = 1) -> list[int]:
+    kept = []
+    for token_id in (IMAGE_ID, VIDEO_ID):
+        for row in range(input_ids.shape[0]):
+            runs = placeholder_runs(input_ids[row : row + 1], token_id)
+            positions = torch.nonzero(input_ids[row] == token_id).flatten()
+            offset = 0
+            for run in runs:
+                size = run // frames_per_run
+                for frame in range(frames_per_run):
+                    frame_positions = positions[offset + frame * size : offset + (frame + 1) * size]
+                    kept.append(int(keep_mask[row, frame_positions].sum()))
+                offset += run
+    return kept
+
+
+def test_every_method_is_registered():
+    assert set(METHODS) <= set(available_selectors())
+
+
+# ---------------------------------------------------------------- contract 1: identity
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("budget", [None, 1.0])
+def test_no_budget_is_the_base_model(base_models, arch, budget):
+    base = base_models(arch)
+    inputs = batch_inputs(arch)
+    for model in (pruned(base, "visionselector"), pruned(base, "divprune", budget=0.3)):
+        call_budget = budget if model.token_prune_config.budget is None else 1.0
+        with torch.no_grad():
+            expected = base(**inputs).logits
+            got = model(**inputs, prune_budget=call_budget)
+        assert torch.equal(got.logits, expected)
+        assert got.keep_mask.all()
+        expected_tokens = base.generate(**inputs, max_new_tokens=NEW_TOKENS)
+        assert torch.equal(
+            model.generate(**inputs, max_new_tokens=NEW_TOKENS, prune_budget=call_budget), expected_tokens
+        )
+
+
+# ---------------------------------------------------------------- contract 2: budget semantics
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_budget_semantics(base_models, arch, method):
+    model = pruned(base_models(arch), method)
+    inputs = batch_inputs(arch)
+    is_visual = (inputs["input_ids"] == IMAGE_ID) | (inputs["input_ids"] == VIDEO_ID)
+    for budget in (0.3, 0.5, 0.01, 1, 3, 10_000):
+        with torch.no_grad():
+            keep_mask = model(**inputs, prune_budget=budget).keep_mask
+        assert keep_mask.shape == inputs["input_ids"].shape and keep_mask.dtype == torch.bool
+        assert keep_mask[~is_visual].all(), "text and padding are never pruned"
+        assert kept_per_run(inputs["input_ids"], keep_mask) == expected_kept(inputs["input_ids"], budget)
+
+
+def test_config_default_budget_applies(base_models):
+    base = base_models("qwen2_5_vl")
+    inputs = batch_inputs("qwen2_5_vl")
+    with torch.no_grad():
+        from_default = pruned(base, "divprune", budget=0.25)(**inputs).keep_mask
+        from_call = pruned(base, "divprune")(**inputs, prune_budget=0.25).keep_mask
+    assert torch.equal(from_default, from_call) and not from_default.all()
+
+
+# ---------------------------------------------------------------- contract 3: drop equals mask
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_drop_equals_mask(base_models, arch, method, attn):
+    base = base_models(arch, attn)
+    model = pruned(base, method)
+    inputs = batch_inputs(arch)
+    with torch.no_grad():
+        out = model(**inputs, prune_budget=0.3)
+        reference = base(**masked_base_inputs(base, inputs, out.keep_mask)).logits
+    assert not out.keep_mask.all()
+    compared = out.keep_mask & inputs["attention_mask"].bool()
+    torch.testing.assert_close(out.logits[compared], reference[compared], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", ["visionselector", "divprune", "random"])
+def test_generate_continues_at_unpruned_positions(base_models, arch, method):
+    """New tokens equal greedy decoding of the masked base model fed the unpruned positions."""
+    base = base_models(arch)
+    model = pruned(base, method)
+    inputs = batch_inputs(arch)
+    out = model.generate(**inputs, prune_budget=0.3, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True)
+    reference = base.generate(**masked_base_inputs(base, inputs, out.keep_mask), max_new_tokens=NEW_TOKENS)
+    length = inputs["input_ids"].shape[1]
+    assert torch.equal(out.sequences[:, length:], reference[:, length:])
+
+
+# ---------------------------------------------------------------- contract 4: output layout
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_generate_returns_caller_ids_then_new_tokens(base_models, arch, method):
+    model = pruned(base_models(arch), method)
+    inputs = batch_inputs(arch)
+    sequences = model.generate(**inputs, prune_budget=0.2, max_new_tokens=NEW_TOKENS)
+    length = inputs["input_ids"].shape[1]
+    assert sequences.shape == (inputs["input_ids"].shape[0], length + NEW_TOKENS)
+    assert torch.equal(sequences[:, :length], inputs["input_ids"])
+    # The usual trim gives what the pruned prefill predicts first.
+    with torch.no_grad():
+        logits = model(**inputs, prune_budget=0.2).logits
+    assert torch.equal(sequences[:, length], logits[:, -1].argmax(-1))
+
+
+# ---------------------------------------------------------------- contract 5: batches
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_batch_equals_one_by_one(base_models, arch, method, attn):
+    model = pruned(base_models(arch, attn), method)
+    samples = make_samples([2, 0, 1], IMAGE_SIZES[arch])
+    batch = build_inputs(arch, samples)
+    batched = model.generate(**batch, prune_budget=0.3, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True)
+    with torch.no_grad():
+        batched_logits = model(**batch, prune_budget=0.3).logits[:, -1]
+    length = batch["input_ids"].shape[1]
+    for row, sample in enumerate(samples):
+        alone = build_inputs(arch, [sample])
+        single = model.generate(**alone, prune_budget=0.3, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True)
+        single_length = alone["input_ids"].shape[1]
+        assert torch.equal(batched.sequences[row, length:], single.sequences[0, single_length:])
+        assert torch.equal(batched.keep_mask[row, length - single_length :], single.keep_mask[0])
+        with torch.no_grad():
+            single_logits = model(**alone, prune_budget=0.3).logits[0, -1]
+        torch.testing.assert_close(batched_logits[row], single_logits, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- contract 6: KV cache
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kv_cache_holds_only_kept_tokens(base_models, arch):
+    model = pruned(base_models(arch), "divprune")
+    inputs = batch_inputs(arch)
+    seen = []
+
+    def record(module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        cached = cache.get_seq_length() if cache is not None else 0
+        new = (kwargs.get("inputs_embeds") if kwargs.get("input_ids") is None else kwargs["input_ids"]).shape[1]
+        seen.append((kwargs["attention_mask"].shape[-1], cached + new))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        out = model.generate(**inputs, prune_budget=0.25, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True)
+    finally:
+        handle.remove()
+    kept_length = int((out.keep_mask & inputs["attention_mask"].bool()).sum(-1).max())
+    assert kept_length < inputs["input_ids"].shape[1]
+    assert out.past_key_values.get_seq_length() == kept_length + NEW_TOKENS - 1
+    assert len(seen) == NEW_TOKENS
+    assert all(mask_length == cache_length for mask_length, cache_length in seen)
+
+
+# ---------------------------------------------------------------- video (Qwen2.5-VL)
+@pytest.mark.parametrize("method", METHODS)
+def test_qwen_video_frames_pruned_like_images(base_models, method):
+    base = base_models("qwen2_5_vl")
+    model = pruned(base, method)
+    inputs = make_video_inputs(frames=4, height=4, width=6)
+    frames = int(inputs["video_grid_thw"][0, 0])
+    with torch.no_grad():
+        out = model(**inputs, prune_budget=0.34)
+        reference = base(**masked_base_inputs(base, inputs, out.keep_mask)).logits
+    assert kept_per_run(inputs["input_ids"], out.keep_mask, frames) == expected_kept(inputs["input_ids"], 0.34, frames)
+    torch.testing.assert_close(out.logits[out.keep_mask], reference[out.keep_mask], atol=1e-4, rtol=0)
+    sequences = model.generate(**inputs, prune_budget=0.34, max_new_tokens=NEW_TOKENS)
+    assert torch.equal(sequences[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
+
+
+# ---------------------------------------------------------------- drop-in class
+@pytest.mark.parametrize("arch", ARCHS)
+def test_drop_in_class_shares_base_weights(base_models, arch):
+    base = base_models(arch)
+    model = pruned(base, "visionselector")
+    assert isinstance(model, type(base))
+    base_parameters = dict(base.named_parameters())
+    for name, parameter in model.named_parameters():
+        if not name.startswith("token_selector."):
+            assert parameter is base_parameters[name]
+    assert not hasattr(base, "token_selector"), "the base model is left unchanged"
+    assert any(name.startswith("token_selector.") for name in dict(model.named_parameters()))
+
+
+def test_prune_method_overrides_for_one_call(base_models):
+    base = base_models("llava")
+    inputs = batch_inputs("llava")
+    with torch.no_grad():
+        override = pruned(base, "visionselector")(**inputs, prune_budget=0.3, prune_method="divprune").keep_mask
+        configured = pruned(base, "divprune")(**inputs, prune_budget=0.3).keep_mask
+    assert torch.equal(override, configured)
+
+
+# ---------------------------------------------------------------- contract 8: bad input
+class VisionCallCounter:
+    def __init__(self, model):
+        self.calls = 0
+        tower = getattr(model.model, "visual", None) or model.model.vision_tower
+        self.handle = tower.register_forward_hook(self._count)
+
+    def _count(self, *args):
+        self.calls += 1
+
+
+@pytest.mark.parametrize(
+    "bad_budget, error",
+    [
+        (0, ValueError),
+        (0.0, ValueError),
+        (-0.2, ValueError),
+        (1.5, ValueError),
+        (float("nan"), ValueError),
+        (-3, ValueError),
+        ("0.2", TypeError),
+        (True, TypeError),
+        ([0.2], TypeError),
+    ],
+)
+@pytest.mark.parametrize("entry", ["forward", "generate"])
+def test_bad_budget_fails_before_compute(base_models, bad_budget, error, entry):
+    model = pruned(base_models("qwen2_5_vl"), "visionselector")
+    inputs = batch_inputs("qwen2_5_vl")
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    counter = VisionCallCounter(model)
+    try:
+        with pytest.raises(error, match="prune_budget") as info:
+            getattr(model, entry)(**inputs, prune_budget=bad_budget)
+    finally:
+        counter.handle.remove()
+    assert "(0, 1]" in str(info.value) or ">= 1" in str(info.value) or "float" in str(info.value)
+    assert counter.calls == 0
+    assert all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
+
+
+@pytest.mark.parametrize("entry", ["forward", "generate"])
+def test_unknown_method_fails_before_compute(base_models, entry):
+    model = pruned(base_models("llava"), "visionselector")
+    counter = VisionCallCounter(model)
+    try:
+        with pytest.raises(ValueError, match="prune_method.*'nope'.*divprune"):
+            getattr(model, entry)(**batch_inputs("llava"), prune_budget=0.2, prune_method="nope")
+        with pytest.raises(TypeError, match="prune_method"):
+            getattr(model, entry)(**batch_inputs("llava"), prune_budget=0.2, prune_method=3)
+    finally:
+        counter.handle.remove()
+    assert counter.calls == 0
+
+
+def test_learned_method_without_its_weights_is_refused(base_models):
+    model = pruned(base_models("llava"), "visionselector")
+    with pytest.raises(ValueError, match="prune_method.*'autoselect'.*weights"):
+        model(**batch_inputs("llava"), prune_budget=0.2, prune_method="autoselect")
+
+
+def test_budget_without_selector_is_refused(base_models):
+    model = get_pruned_model(base_models("llava"), TokenPruneConfig(method="divprune"))
+    model.token_prune_config = None
+    with pytest.raises(ValueError, match="prune_budget.*prune_method"):
+        model(**batch_inputs("llava"), prune_budget=0.2)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_scorer_width_mismatch_is_refused(base_models, arch):
+    base = base_models(arch)
+    with pytest.raises(ValueError, match="input_dim.*999"):
+        get_pruned_model(base, TokenPruneConfig(method="visionselector", input_dim=999))
+    with pytest.raises(ValueError, match="input_dim"):
+        get_pruned_model(
+            base, TokenPruneConfig(method="autoselect", input_dim=base.config.get_text_config().hidden_size + 1)
+        )
+    assert not hasattr(base, "token_selector")
+
+
+def test_selector_of_another_base_model_is_refused(base_models):
+    base = base_models("qwen2_5_vl")
+    llava_config = get_pruned_model(base_models("llava"), TokenPruneConfig(method="visionselector")).token_prune_config
+    assert llava_config.base_model_type == "llava"
+    with pytest.raises(ValueError, match="base_model_type.*'llava'.*'qwen2_5_vl'"):
+        get_pruned_model(base, llava_config)
+
+
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("method", "", ValueError),
+        ("budget", 1.5, ValueError),
+        ("budget", "x", TypeError),
+        ("feature_source", "pixels", ValueError),
+        ("scorer_hidden_size", 0, ValueError),
+        ("scorer_num_heads", 0, ValueError),
+        ("format_version", 99, ValueError),
+    ],
+)
+def test_config_validation_names_the_field(field, value, error):
+    with pytest.raises(error, match=field if field != "budget" else "budget"):
+        TokenPruneConfig(**{field: value})

@@ -1,0 +1,316 @@
+"""Contract and oracle tests of the built-in selectors and the selector registry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hf_tokenprune.modeling import builtin_selectors, token_selectors
+from hf_tokenprune.modeling.configuration_token_prune import TokenPruneConfig
+from hf_tokenprune.modeling.token_selectors import TokenSelector, get_selector_class, register_selector
+from torch.utils.flop_counter import FlopCounterMode
+
+INPUT_DIM = 32
+LLM_HIDDEN_SIZE = 64
+LEARNED = ("visionselector", "autoselect", "reconstruction")
+TRAINING_FREE = ("random", "uniform", "divprune", "dart")
+BUILTINS = LEARNED + TRAINING_FREE
+
+
+def make_selector(method: str, input_dim: int = INPUT_DIM, **config_fields) -> TokenSelector:
+    torch.manual_seed(0)
+    config = TokenPruneConfig(method=method, **config_fields)
+    return get_selector_class(method)(config, input_dim, LLM_HIDDEN_SIZE).eval()
+
+
+def random_features(num_tokens: int, dim: int = INPUT_DIM, seed: int = 0) -> torch.Tensor:
+    return torch.randn(num_tokens, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def test_builtin_module_exports_every_builtin():
+    assert set(BUILTINS) <= set(token_selectors.available_selectors())
+    for method in BUILTINS:
+        assert get_selector_class(method).__name__ in builtin_selectors.__all__
+
+
+@pytest.mark.parametrize("method", BUILTINS)
+@pytest.mark.parametrize(
+    ("num_tokens", "num_keep", "grid_hw"),
+    [(1, 1, None), (7, 1, None), (7, 7, None), (50, 13, (5, 10)), (64, 1, (8, 8)), (64, 64, (8, 8)), (30, 29, None)],
+)
+def test_select_returns_num_keep_unique_ascending_indices(method, num_tokens, num_keep, grid_hw):
+    selector = make_selector(method)
+    keep_indices = selector.select(random_features(num_tokens), num_keep, grid_hw=grid_hw)
+    assert keep_indices.dtype == torch.int64
+    assert keep_indices.shape == (num_keep,)
+    assert torch.unique(keep_indices).numel() == num_keep
+    assert bool((keep_indices.diff() > 0).all())
+    assert 0 <= int(keep_indices.min()) and int(keep_indices.max()) < num_tokens
+
+
+@pytest.mark.parametrize("method", BUILTINS)
+@pytest.mark.parametrize("num_keep", [0, 8])
+def test_select_rejects_num_keep_outside_range(method, num_keep):
+    with pytest.raises(ValueError, match="num_keep|`k`"):
+        make_selector(method).select(random_features(7), num_keep)
+
+
+@pytest.mark.parametrize("method", LEARNED)
+def test_learned_selectors_have_trainable_parameters(method):
+    selector = make_selector(method)
+    assert type(selector).trainable
+    parameters = list(selector.parameters())
+    assert parameters and all(parameter.requires_grad for parameter in parameters)
+    selector.score(random_features(10)).sum().backward()
+    assert all(
+        parameter.grad is not None for name, parameter in selector.named_parameters() if name != "mask_embedding"
+    )
+
+
+@pytest.mark.parametrize("method", TRAINING_FREE)
+def test_training_free_selectors_have_no_parameters(method):
+    selector = make_selector(method)
+    assert not type(selector).trainable
+    assert list(selector.parameters()) == []
+    assert selector.feature_source == "projector_output"
+
+
+def test_default_feature_sources():
+    assert make_selector("visionselector").feature_source == "projector_output"
+    assert make_selector("autoselect").feature_source == "vision_features"
+    assert make_selector("reconstruction").feature_source == "vision_features"
+    assert make_selector("autoselect", feature_source="projector_output").feature_source == "projector_output"
+
+
+# --- visionselector -------------------------------------------------------------------------------------
+
+
+def test_visionselector_score_matches_explicit_attention_matrix():
+    selector = make_selector("visionselector").double()
+    torch.nn.init.normal_(selector.query_proj.weight, std=0.2)
+    torch.nn.init.normal_(selector.key_proj.weight, std=0.2)
+    features = random_features(40).double()
+    queries = features @ selector.query_proj.weight.T
+    keys = features @ selector.key_proj.weight.T
+    # Eq. 2 as written: the full N x N matrix, averaged over its columns.
+    attention = queries @ keys.T / math.sqrt(queries.shape[-1])
+    expected = attention.mean(dim=1)
+    torch.testing.assert_close(selector.score(features), expected, rtol=1e-5, atol=1e-5)
+    assert expected.std() > 1e-2
+
+
+def test_visionselector_sizes_follow_config_and_llm_width():
+    assert make_selector("visionselector").projection_dim == LLM_HIDDEN_SIZE // 2
+    assert make_selector("visionselector", scorer_hidden_size=24).query_proj.out_features == 24
+
+
+def test_visionselector_init_is_near_zero():
+    selector = make_selector("visionselector")
+    for weight in (selector.query_proj.weight, selector.key_proj.weight):
+        assert weight.std() < 3 * selector.config.scorer_init_std
+    with torch.no_grad():
+        assert selector.score(random_features(100)).abs().max() < 1e-3
+
+
+def count_flops(selector: TokenSelector, features: torch.Tensor) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        selector.score(features)
+    return counter.get_total_flops()
+
+
+def test_visionselector_flops_grow_linearly_in_tokens():
+    selector = make_selector("visionselector", input_dim=64)
+    flops_n = count_flops(selector, random_features(512, dim=64))
+    flops_2n = count_flops(selector, random_features(1024, dim=64))
+    assert flops_n > 0
+    assert flops_2n <= 2.2 * flops_n
+
+
+# --- autoselect / reconstruction --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["autoselect", "reconstruction"])
+def test_transformer_scores_are_permutation_equivariant(method):
+    selector = make_selector(method)
+    features = random_features(24)
+    permutation = torch.randperm(24, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        scores = selector.score(features)
+        permuted_scores = selector.score(features[permutation])
+    torch.testing.assert_close(permuted_scores, scores[permutation], rtol=1e-5, atol=1e-5)
+    assert scores.std() > 1e-4
+
+
+def test_transformer_depths_and_widths():
+    assert len(make_selector("autoselect").encoder.layers) == 2
+    assert len(make_selector("reconstruction").encoder.layers) == 4
+    assert len(make_selector("autoselect", scorer_num_layers=3).encoder.layers) == 3
+    assert make_selector("autoselect").head.in_features == INPUT_DIM
+    assert make_selector("autoselect", input_dim=2048).head.in_features == 1024
+    assert make_selector("autoselect", scorer_hidden_size=48).head.in_features == 48
+    with pytest.raises(ValueError, match="scorer_hidden_size"):
+        make_selector("autoselect", scorer_hidden_size=30, scorer_num_heads=4)
+
+
+def test_reconstruction_score_is_keep_minus_drop_logit():
+    selector = make_selector("reconstruction")
+    features = random_features(12)
+    with torch.no_grad():
+        logits = selector.keep_logits(features)
+        scores = selector.score(features)
+    assert logits.shape == (12, 2)
+    torch.testing.assert_close(scores, logits[:, 1] - logits[:, 0])
+    assert selector.mask_embedding.shape == (INPUT_DIM,)
+    assert selector.mask_embedding.requires_grad
+
+
+# --- random / uniform ------------------------------------------------------------------------------------
+
+
+def test_random_is_reproducible_per_seed():
+    features = random_features(100)
+    first = make_selector("random", seed=3).select(features, 10)
+    assert torch.equal(first, make_selector("random", seed=3).select(features, 10))
+    assert not torch.equal(first, make_selector("random", seed=4).select(features, 10))
+    generator_a = torch.Generator().manual_seed(11)
+    generator_b = torch.Generator().manual_seed(11)
+    selector = make_selector("random", seed=3)
+    assert torch.equal(
+        selector.select(features, 10, generator=generator_a), selector.select(features, 10, generator=generator_b)
+    )
+
+
+def grid_covering_radius(keep_indices: torch.Tensor, rows: int, cols: int) -> int:
+    """Largest Chebyshev distance from any grid cell to its nearest kept cell."""
+    cell_rows, cell_cols = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    kept_rows, kept_cols = keep_indices // cols, keep_indices % cols
+    distance = torch.maximum((cell_rows.reshape(-1, 1) - kept_rows).abs(), (cell_cols.reshape(-1, 1) - kept_cols).abs())
+    return int(distance.min(dim=1).values.max())
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(24, 24), (16, 30)])
+def test_uniform_spreads_over_the_grid(rows, cols):
+    selector = make_selector("uniform")
+    num_tokens = rows * cols
+    features = torch.zeros(num_tokens, INPUT_DIM)
+    # Every small budget (where a bad layout shows most) and a stride through the rest.
+    for num_keep in [*range(1, 65), *range(65, num_tokens, 11), num_tokens]:
+        keep_indices = selector.select(features, num_keep, grid_hw=(rows, cols))
+        assert torch.unique(keep_indices).numel() == num_keep
+        # Evenly spread points leave no cell farther than about the spacing sqrt(N / k) from a kept one.
+        assert grid_covering_radius(keep_indices, rows, cols) <= 1.5 * math.sqrt(num_tokens / num_keep)
+        if num_keep >= 4:
+            top, left = keep_indices // cols < rows / 2, keep_indices % cols < cols / 2
+            for quadrant in (top & left, top & ~left, ~top & left, ~top & ~left):
+                assert quadrant.any(), f"num_keep={num_keep} leaves a quadrant empty"
+
+
+def test_uniform_exact_sub_grid_and_1d_fallback():
+    selector = make_selector("uniform")
+    keep_indices = selector.select(torch.zeros(576, INPUT_DIM), 16, grid_hw=(24, 24))
+    centres = torch.tensor([3, 9, 15, 21])
+    assert torch.equal(keep_indices, (centres[:, None] * 24 + centres[None, :]).flatten())
+    # Without a grid the same budget lands in one column of the 24 x 24 image: what the grid path avoids.
+    one_dimensional = selector.select(torch.zeros(576, INPUT_DIM), 24)
+    assert torch.equal(one_dimensional, torch.arange(24) * 24 + 12)
+    assert grid_covering_radius(one_dimensional, 24, 24) > 1.5 * math.sqrt(576 / 24)
+    assert torch.equal(selector.select(torch.zeros(10, 4), 5, grid_hw=(3, 3)), torch.tensor([1, 3, 5, 7, 9]))
+
+
+# --- divprune --------------------------------------------------------------------------------------------
+
+
+def brute_force_max_min_greedy(features: torch.Tensor, num_keep: int) -> set[int]:
+    """DivPrune's greedy written directly on the full cosine-distance matrix."""
+    unit = features.double() / features.double().norm(dim=1, keepdim=True)
+    distance = 1.0 - unit @ unit.T
+    num_tokens = features.shape[0]
+    off_diagonal = distance + torch.diag(torch.full((num_tokens,), math.inf, dtype=torch.float64))
+    selected = [int(off_diagonal.min(dim=1).values.argmax())]
+    while len(selected) < num_keep:
+        candidates = [index for index in range(num_tokens) if index not in selected]
+        gaps = [min(float(distance[candidate, chosen]) for chosen in selected) for candidate in candidates]
+        selected.append(candidates[max(range(len(candidates)), key=gaps.__getitem__)])
+    return set(selected)
+
+
+@pytest.mark.parametrize("num_keep", [1, 2, 9, 30, 60])
+def test_divprune_matches_brute_force_greedy(num_keep):
+    features = random_features(60, dim=16, seed=5)
+    keep_indices = make_selector("divprune").select(features, num_keep)
+    assert set(keep_indices.tolist()) == brute_force_max_min_greedy(features, num_keep)
+
+
+def clustered_features(num_clusters: int, per_cluster: int, dim: int = INPUT_DIM) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(2)
+    centres = torch.randn(num_clusters, dim, generator=generator)
+    cluster_ids = torch.arange(num_clusters).repeat_interleave(per_cluster)
+    features = centres[cluster_ids] + 0.01 * torch.randn(num_clusters * per_cluster, dim, generator=generator)
+    shuffle = torch.randperm(features.shape[0], generator=generator)
+    return features[shuffle], cluster_ids[shuffle]
+
+
+def test_divprune_covers_every_cluster_before_repeating_one():
+    features, cluster_ids = clustered_features(num_clusters=6, per_cluster=15)
+    selector = make_selector("divprune")
+    for num_keep in range(1, 7):
+        kept_clusters = cluster_ids[selector.select(features, num_keep)]
+        assert torch.unique(kept_clusters).numel() == num_keep
+
+
+# --- dart ------------------------------------------------------------------------------------------------
+
+
+def test_dart_drops_copies_of_a_pivot_and_keeps_distinct_tokens():
+    distinct = random_features(10, seed=7)
+    pivot = 10.0 * random_features(1, seed=8)
+    # Layout: pivot at 0, its copies at 1-4, distinct tokens at 5-14.
+    features = torch.cat([pivot, pivot.repeat(4, 1), distinct])
+    keep_indices = make_selector("dart", dart_num_pivots=1).select(features, 11)
+    assert keep_indices.tolist() == [0, *range(5, 15)]
+
+
+def test_dart_drops_near_duplicates_of_every_pivot():
+    generator = torch.Generator().manual_seed(9)
+    pivots = 10.0 * torch.randn(2, INPUT_DIM, generator=generator)
+    near_copies = 0.5 * pivots.repeat(3, 1) + 1e-3 * torch.randn(6, INPUT_DIM, generator=generator)
+    distinct = torch.randn(8, INPUT_DIM, generator=generator)
+    # Layout: near-copies at 0-5, distinct tokens at 6-13, pivots at 14-15 (largest norm wherever they sit).
+    features = torch.cat([near_copies, distinct, pivots])
+    keep_indices = make_selector("dart", dart_num_pivots=2).select(features, 10)
+    assert keep_indices.tolist() == [*range(6, 16)]
+    # With fewer slots than pivots, only the largest-norm pivot is kept.
+    largest = 14 + int(pivots.norm(dim=1).argmax())
+    assert make_selector("dart", dart_num_pivots=2).select(features, 1).tolist() == [largest]
+
+
+# --- registry --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch):
+    monkeypatch.setattr(token_selectors, "_SELECTORS", dict(token_selectors._SELECTORS))
+
+
+def test_duplicate_registration_raises_naming_it(isolated_registry):
+    with pytest.raises(ValueError, match="'divprune'"):
+        register_selector("divprune", builtin_selectors.RandomSelector)
+
+
+def test_unknown_selector_lists_registered_names():
+    with pytest.raises(ValueError, match="'nope'") as error:
+        get_selector_class("nope")
+    for method in BUILTINS:
+        assert method in str(error.value)
+
+
+def test_third_party_selector_registers_and_selects(isolated_registry):
+    class LastTokensSelector(TokenSelector):
+        def score(self, features: torch.Tensor) -> torch.Tensor:
+            return torch.arange(features.shape[0], dtype=torch.float32)
+
+    register_selector("last_tokens", LastTokensSelector)
+    assert "last_tokens" in token_selectors.available_selectors()
+    selector = get_selector_class("last_tokens")(TokenPruneConfig(method="last_tokens"), INPUT_DIM, LLM_HIDDEN_SIZE)
+    assert selector.select(random_features(9), 3).tolist() == [6, 7, 8]
