@@ -362,7 +362,11 @@ class TokenPruningMixin:
         embed_index = source_index[..., None].expand(-1, -1, inputs_embeds.shape[-1])
         plan.inputs_embeds = inputs_embeds.gather(1, embed_index) * compact_mask[..., None].to(inputs_embeds.dtype)
         plan.position_ids = plan.gather(position_ids, 0)
-        plan.labels = plan.gather(labels, -100) if labels is not None else None
+        if labels is not None:
+            plan.labels = plan.gather(labels, -100)
+            # Compaction can put padding in front of a row that had none; no padding slot may "predict" the
+            # row's first real token, so the loss is the next-token loss over the kept sequence alone.
+            plan.labels[torch.arange(len(lengths)), compact_length - lengths] = -100
         return plan
 
     def _vision_inputs(self, kwargs: dict[str, Any]) -> dict[str, Any]:

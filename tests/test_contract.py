@@ -393,3 +393,24 @@ def test_selector_of_another_base_model_is_refused(base_models):
 def test_config_validation_names_the_field(field, value, error):
     with pytest.raises(error, match=field if field != "budget" else "budget"):
         TokenPruneConfig(**{field: value})
+
+
+# ---------------------------------------------------------------- training-style forward
+@pytest.mark.parametrize("arch", ARCHS)
+def test_loss_with_labels_is_next_token_loss_over_the_kept_sequence(base_models, arch):
+    """Oracle: masked base logits at the kept positions, labels shifted along the kept sequence."""
+    base = base_models(arch)
+    model = pruned(base, "divprune")
+    inputs = batch_inputs(arch)
+    is_visual = (inputs["input_ids"] == IMAGE_ID) | (inputs["input_ids"] == VIDEO_ID)
+    labels = inputs["input_ids"].masked_fill(is_visual | (inputs["attention_mask"] == 0), -100)
+    with torch.no_grad():
+        out = model(**inputs, labels=labels, prune_budget=0.3)
+        reference_logits = base(**masked_base_inputs(base, inputs, out.keep_mask)).logits
+    losses, count = [], 0
+    for row in range(labels.shape[0]):
+        kept = out.keep_mask[row] & inputs["attention_mask"][row].bool()
+        row_logits, row_labels = reference_logits[row][kept][:-1], labels[row][kept][1:]
+        losses.append(torch.nn.functional.cross_entropy(row_logits, row_labels, ignore_index=-100, reduction="sum"))
+        count += int((row_labels != -100).sum())
+    torch.testing.assert_close(out.loss, torch.stack(losses).sum() / count, atol=1e-5, rtol=1e-5)
