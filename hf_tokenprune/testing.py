@@ -77,6 +77,18 @@ TEXT_CONFIG = dict(
 )
 
 
+CLIP_VISION_CONFIG = dict(
+    model_type="clip_vision_model",
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=8,
+    patch_size=2,
+    projection_dim=16,
+)
+
+
 def tiny_qwen2_5_vl(attn_implementation: str = "eager") -> Qwen2_5_VLForConditionalGeneration:
     config = Qwen2_5_VLConfig(
         text_config=dict(
@@ -105,16 +117,7 @@ def tiny_qwen2_5_vl(attn_implementation: str = "eager") -> Qwen2_5_VLForConditio
 def tiny_llava(attn_implementation: str = "eager") -> LlavaForConditionalGeneration:
     config = LlavaConfig(
         text_config=dict(TEXT_CONFIG, model_type="llama"),
-        vision_config=dict(
-            model_type="clip_vision_model",
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=8,
-            patch_size=2,
-            projection_dim=16,
-        ),
+        vision_config=dict(CLIP_VISION_CONFIG),
         image_token_index=IMAGE_ID,
         image_seq_length=16,
         vision_feature_layer=-2,
@@ -126,16 +129,7 @@ def tiny_llava(attn_implementation: str = "eager") -> LlavaForConditionalGenerat
 def tiny_llava_next(attn_implementation: str = "eager") -> LlavaNextForConditionalGeneration:
     config = LlavaNextConfig(
         text_config=dict(TEXT_CONFIG, model_type="llama"),
-        vision_config=dict(
-            model_type="clip_vision_model",
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=8,
-            patch_size=2,
-            projection_dim=16,
-        ),
+        vision_config=dict(CLIP_VISION_CONFIG),
         image_token_index=IMAGE_ID,
         image_grid_pinpoints=[[8, 8], [8, 16], [16, 8], [16, 16]],
         vision_feature_layer=-2,

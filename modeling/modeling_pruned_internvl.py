@@ -10,7 +10,8 @@ import math
 import torch
 from transformers import InternVLForConditionalGeneration
 
-from .pruning import ArchitectureHooks, CaptureProjectorInput, TokenPruningMixin, VisualSegment
+from .modeling_pruned_llava import LlavaPruneHooks
+from .pruning import CaptureProjectorInput, TokenPruningMixin, VisualSegment
 
 
 def placeholder_runs(input_ids: torch.Tensor, token_id: int) -> list[int]:
@@ -22,12 +23,7 @@ def placeholder_runs(input_ids: torch.Tensor, token_id: int) -> list[int]:
     return (ends[:, 1] - starts[:, 1]).tolist()
 
 
-class InternVLPruneHooks(ArchitectureHooks):
-    vision_input_names = ("pixel_values", "image_sizes", "vision_feature_layer", "vision_feature_select_strategy")
-
-    def visual_token_ids(self, model) -> tuple[int, ...]:
-        return (model.config.image_token_id,)
-
+class InternVLPruneHooks(LlavaPruneHooks):
     def vision_feature_dim(self, model) -> int:
         return model.config.vision_config.hidden_size * int(1 / model.config.downsample_ratio) ** 2
 

@@ -9,19 +9,17 @@ from transformers import LlavaForConditionalGeneration
 from .pruning import ArchitectureHooks, CaptureProjectorInput, TokenPruningMixin, VisualSegment
 
 
-def llava_vision_feature_dim(model) -> int:
-    layers = model.config.vision_feature_layer
-    return model.config.vision_config.hidden_size * (len(layers) if isinstance(layers, (list, tuple)) else 1)
-
-
 class LlavaPruneHooks(ArchitectureHooks):
+    """LLaVA 1.5; also the base of the LLaVA-NeXT and InternVL hooks (same inputs and placeholder)."""
+
     vision_input_names = ("pixel_values", "image_sizes", "vision_feature_layer", "vision_feature_select_strategy")
 
     def visual_token_ids(self, model) -> tuple[int, ...]:
         return (model.config.image_token_id,)
 
     def vision_feature_dim(self, model) -> int:
-        return llava_vision_feature_dim(model)
+        layers = model.config.vision_feature_layer
+        return model.config.vision_config.hidden_size * (len(layers) if isinstance(layers, (list, tuple)) else 1)
 
     def encode(self, model, input_ids, inputs, need_features) -> list[VisualSegment]:
         capture = CaptureProjectorInput(model.model.multi_modal_projector, None, need_features)
@@ -45,4 +43,4 @@ class PrunedLlavaForConditionalGeneration(TokenPruningMixin, LlavaForConditional
     prune_hooks = LlavaPruneHooks()
 
 
-__all__ = ["LlavaPruneHooks", "PrunedLlavaForConditionalGeneration", "llava_vision_feature_dim"]
+__all__ = ["LlavaPruneHooks", "PrunedLlavaForConditionalGeneration"]

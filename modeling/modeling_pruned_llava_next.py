@@ -9,19 +9,11 @@ import torch
 from transformers import LlavaNextForConditionalGeneration
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-from .modeling_pruned_llava import llava_vision_feature_dim
-from .pruning import ArchitectureHooks, TokenPruningMixin, VisualSegment
+from .modeling_pruned_llava import LlavaPruneHooks
+from .pruning import TokenPruningMixin, VisualSegment
 
 
-class LlavaNextPruneHooks(ArchitectureHooks):
-    vision_input_names = ("pixel_values", "image_sizes", "vision_feature_layer", "vision_feature_select_strategy")
-
-    def visual_token_ids(self, model) -> tuple[int, ...]:
-        return (model.config.image_token_id,)
-
-    def vision_feature_dim(self, model) -> int:
-        return llava_vision_feature_dim(model)
-
+class LlavaNextPruneHooks(LlavaPruneHooks):
     def encode(self, model, input_ids, inputs, need_features) -> list[VisualSegment]:
         inner = model.model
         recorded: list[torch.Tensor] = []

@@ -78,7 +78,30 @@ class TokenTransformer(nn.Module):
         return self.final_norm(hidden_states.squeeze(0))
 
 
-class AutoSelectScorer(TokenSelector):
+class TransformerTokenScorer(TokenSelector):
+    """Shared body of the Transformer-based learned selectors: `TokenTransformer` + a linear head.
+
+    Subclasses set `default_num_layers` and `head_outputs` (logits per token).
+    """
+
+    trainable = True
+    default_feature_source = "vision_features"
+    default_num_layers: int
+    head_outputs: int
+
+    def __init__(self, config: TokenPruneConfig, input_dim: int, llm_hidden_size: int) -> None:
+        super().__init__(config, input_dim, llm_hidden_size)
+        hidden_size = default_hidden_size(config, input_dim)
+        self.encoder = TokenTransformer(
+            input_dim,
+            hidden_size,
+            num_layers=config.scorer_num_layers or self.default_num_layers,
+            num_heads=config.scorer_num_heads,
+        )
+        self.head = nn.Linear(hidden_size, self.head_outputs)
+
+
+class AutoSelectScorer(TransformerTokenScorer):
     """L Transformer encoder blocks and a linear head giving one importance logit per visual token.
 
     Paper 002 Sec. 4.2 / paper 004 Eq. 3; inference is hard top-K on these logits (paper 002 Eq. 3). The
@@ -95,20 +118,8 @@ class AutoSelectScorer(TokenSelector):
         head: `hidden_size -> 1` logit.
     """
 
-    trainable = True
-    default_feature_source = "vision_features"
     default_num_layers = 2
-
-    def __init__(self, config: TokenPruneConfig, input_dim: int, llm_hidden_size: int) -> None:
-        super().__init__(config, input_dim, llm_hidden_size)
-        hidden_size = default_hidden_size(config, input_dim)
-        self.encoder = TokenTransformer(
-            input_dim,
-            hidden_size,
-            num_layers=config.scorer_num_layers or self.default_num_layers,
-            num_heads=config.scorer_num_heads,
-        )
-        self.head = nn.Linear(hidden_size, 1)
+    head_outputs = 1
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """features: (N, input_dim) -> scores: (N,) logits."""

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from .configuration_token_prune import TokenPruneConfig
-from .selector_autoselect import TokenTransformer, default_hidden_size
-from .token_selectors import TokenSelector, register_selector
+from .selector_autoselect import TransformerTokenScorer
+from .token_selectors import register_selector
 
 
-class ReconstructionSelector(TokenSelector):
+class ReconstructionSelector(TransformerTokenScorer):
     """Four Transformer layers and a two-way [drop, keep] head per visual token.
 
     In training the head's logits feed a Gumbel-Softmax that samples the binary mask M (Eq. 5); at
@@ -35,20 +35,11 @@ class ReconstructionSelector(TokenSelector):
             lives in the input feature space and is unused at inference, where dropped tokens are removed.
     """
 
-    trainable = True
-    default_feature_source = "vision_features"
     default_num_layers = 4
+    head_outputs = 2
 
     def __init__(self, config: TokenPruneConfig, input_dim: int, llm_hidden_size: int) -> None:
         super().__init__(config, input_dim, llm_hidden_size)
-        hidden_size = default_hidden_size(config, input_dim)
-        self.encoder = TokenTransformer(
-            input_dim,
-            hidden_size,
-            num_layers=config.scorer_num_layers or self.default_num_layers,
-            num_heads=config.scorer_num_heads,
-        )
-        self.head = nn.Linear(hidden_size, 2)
         # The paper does not say how E_masked starts; 0.02 is the usual std of a learned mask token (MAE, BEiT).
         self.mask_embedding = nn.Parameter(torch.empty(input_dim).normal_(mean=0.0, std=0.02))
 
