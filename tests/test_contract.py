@@ -10,9 +10,9 @@ import math
 
 import pytest
 import torch
-from hf_tokenprune.modeling.modeling_pruned_internvl import placeholder_runs
 
 from hf_tokenprune import TokenPruneConfig, available_selectors, get_pruned_model
+from hf_tokenprune.modeling.modeling_pruned_internvl import placeholder_runs
 from hf_tokenprune.testing import (
     BUILDERS,
     IMAGE_ID,

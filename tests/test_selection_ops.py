@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from hf_tokenprune.modeling.selection_ops import (
     differentiable_topk,
     gumbel_keep_mask,

@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from hf_tokenprune.modeling import builtin_selectors, token_selectors
 from hf_tokenprune.modeling.configuration_token_prune import TokenPruneConfig
 from hf_tokenprune.modeling.token_selectors import TokenSelector, get_selector_class, register_selector
-from torch.utils.flop_counter import FlopCounterMode
 
 INPUT_DIM = 32
 LLM_HIDDEN_SIZE = 64
