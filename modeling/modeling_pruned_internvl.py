@@ -11,7 +11,7 @@ import torch
 from transformers import InternVLForConditionalGeneration
 
 from .modeling_pruned_llava import LlavaPruneHooks
-from .pruning import CaptureProjectorInput, TokenPruningMixin, VisualSegment
+from .pruning import TokenPruningMixin, VisualSegment
 
 
 def placeholder_runs(input_ids: torch.Tensor, token_id: int) -> list[int]:
@@ -28,14 +28,7 @@ class InternVLPruneHooks(LlavaPruneHooks):
         return model.config.vision_config.hidden_size * int(1 / model.config.downsample_ratio) ** 2
 
     def encode(self, model, input_ids, inputs, need_features) -> list[VisualSegment]:
-        capture = CaptureProjectorInput(model.model.multi_modal_projector, None, need_features)
-        with capture:
-            outputs = model.model.get_image_features(
-                pixel_values=inputs["pixel_values"],
-                vision_feature_layer=inputs.get("vision_feature_layer"),
-                vision_feature_select_strategy=inputs.get("vision_feature_select_strategy"),
-            )
-        merged = outputs.pooler_output
+        merged, capture = self.image_features(model, inputs, need_features)
         tokens_per_tile = merged.shape[1]
         side = math.isqrt(tokens_per_tile)
         embeds, features = capture.split(merged.reshape(-1, merged.shape[-1]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from transformers import LlavaForConditionalGeneration
 
@@ -21,17 +22,22 @@ class LlavaPruneHooks(ArchitectureHooks):
         layers = model.config.vision_feature_layer
         return model.config.vision_config.hidden_size * (len(layers) if isinstance(layers, (list, tuple)) else 1)
 
-    def encode(self, model, input_ids, inputs, need_features) -> list[VisualSegment]:
+    def image_features(self, model, inputs, need_features, **extra) -> tuple[Any, CaptureProjectorInput]:
+        """Stock `get_image_features` with the projector input appended when `need_features`."""
         capture = CaptureProjectorInput(model.model.multi_modal_projector, None, need_features)
         with capture:
             outputs = model.model.get_image_features(
                 pixel_values=inputs["pixel_values"],
                 vision_feature_layer=inputs.get("vision_feature_layer"),
                 vision_feature_select_strategy=inputs.get("vision_feature_select_strategy"),
-                image_sizes=inputs.get("image_sizes"),
+                **extra,
             )
+        return outputs.pooler_output, capture
+
+    def encode(self, model, input_ids, inputs, need_features) -> list[VisualSegment]:
+        pooled, capture = self.image_features(model, inputs, need_features, image_sizes=inputs.get("image_sizes"))
         segments = []
-        for merged in outputs.pooler_output:
+        for merged in pooled:
             embeds, features = capture.split(merged.reshape(-1, merged.shape[-1]))
             side = math.isqrt(embeds.shape[0])
             grid_hw = (side, side) if side * side == embeds.shape[0] else None

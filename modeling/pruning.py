@@ -305,7 +305,6 @@ class TokenPruningMixin:
         )
         inputs_embeds = self.get_input_embeddings()(input_ids)
         keep_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        generator = None
         for token_id in hooks.visual_token_ids(self):
             token_segments = [segment for segment in segments if segment.token_id == token_id]
             rows, cols = torch.nonzero(input_ids == token_id, as_tuple=True)
@@ -330,9 +329,7 @@ class TokenPruningMixin:
                 features = segment.features if selector.feature_source == "vision_features" else segment.embeds
                 selector_dtype = next(selector.parameters(), features).dtype
                 with torch.no_grad():
-                    keep_indices = selector.select(
-                        features.to(selector_dtype), num_keep, grid_hw=segment.grid_hw, generator=generator
-                    )
+                    keep_indices = selector.select(features.to(selector_dtype), num_keep, grid_hw=segment.grid_hw)
                 dropped = torch.ones(size, dtype=torch.bool, device=input_ids.device)
                 dropped[keep_indices.to(input_ids.device)] = False
                 keep_mask[seg_rows[dropped], seg_cols[dropped]] = False
@@ -369,8 +366,11 @@ class TokenPruningMixin:
             plan.labels[torch.arange(len(lengths)), compact_length - lengths] = -100
         return plan
 
-    def _vision_inputs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {name: kwargs[name] for name in self.prune_hooks.vision_input_names if name in kwargs}
+    def _split_vision_inputs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(inputs that feed only the vision side, everything else)."""
+        names = self.prune_hooks.vision_input_names
+        vision = {name: value for name, value in kwargs.items() if name in names}
+        return vision, {name: value for name, value in kwargs.items() if name not in names}
 
     # ----------------------------------------------------------------- forward
     def forward(self, input_ids=None, attention_mask=None, prune_budget=None, prune_method=None, **kwargs):
@@ -385,17 +385,16 @@ class TokenPruningMixin:
             return outputs
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError("`inputs_embeds` cannot be combined with `prune_budget`: pruning needs `input_ids`")
-        vision_inputs = self._vision_inputs(kwargs)
+        vision_inputs, language_kwargs = self._split_vision_inputs(kwargs)
         plan = self.plan_pruning(
             input_ids,
             attention_mask,
             vision_inputs,
             budget,
             selector,
-            position_ids=kwargs.pop("position_ids", None),
-            labels=kwargs.pop("labels", None),
+            position_ids=language_kwargs.pop("position_ids", None),
+            labels=language_kwargs.pop("labels", None),
         )
-        language_kwargs = {k: v for k, v in kwargs.items() if k not in vision_inputs}
         outputs = super().forward(
             input_ids=None,
             attention_mask=plan.attention_mask,
@@ -405,7 +404,7 @@ class TokenPruningMixin:
             **language_kwargs,
         )
         # Logits come back in the caller's layout (zeros at dropped tokens) unless only the last few were asked for.
-        if not kwargs.get("logits_to_keep"):
+        if not language_kwargs.get("logits_to_keep"):
             outputs["logits"] = plan.scatter(outputs.logits, input_ids.shape[1])
         outputs["keep_mask"] = plan.keep_mask
         return outputs
@@ -431,17 +430,16 @@ class TokenPruningMixin:
         if kwargs.get("past_key_values") is not None:
             raise ValueError("`past_key_values` cannot be combined with `prune_budget`: pruning happens at prefill")
         kwargs.pop("input_ids", None)
-        vision_inputs = self._vision_inputs(kwargs)
+        vision_inputs, generate_kwargs = self._split_vision_inputs(kwargs)
         plan = self.plan_pruning(
             input_ids,
-            kwargs.pop("attention_mask", None),
+            generate_kwargs.pop("attention_mask", None),
             vision_inputs,
             budget,
             selector,
-            position_ids=kwargs.pop("position_ids", None),
+            position_ids=generate_kwargs.pop("position_ids", None),
         )
         self.prune_hooks.after_generate_plan(self, plan)
-        generate_kwargs = {k: v for k, v in kwargs.items() if k not in vision_inputs}
         output = super().generate(
             input_ids=plan.input_ids,
             inputs_embeds=plan.inputs_embeds,
