@@ -7,6 +7,12 @@ from .modeling.modeling_pruned_llava import PrunedLlavaForConditionalGeneration
 from .modeling.modeling_pruned_llava_next import PrunedLlavaNextForConditionalGeneration
 from .modeling.modeling_pruned_qwen2_5_vl import PrunedQwen2_5_VLForConditionalGeneration
 from .modeling.token_selectors import TokenSelector, available_selectors, get_selector_class, register_selector
+from .training import (
+    TokenPruneDataCollator,
+    TokenPruneTrainer,
+    TokenPruneTrainingArguments,
+    load_conversation_records,
+)
 
 __version__ = "0.1.0"
 
@@ -17,10 +23,14 @@ __all__ = [
     "PrunedLlavaNextForConditionalGeneration",
     "PrunedQwen2_5_VLForConditionalGeneration",
     "TokenPruneConfig",
+    "TokenPruneDataCollator",
+    "TokenPruneTrainer",
+    "TokenPruneTrainingArguments",
     "TokenSelector",
     "__version__",
     "available_selectors",
     "get_pruned_model",
     "get_selector_class",
+    "load_conversation_records",
     "register_selector",
 ]

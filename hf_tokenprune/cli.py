@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import yaml
 from transformers import HfArgumentParser
+
+from .training.entry import TRAIN_ARGUMENTS
 
 
 @dataclass
@@ -38,7 +43,39 @@ def run_demo(args: DemoArguments) -> str:
     return answer
 
 
-COMMANDS = {"demo": (DemoArguments, run_demo)}
+def run_train(*arguments):
+    from .training.entry import run_train as train
+
+    train(*arguments)
+
+
+COMMANDS = {
+    "demo": (DemoArguments, run_demo),
+    "train": (TRAIN_ARGUMENTS, run_train),
+}
+
+
+def parse_arguments(arguments_classes, argv: list[str], prog: str) -> tuple:
+    """Dataclasses from `argv`; `--config file.yaml` supplies defaults (a flat mapping) that flags override."""
+    classes = arguments_classes if isinstance(arguments_classes, tuple) else (arguments_classes,)
+    parser = HfArgumentParser(classes, prog=prog)
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise SystemExit(f"{prog}: --config needs a YAML file")
+        path = Path(argv[index + 1])
+        argv = argv[:index] + argv[index + 2 :]
+        if not path.is_file():
+            raise SystemExit(f"{prog}: --config {str(path)!r} does not exist")
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(values, dict):
+            raise SystemExit(f"{prog}: --config {str(path)!r} must hold a mapping of field: value")
+        known = {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SystemExit(f"{prog}: unknown field(s) in --config {str(path)!r}: {unknown}")
+        parser.set_defaults(**values)
+    return tuple(parser.parse_args_into_dataclasses(args=argv))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(f"usage: hf-tokenprune {{{','.join(COMMANDS)}}} [--help] [options]", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    arguments_cls, command = COMMANDS[argv[0]]
-    parser = HfArgumentParser(arguments_cls, prog=f"hf-tokenprune {argv[0]}")
-    (arguments,) = parser.parse_args_into_dataclasses(args=argv[1:])
-    command(arguments)
+    arguments_classes, command = COMMANDS[argv[0]]
+    command(*parse_arguments(arguments_classes, argv[1:], prog=f"hf-tokenprune {argv[0]}"))
     return 0
 
 

@@ -17,13 +17,18 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     InternVLConfig,
     InternVLForConditionalGeneration,
+    InternVLProcessor,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
+    LlavaProcessor,
     PreTrainedTokenizerFast,
+    ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
 )
 
 VOCAB = 64
@@ -301,3 +306,151 @@ IMAGE_SIZES = {
     "internvl": [(1, 1), (2, 2), (3, 3)],
     "llava_next": [(8, 8), (8, 14), (16, 10)],
 }
+
+
+# --- Tiny processors -------------------------------------------------------------------------------------------
+#
+# The stock Qwen2.5-VL and InternVL processors refuse to build without a video processor, video processors need
+# torchvision (not installable here), and every real processor is a download. The processors below are built from
+# the stock classes and the stock (PIL-backend) image processors, configured for the tiny vision towers above, with
+# a word-level tokenizer that shares the tiny models' ids. They exist so that tests can exercise the real
+# chat-template -> processor -> model path (placeholder expansion, padding, `image_grid_thw`, tiling) offline.
+
+# Chat tokens, in ids the tiny tokenizer leaves free (all < VOCAB). `<|im_start|>`/`<|im_end|>` are special.
+IM_START, IM_END = 40, 41
+ROLE_TOKENS = {"system": 42, "user": 43, "assistant": 44}
+
+# Image placeholder strings per architecture, as the stock processor expects them in the rendered text, and the
+# ids 58..61 they occupy in that architecture's tokenizer (IMAGE_ID = 60 is every tiny model's image_token_id).
+_VISION_TOKENS = {
+    "qwen2_5_vl": {
+        "<|vision_start|>": VSTART,
+        "<|vision_end|>": VEND,
+        "<|image_pad|>": IMAGE_ID,
+        "<|video_pad|>": VIDEO_ID,
+    },
+    "llava": {"<|vision_start|>": VSTART, "<|vision_end|>": VEND, "<image>": IMAGE_ID, "<|video_pad|>": VIDEO_ID},
+    "internvl": {"<img>": VSTART, "</img>": VEND, "<IMG_CONTEXT>": IMAGE_ID, "<video>": VIDEO_ID},
+}
+_VISION_TOKENS["llava_next"] = _VISION_TOKENS["llava"]
+IMAGE_PLACEHOLDER = {
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "llava": "<image>",
+    "llava_next": "<image>",
+    "internvl": "<IMG_CONTEXT>",
+}
+
+# ChatML with whitespace between words (the tokenizer splits on whitespace; special tokens split themselves).
+_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|> ' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '%(image)s ' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] + ' ' }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|> assistant\n' }}{% endif %}"
+)
+
+
+def tiny_chat_tokenizer(arch: str) -> PreTrainedTokenizerFast:
+    """`tiny_tokenizer`'s vocabulary plus ChatML tokens and `arch`'s image placeholder names, all ids < VOCAB.
+
+    Chat and vision tokens are registered as special tokens, so `<|image_pad|><|image_pad|>` (how the processors
+    expand placeholders, with no spaces) splits into single tokens. Left padding, `<pad>` = 0.
+    """
+    vision = _VISION_TOKENS[arch]
+    vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<unk>": 3}
+    vocab.update({word: TEXT_TOKENS[i] for i, word in enumerate(WORDS[: len(TEXT_TOKENS)])})
+    vocab.update({"<|im_start|>": IM_START, "<|im_end|>": IM_END, **ROLE_TOKENS, **vision})
+    assert max(vocab.values()) < VOCAB and len(set(vocab.values())) == len(vocab)
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    names = list(vision)
+    tokenizer.add_special_tokens(["<|im_start|>", "<|im_end|>", *names])  # already in the vocab: ids unchanged
+    named = (
+        dict(start_image_token=names[0], end_image_token=names[1], context_image_token=names[2], video_token=names[3])
+        if arch == "internvl"
+        else dict(image_token=names[2], video_token=names[3])
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+        extra_special_tokens=named,
+    )
+
+
+class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    """The stock Qwen2.5-VL processor without its video processor (which needs torchvision); images only."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class ImageOnlyInternVLProcessor(InternVLProcessor):
+    """The stock InternVL processor without its video processor (which needs torchvision); images only."""
+
+    def __init__(self, image_processor=None, tokenizer=None, image_seq_length=256, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template, **kwargs)
+
+
+def tiny_processor(arch: str, **image_processor_kwargs) -> ProcessorMixin:
+    """Stock-logic processor for the tiny `arch` model (`qwen2_5_vl`, `llava`, `llava_next`, `internvl`).
+
+    `processor.apply_chat_template(messages, add_generation_prompt=...)` renders a ChatML-style prompt with the
+    architecture's image placeholder; `processor(text=..., images=..., return_tensors="pt", padding=True)` expands
+    it to `image_token_id` (60) tokens and returns exactly the model's inputs. Image sizes the tiny towers see:
+
+    - qwen2_5_vl: resized to multiples of 4 px with 16 * 16 <= h * w <= 24 * 24 (a 16 x 16 image -> 4 x 4 merged
+      tokens, 32 x 32 -> 24 x 24 px -> 6 x 6 tokens); any sizes mix in one batch.
+    - llava: shortest edge resized to 8, centre-cropped to 8 x 8 -> 16 tokens.
+    - llava_next: anyres over the pinpoints of `tiny_llava_next` with 8 x 8 tiles.
+    - internvl: one 8 x 8 tile -> 4 tokens between `<img>` / `</img>` (58 / 59); pass `max_patches=n` for dynamic
+      tiling (n tiles plus a thumbnail when n > 1).
+
+    `image_processor_kwargs` override the image processor's settings above.
+    """
+    tokenizer = tiny_chat_tokenizer(arch)
+    chat_template = _CHAT_TEMPLATE.replace("%(image)s", IMAGE_PLACEHOLDER[arch])
+    if arch == "qwen2_5_vl":
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        settings = dict(
+            patch_size=2, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 24 * 24}
+        )
+        image_processor = Qwen2VLImageProcessorPil(**{**settings, **image_processor_kwargs})
+        return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=chat_template)
+    # CLIP's CLS is one additional token, dropped again by the "default" strategy.
+    llava_settings = dict(
+        patch_size=2, vision_feature_select_strategy="default", image_token="<image>", num_additional_image_tokens=1
+    )
+    if arch == "llava":
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        settings = dict(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+        image_processor = CLIPImageProcessorPil(**{**settings, **image_processor_kwargs})
+        return LlavaProcessor(image_processor, tokenizer, chat_template=chat_template, **llava_settings)
+    if arch == "llava_next":
+        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+        settings = dict(
+            size={"shortest_edge": 8},
+            crop_size={"height": 8, "width": 8},
+            image_grid_pinpoints=[[8, 8], [8, 16], [16, 8], [16, 16]],
+        )
+        image_processor = LlavaNextImageProcessorPil(**{**settings, **image_processor_kwargs})
+        return LlavaNextProcessor(image_processor, tokenizer, chat_template=chat_template, **llava_settings)
+    if arch == "internvl":
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+        settings = dict(size={"height": 8, "width": 8}, crop_to_patches=True, min_patches=1, max_patches=1)
+        image_processor = GotOcr2ImageProcessorPil(**{**settings, **image_processor_kwargs})
+        return ImageOnlyInternVLProcessor(image_processor, tokenizer, image_seq_length=4, chat_template=chat_template)
+    raise ValueError(f"no tiny processor for {arch!r}")

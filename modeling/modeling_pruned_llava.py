@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from transformers import LlavaForConditionalGeneration
 
 from .pruning import ArchitectureHooks, CaptureProjectorInput, TokenPruningMixin, VisualSegment
@@ -21,6 +22,24 @@ class LlavaPruneHooks(ArchitectureHooks):
     def vision_feature_dim(self, model) -> int:
         layers = model.config.vision_feature_layer
         return model.config.vision_config.hidden_size * (len(layers) if isinstance(layers, (list, tuple)) else 1)
+
+    def project_features(self, model, features):
+        return model.model.multi_modal_projector(features)
+
+    def token_pixel_dim(self, model):
+        if type(self) is not LlavaPruneHooks:
+            return super().token_pixel_dim(model)
+        vision = model.config.vision_config
+        return vision.num_channels * vision.patch_size**2
+
+    def token_pixels(self, model, inputs):
+        # LLaVA-1.5 with the "default" strategy: one visual token per vision patch, raster order, CLS dropped.
+        strategy = inputs.get("vision_feature_select_strategy") or model.config.vision_feature_select_strategy
+        if type(self) is not LlavaPruneHooks or strategy != "default":
+            return super().token_pixels(model, inputs)
+        patch = model.config.vision_config.patch_size
+        patches = torch.nn.functional.unfold(inputs["pixel_values"], kernel_size=patch, stride=patch)
+        return list(patches.transpose(1, 2))
 
     def image_features(self, model, inputs, need_features, **extra) -> tuple[Any, CaptureProjectorInput]:
         """Stock `get_image_features` with the projector input appended when `need_features`."""

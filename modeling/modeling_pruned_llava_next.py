@@ -50,6 +50,14 @@ class LlavaNextPruneHooks(LlavaPruneHooks):
             for embeds, features in zip(outputs.pooler_output, features_per_image, strict=True)
         ]
 
+    def project_features(self, model, features):
+        # Packed features hold zero rows at the row-newline tokens, whose embedding is `image_newline`, not the
+        # projector of a zero feature; training through altered features would need that bookkeeping too.
+        raise NotImplementedError(
+            "LLaVA-NeXT: training a selector on `vision_features` through the projector is not supported; "
+            "use feature_source='projector_output' (e.g. method 'visionselector')"
+        )
+
 
 class PrunedLlavaNextForConditionalGeneration(TokenPruningMixin, LlavaNextForConditionalGeneration):
     prune_hooks = LlavaNextPruneHooks()

@@ -59,6 +59,31 @@ class Qwen2_5_VLPruneHooks(ArchitectureHooks):
                     )
         return segments
 
+    def project_features(self, model, features):
+        # The merger normalises each patch (ln_q over the vision width) and regroups 2 x 2 patches itself.
+        merger = model.model.visual.merger
+        return merger(features.reshape(-1, model.config.vision_config.hidden_size))
+
+    def token_pixel_dim(self, model):
+        vision = model.config.vision_config
+        return vision.spatial_merge_size**2 * vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+
+    def token_pixels(self, model, inputs):
+        # The processor lays out each merge group's patches contiguously, in the LLM tokens' raster order.
+        merge = model.config.vision_config.spatial_merge_size
+        pixels = []
+        for pixel_key, grid_key in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+            if inputs.get(pixel_key) is None:
+                continue
+            grouped = inputs[pixel_key].reshape(-1, merge**2 * inputs[pixel_key].shape[-1])
+            offset = 0
+            for frames, height, width in inputs[grid_key].tolist():
+                per_frame = height * width // merge**2
+                for _ in range(frames):
+                    pixels.append(grouped[offset : offset + per_frame])
+                    offset += per_frame
+        return pixels
+
     def position_ids(self, model, input_ids, attention_mask, inputs):
         token_types = inputs.get("mm_token_type_ids")
         if token_types is None:

@@ -63,6 +63,28 @@ class ArchitectureHooks:
         """Run the vision side once. Segments are ordered per token id as their placeholders appear (row-major)."""
         raise NotImplementedError
 
+    def project_features(self, model, features: torch.Tensor) -> torch.Tensor:
+        """Run the stock projector on (N, vision_feature_dim) pre-projector features -> (N, llm_hidden).
+
+        Training only: selectors that read `vision_features` are trained on features altered before the
+        projector (paper 004 places the selector between encoder and projector).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot re-run its projector on altered vision features")
+
+    def token_pixel_dim(self, model) -> int:
+        """Width of each row of `token_pixels`."""
+        return self.token_pixels(model, {})  # raises the architecture's NotImplementedError
+
+    def token_pixels(self, model, inputs: dict[str, Any]) -> list[torch.Tensor]:
+        """Training only: the pixels under each LLM visual token, one (N, token_pixel_dim) tensor per segment.
+
+        The target of the optional image reconstructor of the `reconstruction` recipe (paper 001, Eq. 6).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__}: `image_reconstruction` needs the pixels under each visual token, which this "
+            "architecture does not provide; train with image_reconstruction=False"
+        )
+
     def position_ids(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, inputs: dict[str, Any]):
         """Positions of the unpruned sequence: (B, L), or (3, B, L) for M-RoPE. Padding-aware, as `generate` makes them."""
         positions = attention_mask.long().cumsum(-1) - 1
@@ -286,6 +308,32 @@ class TokenPruningMixin:
         return budget, cache[prune_method]
 
     # ----------------------------------------------------------------- planning
+    def place_visual_segments(
+        self, input_ids: torch.Tensor, vision_inputs: dict[str, Any], need_features: bool
+    ) -> list[tuple[VisualSegment, torch.Tensor, torch.Tensor]]:
+        """Encode the images once and pair every segment with its placeholder positions.
+
+        Returns [(segment, rows, cols)], where rows / cols: (N,) index the segment's N placeholder tokens in
+        `input_ids` (B, L). Also used by the trainer, which replaces `segment.embeds` with trained ones.
+        """
+        hooks = self.prune_hooks
+        segments = hooks.encode(self, input_ids, vision_inputs, need_features=need_features)
+        placed = []
+        for token_id in hooks.visual_token_ids(self):
+            token_segments = [segment for segment in segments if segment.token_id == token_id]
+            rows, cols = torch.nonzero(input_ids == token_id, as_tuple=True)
+            sizes = [segment.embeds.shape[0] for segment in token_segments]
+            if sum(sizes) != rows.numel():
+                raise ValueError(
+                    f"`input_ids` hold {rows.numel()} placeholder tokens (id {token_id}) but the vision inputs "
+                    f"produce {sum(sizes)} visual tokens"
+                )
+            offset = 0
+            for segment, size in zip(token_segments, sizes, strict=True):
+                placed.append((segment, rows[offset : offset + size], cols[offset : offset + size]))
+                offset += size
+        return placed
+
     def plan_pruning(
         self,
         input_ids: torch.Tensor,
@@ -300,39 +348,27 @@ class TokenPruningMixin:
         hooks = self.prune_hooks
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        segments = hooks.encode(
-            self, input_ids, vision_inputs, need_features=selector.feature_source == "vision_features"
+        placed = self.place_visual_segments(
+            input_ids, vision_inputs, need_features=selector.feature_source == "vision_features"
         )
         inputs_embeds = self.get_input_embeddings()(input_ids)
         keep_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        for token_id in hooks.visual_token_ids(self):
-            token_segments = [segment for segment in segments if segment.token_id == token_id]
-            rows, cols = torch.nonzero(input_ids == token_id, as_tuple=True)
-            sizes = [segment.embeds.shape[0] for segment in token_segments]
-            if sum(sizes) != rows.numel():
-                raise ValueError(
-                    f"`input_ids` hold {rows.numel()} placeholder tokens (id {token_id}) but the vision inputs "
-                    f"produce {sum(sizes)} visual tokens"
-                )
-            if not token_segments:
+        if placed:
+            rows = torch.cat([seg_rows for _, seg_rows, _ in placed])
+            cols = torch.cat([seg_cols for _, _, seg_cols in placed])
+            inputs_embeds[rows, cols] = torch.cat([segment.embeds for segment, _, _ in placed]).to(inputs_embeds.dtype)
+        for segment, seg_rows, seg_cols in placed:
+            size = seg_rows.numel()
+            num_keep = tokens_to_keep(budget, size)
+            if num_keep == size:
                 continue
-            inputs_embeds[rows, cols] = torch.cat([segment.embeds for segment in token_segments]).to(
-                inputs_embeds.dtype
-            )
-            offset = 0
-            for segment, size in zip(token_segments, sizes, strict=True):
-                seg_rows, seg_cols = rows[offset : offset + size], cols[offset : offset + size]
-                offset += size
-                num_keep = tokens_to_keep(budget, size)
-                if num_keep == size:
-                    continue
-                features = segment.features if selector.feature_source == "vision_features" else segment.embeds
-                selector_dtype = next(selector.parameters(), features).dtype
-                with torch.no_grad():
-                    keep_indices = selector.select(features.to(selector_dtype), num_keep, grid_hw=segment.grid_hw)
-                dropped = torch.ones(size, dtype=torch.bool, device=input_ids.device)
-                dropped[keep_indices.to(input_ids.device)] = False
-                keep_mask[seg_rows[dropped], seg_cols[dropped]] = False
+            features = segment.features if selector.feature_source == "vision_features" else segment.embeds
+            selector_dtype = next(selector.parameters(), features).dtype
+            with torch.no_grad():
+                keep_indices = selector.select(features.to(selector_dtype), num_keep, grid_hw=segment.grid_hw)
+            dropped = torch.ones(size, dtype=torch.bool, device=input_ids.device)
+            dropped[keep_indices.to(input_ids.device)] = False
+            keep_mask[seg_rows[dropped], seg_cols[dropped]] = False
         if position_ids is None:
             position_ids = hooks.position_ids(self, input_ids, attention_mask, vision_inputs)
         return self._compact(input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels)

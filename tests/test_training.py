@@ -1,0 +1,397 @@
+"""Training of the three learned selectors with `TokenPruneTrainer` on tiny models, through the real data path.
+
+Oracles: the frozen base model's own parameters and outputs, the schedule formulas of the papers written out
+here independently of the library, and a second (reloaded or uninterrupted) run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from hf_tokenprune import (
+    TokenPruneConfig,
+    TokenPruneTrainer,
+    TokenPruneTrainingArguments,
+    get_pruned_model,
+    load_conversation_records,
+)
+from hf_tokenprune.testing import BUILDERS, tiny_processor
+from hf_tokenprune.training.recipes import TokenPruneTrainingModel
+
+ARCHS = ["qwen2_5_vl", "llava", "internvl"]
+METHODS = ["visionselector", "autoselect", "reconstruction"]
+QUESTIONS = ["what colour is the circle", "how many star", "is the square red", "which shape is left"]
+ANSWERS = ["red", "two", "yes no", "the circle"]
+
+
+def write_records(folder, count=4, sizes=((16, 16), (24, 20), (20, 28), (32, 32))):
+    """`count` single-image records with random-noise PNGs of the given sizes, as a JSON file; returns its path."""
+    generator = torch.Generator().manual_seed(0)
+    records = []
+    for index in range(count):
+        height, width = sizes[index % len(sizes)]
+        pixels = (torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"image{index}.png")
+        records.append(
+            {
+                "image": f"image{index}.png",
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{QUESTIONS[index % 4]}"},
+                    {"from": "gpt", "value": ANSWERS[index % 4]},
+                ],
+            }
+        )
+    path = folder / "train.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def training_args(output_dir, **overrides):
+    values = dict(
+        output_dir=str(output_dir),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+    )
+    values.update(overrides)
+    return TokenPruneTrainingArguments(**values)
+
+
+def make_trainer(arch, method, tmp_path, **overrides):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    base = BUILDERS[arch]()
+    model = get_pruned_model(base, TokenPruneConfig(method=method))
+    records = load_conversation_records(write_records(tmp_path), image_folder=tmp_path)
+    trainer = TokenPruneTrainer(
+        model=model,
+        args=training_args(tmp_path / "out", **overrides),
+        train_dataset=records,
+        processing_class=tiny_processor(arch),
+        image_folder=tmp_path,
+    )
+    return base, model, trainer
+
+
+def expected_schedule(method, step, max_steps, args):
+    """The papers' schedules, written out here: paper 000 Eq. 12 (linear lambda), paper 002 A (cosine tau)."""
+    if method == "visionselector":
+        return "lambda_t", args.lambda_start + (args.lambda_end - args.lambda_start) * min(step / max_steps, 1.0)
+    if method == "autoselect":
+        total = args.tau_anneal_steps or max_steps
+        progress = min(step / total, 1.0)
+        return "temperature", args.tau_end + (args.tau_start - args.tau_end) * (1 + math.cos(math.pi * progress)) / 2
+    return "gumbel_temperature", args.gumbel_temperature
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_training_changes_exactly_the_trainable_tensors_and_reloads(arch, method, tmp_path):
+    base, model, trainer = make_trainer(arch, method, tmp_path, max_steps=3, save_strategy="steps", save_steps=3)
+    frozen_before = {name: p.detach().clone() for name, p in base.named_parameters()}
+    trainable = dict(trainer.model.named_parameters())
+    trainable = {name: p for name, p in trainable.items() if p.requires_grad}
+    trainable_before = {name: p.detach().clone() for name, p in trainable.items()}
+    assert {id(p) for p in model.token_selector.parameters()} <= {id(p) for p in trainable.values()}
+
+    trainer.train()
+
+    # The optimizer holds exactly the trainable tensors: no state for the frozen VLM.
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in trainable.values()}
+    for name, before in frozen_before.items():
+        assert torch.equal(before, dict(base.named_parameters())[name]), f"frozen {name} changed"
+    for name, parameter in trainable.items():
+        assert not torch.equal(trainable_before[name], parameter.detach()), f"trainable {name} did not change"
+
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 3
+    for entry in logs:
+        assert math.isfinite(entry["loss"])
+        name, value = expected_schedule(method, entry["step"] - 1, 3, trainer.args)
+        assert entry[name] == pytest.approx(value, rel=1e-6, abs=1e-9)
+        assert 0.0 <= entry["mask_polarization"] <= 1.0
+    terms = {"visionselector": ("task_loss", "constraint_loss"), "autoselect": ("task_loss",)}
+    for term in terms.get(method, ("reconstruction_loss", "regularizer")):
+        assert all(math.isfinite(entry[term]) for entry in logs)
+
+    # The checkpoint holds only the trainable tensors and the config, and reloads onto a fresh base model.
+    checkpoint = tmp_path / "out" / "checkpoint-3"
+    assert (checkpoint / "token_prune_config.json").is_file()
+    reloaded = get_pruned_model(BUILDERS[arch](), checkpoint)
+    for (name, trained), (_, loaded) in zip(
+        model.token_selector.state_dict().items(), reloaded.token_selector.state_dict().items(), strict=True
+    ):
+        assert torch.allclose(trained, loaded), name
+    inputs = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    inputs.pop("labels")
+    expected = model.generate(**inputs, prune_budget=0.5, max_new_tokens=3, return_dict_in_generate=True)
+    actual = reloaded.generate(**inputs, prune_budget=0.5, max_new_tokens=3, return_dict_in_generate=True)
+    assert torch.equal(expected.sequences, actual.sequences)
+    assert torch.equal(expected.keep_mask, actual.keep_mask)
+
+
+def test_resume_continues_schedules_and_matches_an_uninterrupted_run(tmp_path):
+    """autoselect has a schedule (tau) and a train-only module (the denoiser): both must resume exactly."""
+    _, straight, trainer = make_trainer("qwen2_5_vl", "autoselect", tmp_path / "a", max_steps=4)
+    trainer.train()
+    _, _, first = make_trainer(
+        "qwen2_5_vl", "autoselect", tmp_path / "b", max_steps=4, save_strategy="steps", save_steps=2
+    )
+    first.train()
+    checkpoint = tmp_path / "b" / "out" / "checkpoint-2"
+    assert {p.name for p in checkpoint.iterdir()} >= {
+        "token_prune_config.json",
+        "token_selector.safetensors",
+        "training_modules.safetensors",
+        "trainer_state.json",
+        "optimizer.pt",
+    }
+    assert not any(p.name.endswith(".tmp") for p in checkpoint.iterdir())
+    _, resumed, second = make_trainer("qwen2_5_vl", "autoselect", tmp_path / "b", max_steps=4)
+    second.train(resume_from_checkpoint=str(checkpoint))
+    resumed_logs = [entry for entry in second.state.log_history if "loss" in entry and entry["step"] > 2]
+    assert [entry["step"] for entry in resumed_logs] == [3, 4]
+    for entry in resumed_logs:
+        _, value = expected_schedule("autoselect", entry["step"] - 1, 4, second.args)
+        assert entry["temperature"] == pytest.approx(value, rel=1e-6)
+    for (name, expected), (_, actual) in zip(
+        trainer.model.trainable_state_dict().items(), second.model.trainable_state_dict().items(), strict=True
+    ):
+        assert torch.allclose(expected, actual, atol=1e-6), name
+
+
+@pytest.mark.parametrize("method", ["visionselector", "autoselect"])
+def test_activation_checkpointing_through_the_frozen_language_model(method, tmp_path):
+    """Same loss and selector gradients with the frozen LLM's layers checkpointed; and the Trainer flag works."""
+    base, model, trainer = make_trainer("qwen2_5_vl", method, tmp_path)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    wrapper = trainer.model.train()
+
+    def loss_and_grads():
+        torch.manual_seed(0)  # the VP noise of autoselect
+        wrapper.zero_grad()
+        loss = wrapper(**batch)["loss"]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.token_selector.parameters()]
+
+    calls = []
+    language_model = model.model.language_model
+    language_model.layers[0].input_layernorm.register_forward_hook(lambda *args: calls.append(1))
+    plain_loss, plain_grads = loss_and_grads()
+    assert len(calls) == 1
+    wrapper.activation_checkpointing_enable()
+    assert language_model.gradient_checkpointing
+    calls.clear()
+    ckpt_loss, ckpt_grads = loss_and_grads()
+    assert len(calls) == 2  # a checkpointed layer runs again in the backward
+    assert torch.allclose(plain_loss, ckpt_loss, atol=1e-6)
+    for plain, ckpt in zip(plain_grads, ckpt_grads, strict=True):
+        assert torch.allclose(plain, ckpt, atol=1e-6, rtol=1e-4)
+
+    _, _, flagged = make_trainer("qwen2_5_vl", method, tmp_path / "flag", activation_checkpointing=True, max_steps=1)
+    flagged.train()
+    assert flagged.model.model.model.language_model.gradient_checkpointing
+    assert math.isfinite(flagged.state.log_history[0]["loss"])
+
+
+def test_training_model_rejects_untrainable_setups():
+    base = BUILDERS["llava"]()
+    args = training_args("unused")
+    with pytest.raises(TypeError, match="pruned model"):
+        TokenPruneTrainingModel(base, args)
+    with pytest.raises(ValueError, match="divprune"):
+        TokenPruneTrainingModel(get_pruned_model(base, TokenPruneConfig(method="divprune")), args)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("train_budget", 0.0), ("train_budget", 1.5), ("tau_end", 0.0), ("reg_p", 0.05), ("lambda_end", -1.0)],
+)
+def test_bad_recipe_arguments_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        training_args("unused", **{field: value})
+
+
+# ---------------------------------------------------------------------------------------------------- recipe math
+@pytest.mark.parametrize("arch", ARCHS)
+def test_project_features_reproduces_the_stock_projector_output(arch):
+    """autoselect trains through `project_features`: on unaltered features it must give the stock visual tokens."""
+    from hf_tokenprune.testing import IMAGE_SIZES, build_inputs, make_samples
+
+    model = get_pruned_model(BUILDERS[arch](), TokenPruneConfig(method="autoselect"))
+    inputs = build_inputs(arch, make_samples([1, 2], IMAGE_SIZES[arch][:2] * 2))
+    vision_inputs, _ = model._split_vision_inputs(inputs)
+    placed = model.place_visual_segments(inputs["input_ids"], vision_inputs, need_features=True)
+    assert placed
+    for segment, _, _ in placed:
+        projected = model.prune_hooks.project_features(model, segment.features)
+        assert torch.allclose(projected, segment.embeds, atol=1e-5, rtol=1e-5)
+
+
+def test_llava_next_refuses_feature_training_by_name():
+    model = get_pruned_model(BUILDERS["llava_next"](), TokenPruneConfig(method="autoselect"))
+    with pytest.raises(NotImplementedError, match="LLaVA-NeXT"):
+        model.prune_hooks.project_features(model, torch.zeros(4, model.token_selector.input_dim))
+
+
+@pytest.mark.parametrize("method", ["visionselector", "autoselect"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_keeping_everything_gives_the_frozen_base_models_loss(arch, method, tmp_path, monkeypatch):
+    """train_budget=1.0: mask 1 (visionselector) / alpha 1 and an identity denoiser (autoselect) -> stock CE loss."""
+    import hf_tokenprune.training.recipes as recipes
+
+    monkeypatch.setattr(recipes, "VP_EPS", 0.0)  # alpha = 1 exactly: no noise at all
+    base, model, trainer = make_trainer(arch, method, tmp_path, train_budget=1.0)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    with torch.no_grad():
+        outputs = trainer.model(**batch)
+        expected = base(**batch).loss
+    assert torch.allclose(outputs["loss"], expected, atol=1e-5)
+
+
+def test_visionselector_loss_is_task_loss_plus_lambda_times_bce(tmp_path):
+    from hf_tokenprune.modeling.selection_ops import differentiable_topk
+
+    _, model, trainer = make_trainer("llava", "visionselector", tmp_path, train_budget=0.25)
+    with torch.no_grad():
+        for parameter in model.token_selector.parameters():
+            parameter.normal_(0, 0.5)  # spread the scores so the soft mask is far from uniform
+    recipe = trainer.model.recipe
+    recipe.lambda_t = 1.7
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    with torch.no_grad():
+        outputs = trainer.model(**batch)
+    # Independent BCE over each image's 16 tokens, k = 4: -mean(h log m + (1 - h) log(1 - m)).
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    placed = model.place_visual_segments(inputs["input_ids"], model._split_vision_inputs(inputs)[0], False)
+    expected_bce = 0.0
+    for segment, _, _ in placed:
+        scores = model.token_selector.score(segment.embeds)
+        soft = differentiable_topk(scores, 4)
+        hard = torch.zeros(16)
+        hard[scores.topk(4).indices] = 1.0
+        expected_bce += -(hard * soft.log() + (1 - hard) * (1 - soft).log()).mean() / len(placed)
+    assert outputs["loss"].item() == pytest.approx(
+        outputs["metrics"]["task_loss"] + 1.7 * expected_bce.item(), rel=1e-5
+    )
+
+
+def test_vp_noise_preserves_variance_and_interpolates():
+    from hf_tokenprune.training.recipes import vp_noise
+
+    torch.manual_seed(0)
+    features = 3.0 * torch.randn(4000, 64)
+    for value in (0.0, 0.3, 0.5, 0.9):
+        throttled = vp_noise(features, torch.full((4000,), value))
+        assert throttled.var().item() == pytest.approx(features.var().item(), rel=0.03)
+        # The share of the original signal: corr(x~, x) = sqrt(alpha).
+        correlation = torch.corrcoef(torch.stack([throttled.flatten(), features.flatten()]))[0, 1].item()
+        assert correlation == pytest.approx(value**0.5, abs=0.02)
+
+
+def test_denoiser_attention_is_diagonal():
+    """Token i's output does not depend on any other token (identity attention mask, paper 002 Sec. 4.4)."""
+    from hf_tokenprune.training.recipes import DiagonalDenoiser
+
+    torch.manual_seed(0)
+    denoiser = DiagonalDenoiser(input_dim=12, hidden_size=8, num_heads=2)
+    torch.nn.init.normal_(denoiser.output_proj.weight)  # not the identity start, so the block matters
+    features = torch.randn(6, 12)
+    changed = features.clone()
+    changed[3] += 5.0
+    before, after = denoiser(features), denoiser(changed)
+    assert torch.allclose(before[[0, 1, 2, 4, 5]], after[[0, 1, 2, 4, 5]], atol=1e-6)
+    assert not torch.allclose(before[3], after[3])
+
+
+def test_clipped_regularizer_values_and_gradients():
+    """Paper 001 Eq. 8 with p = 0.6, q = 0.1, a1 = a2 = 0.1: gradient +a1 above p, 0 between, -a2 below q."""
+    from hf_tokenprune.training.recipes import clipped_regularizer
+
+    for keep, value, gradient in (
+        (0.05, 0.1 * 0.6 - 0.1 * 0.05, -0.1),
+        (0.3, 0.1 * 0.6 - 0.1 * 0.1, 0.0),
+        (0.8, 0.1 * 0.8 - 0.1 * 0.1, 0.1),
+    ):
+        fraction = torch.tensor(keep, requires_grad=True)
+        result = clipped_regularizer(fraction, 0.6, 0.1, 0.1, 0.1)
+        result.backward()
+        assert result.item() == pytest.approx(value)
+        assert fraction.grad.item() == pytest.approx(gradient)
+
+
+def test_loading_a_bad_selector_file_names_it_and_leaves_the_model_unchanged(tmp_path):
+    import safetensors.torch
+
+    _, model, trainer = make_trainer("llava", "visionselector", tmp_path, max_steps=1)
+    trainer.save_model(str(tmp_path / "ckpt"))
+    weights = tmp_path / "ckpt" / "token_selector.safetensors"
+    fresh = get_pruned_model(BUILDERS["llava"](), TokenPruneConfig(method="visionselector"))
+    before = {k: v.clone() for k, v in fresh.token_selector.state_dict().items()}
+    from hf_tokenprune.model import load_selector_weights
+
+    tensors = safetensors.torch.load_file(weights)
+    tensors["key_proj.weight"] = tensors["key_proj.weight"][:, :3].contiguous()
+    safetensors.torch.save_file(tensors, weights)
+    with pytest.raises(ValueError, match="key_proj.weight.*shape"):
+        load_selector_weights(fresh, tmp_path / "ckpt")
+    weights.write_bytes(b"corrupt")
+    with pytest.raises(ValueError, match="token_selector.safetensors"):
+        load_selector_weights(fresh, tmp_path / "ckpt")
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="token_selector.safetensors"):
+        get_pruned_model(BUILDERS["llava"](), tmp_path / "ckpt")
+    for name, tensor in fresh.token_selector.state_dict().items():
+        assert torch.equal(tensor, before[name])
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava"])
+def test_token_pixels_are_the_pixels_under_each_token(arch):
+    """Oracle: a processed image with one bright token-sized block; only that token's pixel row is bright."""
+    import numpy as np
+
+    processor = tiny_processor(arch)
+    model = get_pruned_model(BUILDERS[arch](), TokenPruneConfig(method="reconstruction"))
+    # Qwen: 16 x 16 px -> 4 x 4 tokens of 4 x 4 px; LLaVA: 8 x 8 px (no resize) -> 4 x 4 tokens of 2 x 2 px.
+    side = {"qwen2_5_vl": 4, "llava": 2}[arch]
+    pixels = np.zeros((4 * side, 4 * side, 3), dtype=np.uint8)
+    pixels[2 * side : 3 * side, side : 2 * side] = 255  # token (row 2, col 1) of the 4 x 4 grid
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}]}], tokenize=False)
+    inputs = processor(text=[text], images=[Image.fromarray(pixels)], return_tensors="pt")
+    vision_inputs, _ = model._split_vision_inputs(dict(inputs))
+    (rows,) = model.prune_hooks.token_pixels(model, vision_inputs)
+    assert rows.shape == (16, model.prune_hooks.token_pixel_dim(model))
+    brightness = rows.mean(-1)
+    assert brightness.argmax().item() == 2 * 4 + 1
+    # Normalised white beats normalised black in every channel; every other token is all black.
+    others = torch.cat([rows[: 2 * 4 + 1], rows[2 * 4 + 2 :]])
+    assert rows[2 * 4 + 1].min() > others.max()
+    assert torch.allclose(others, others[:1].expand_as(others), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava"])
+def test_image_reconstructor_trains(arch, tmp_path):
+    _, _, trainer = make_trainer(arch, "reconstruction", tmp_path, image_reconstruction=True)
+    reconstructor = trainer.model.recipe.image_reconstructor
+    before = [p.detach().clone() for p in reconstructor.parameters()]
+    trainer.train()
+    assert all(not torch.equal(b, p) for b, p in zip(before, reconstructor.parameters(), strict=True))
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert all(math.isfinite(entry["image_reconstruction_loss"]) for entry in logs)
+
+
+def test_image_reconstruction_without_token_pixels_fails_before_training(tmp_path):
+    with pytest.raises(NotImplementedError, match="image_reconstruction"):
+        make_trainer("internvl", "reconstruction", tmp_path, image_reconstruction=True)

@@ -1,0 +1,125 @@
+"""`hf-tokenprune train`: load a VLM and its processor, attach a learned selector, train it on conversation records.
+
+    hf-tokenprune train --config recipe.yaml [--any_field value ...]
+    accelerate launch --num_processes 2 -m hf_tokenprune.cli train --config recipe.yaml
+
+The YAML holds the fields of `TrainModelArguments`, `TrainDataArguments` and
+`TokenPruneTrainingArguments` in one flat mapping; command-line flags override it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..modeling.configuration_token_prune import TokenPruneConfig
+from .arguments import TokenPruneTrainingArguments
+from .recipes import RECIPES
+
+TINY_PREFIX = "tiny:"
+
+
+@dataclass
+class TrainModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Base VLM: a Hub id or a local directory (loaded with AutoModelForImageTextToText), or "
+            "'tiny:<arch>' (arch: qwen2_5_vl, llava, internvl) for a tiny random model and processor built "
+            "from configs, for smoke tests."
+        },
+    )
+    processor_name_or_path: str | None = field(
+        default=None, metadata={"help": "Processor to use (default: the model's)."}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Revision of the base model on the Hub."})
+    method: str = field(default="visionselector", metadata={"help": f"Learned selector to train: {list(RECIPES)}."})
+    budget: float | None = field(
+        default=None, metadata={"help": "Default inference budget written to the selector config (None: unset)."}
+    )
+    scorer_hidden_size: int | None = field(default=None, metadata={"help": "Selector width (default: the method's)."})
+    scorer_num_layers: int | None = field(default=None, metadata={"help": "Selector depth (default: the method's)."})
+    scorer_num_heads: int = field(default=4, metadata={"help": "Attention heads of Transformer selectors."})
+    dtype: str = field(default="auto", metadata={"help": "Dtype of the frozen VLM: auto, float32, bfloat16, float16."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa or flash_attention_2."})
+
+
+@dataclass
+class TrainDataArguments:
+    train_file: str | None = field(default=None, metadata={"help": "Conversation records, .json (list) or .jsonl."})
+    image_folder: str | None = field(default=None, metadata={"help": "Folder that relative image paths resolve in."})
+    on_bad_image: str = field(
+        default="skip", metadata={"help": "Records with a missing or unreadable image: 'skip' (reported) or 'error'."}
+    )
+
+
+TRAIN_ARGUMENTS = (TrainModelArguments, TrainDataArguments, TokenPruneTrainingArguments)
+
+
+def load_model_and_processor(args: TrainModelArguments):
+    """(base model, processor) for `args.model_name_or_path`."""
+    name = args.model_name_or_path
+    if name.startswith(TINY_PREFIX):
+        from ..testing import BUILDERS, tiny_processor
+
+        arch = name[len(TINY_PREFIX) :]
+        if arch not in BUILDERS:
+            raise ValueError(f"`model_name_or_path` {name!r}: tiny architectures are {sorted(BUILDERS)}")
+        return BUILDERS[arch](args.attn_implementation or "eager"), tiny_processor(arch)
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    kwargs = {"revision": args.revision, "dtype": args.dtype}
+    if args.attn_implementation is not None:
+        kwargs["attn_implementation"] = args.attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(name, **kwargs)
+    processor = AutoProcessor.from_pretrained(args.processor_name_or_path or name, revision=args.revision)
+    return model, processor
+
+
+def run_train(
+    model_args: TrainModelArguments, data_args: TrainDataArguments, training_args: TokenPruneTrainingArguments
+):
+    """Train and save the selector to `training_args.output_dir`; returns the trainer."""
+    from ..model import get_pruned_model
+    from .data import load_conversation_records
+    from .trainer import TokenPruneTrainer
+
+    # Everything a typo could break is checked before the model is loaded.
+    if model_args.model_name_or_path is None:
+        raise ValueError("`model_name_or_path` is required")
+    if data_args.train_file is None:
+        raise ValueError("`train_file` is required")
+    if model_args.method not in RECIPES:
+        raise ValueError(f"`method` must be a learned selector, one of {list(RECIPES)}; got {model_args.method!r}")
+    if training_args.output_dir is None:
+        raise ValueError("`output_dir` is required")
+    prune_config = TokenPruneConfig(
+        method=model_args.method,
+        budget=model_args.budget,
+        scorer_hidden_size=model_args.scorer_hidden_size,
+        scorer_num_layers=model_args.scorer_num_layers,
+        scorer_num_heads=model_args.scorer_num_heads,
+        seed=training_args.seed,
+        base_model_name_or_path=model_args.model_name_or_path,
+        base_model_revision=model_args.revision,
+    )
+    records = load_conversation_records(data_args.train_file, data_args.image_folder, data_args.on_bad_image)
+    base, processor = load_model_and_processor(model_args)
+    model = get_pruned_model(base, prune_config)
+    trainer = TokenPruneTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=records,
+        processing_class=processor,
+        image_folder=data_args.image_folder,
+    )
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("", "false", "none"):
+        resume = None
+    elif isinstance(resume, str) and resume.lower() in ("true", "last"):
+        resume = True  # the Trainer resumes from the last checkpoint in output_dir
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(training_args.output_dir)
+    if trainer.args.should_save:
+        print(f"selector saved to {Path(training_args.output_dir).resolve()}")
+    return trainer
