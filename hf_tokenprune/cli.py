@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from .bench import BenchArguments, run_bench
 from .training.entry import TRAIN_ARGUMENTS
 
 
@@ -51,6 +52,7 @@ def run_train(*arguments):
 
 COMMANDS = {
     "demo": (DemoArguments, run_demo),
+    "bench": (BenchArguments, run_bench),
     "train": (TRAIN_ARGUMENTS, run_train),
 }
 

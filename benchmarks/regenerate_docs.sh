@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Regenerates docs/benchmarks.md: one `hf-tokenprune bench` run per preset (JSON, markdown table and plot in
+# benchmarks/results/), then the report merged from those JSON files. CPU timings with one torch thread: on a
+# shared 2-core machine, two threads stall on every small op whenever another process takes a core (the
+# two-thread Qwen2.5-VL run shows it; docs/benchmarks.md explains it from its profile).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+results=benchmarks/results
+common=(--repeats 3 --warmup 1 --decode-tokens 4)
+
+hf-tokenprune bench --preset qwen2.5-vl-7b --threads 1 "${common[@]}" \
+    --output "$results/qwen2.5-vl-7b-1thread.json" --profile --profile-budget 0.2,0.3
+hf-tokenprune bench --preset qwen2.5-vl-7b --threads 2 "${common[@]}" \
+    --output "$results/qwen2.5-vl-7b-2threads.json" --profile
+# 0.1111 keeps 64 of LLaVA-1.5's 576 tokens (AutoSelect's operating point) and 325 of LLaVA-NeXT's 2,928.
+hf-tokenprune bench --preset llava-1.5-7b --threads 1 --budgets 0.5,0.2,0.1111 "${common[@]}" \
+    --output "$results/llava-1.5-7b.json" --profile --profile-method autoselect --profile-budget 0.1111
+hf-tokenprune bench --preset llava-next-7b --threads 1 --methods visionselector,autoselect,reconstruction,divprune \
+    --budgets 0.5,0.2,0.1111 "${common[@]}" --output "$results/llava-next-7b.json"
+hf-tokenprune bench --preset internvl3-8b --threads 1 --methods visionselector,autoselect,reconstruction,divprune \
+    --budgets 0.5,0.2 "${common[@]}" --output "$results/internvl3-8b.json"
+
+hf-tokenprune bench --doc docs/benchmarks.md --report "$results/qwen2.5-vl-7b-1thread.json,\
+$results/qwen2.5-vl-7b-2threads.json,$results/llava-1.5-7b.json,$results/llava-next-7b.json,$results/internvl3-8b.json"

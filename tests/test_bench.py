@@ -1,0 +1,259 @@
+"""`hf-tokenprune bench` on tiny presets: row schema, budget rule, KV bytes, FLOPs model, extrapolation, bad input.
+
+No timing is asserted: timings belong in the benchmark itself (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from hf_tokenprune import bench, testing
+from hf_tokenprune.cli import main
+
+REQUIRED_KEYS = {
+    "preset",
+    "method",
+    "budget",
+    "visual_tokens",
+    "text_tokens",
+    "kept_tokens",
+    "vision_ms",
+    "selection_ms",
+    "prefill_ms",
+    "ttft_ms",
+    "ideal_prefill_ratio",
+    "measured_prefill_ratio",
+    "kv_cache_bytes",
+    "extrapolated",
+}
+METHODS = ["visionselector", "autoselect", "reconstruction", "uniform"]
+BUDGETS = [0.5, 0.3, 0.1]
+TEXT_TOKENS = 12
+# The tiny text config (hf_tokenprune.testing): hidden 32, FFN 64, 4 heads of 8, 2 KV heads; float32 = 4 bytes.
+HIDDEN, FFN, HEAD_DIM, KV_HEADS, FLOAT32_BYTES = 32, 64, 32 // 4, 2, 4
+
+
+def run_bench(tmp_path, *flags, preset="tiny-qwen2.5-vl", name="bench.json"):
+    output = tmp_path / name
+    common = ["--repeats", "1", "--warmup", "0", "--decode-tokens", "3", "--text-tokens", str(TEXT_TOKENS)]
+    assert main(["bench", "--preset", preset, *common, "--dtype", "float32", "--output", str(output), *flags]) == 0
+    return json.loads(output.read_text()), output
+
+
+@pytest.fixture(scope="module")
+def qwen_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("bench")
+    results, output = run_bench(
+        tmp_path,
+        "--methods",
+        ",".join(METHODS),
+        "--budgets",
+        ",".join(map(str, BUDGETS)),
+        "--layers",
+        "2",
+        "--vision-layers",
+        "2",
+        "--profile",
+        "--profile-budget",
+        "0.3,0.1",
+        "--doc",
+        str(tmp_path / "docs" / "benchmarks.md"),
+    )
+    return results, output, tmp_path
+
+
+def kept_by_rule(budget: float, num_tokens: int) -> int:
+    """The contract's budget rule, written out independently: max(1, round(b * N)), halves rounding up."""
+    return max(1, math.floor(budget * num_tokens + 0.5))
+
+
+def flops_by_hand(n: int, d: int, m: int, layers: int) -> int:
+    attention_projections = 4 * n * d * d
+    attention_scores = 2 * n * n * d
+    feed_forward = 2 * n * d * m
+    return (attention_projections + attention_scores + feed_forward) * layers
+
+
+def test_rows_have_the_schema_and_order(qwen_run):
+    results, _, _ = qwen_run
+    rows = results["rows"]
+    assert [(row["method"], row["budget"]) for row in rows] == [("unpruned", 1.0)] + [
+        (method, budget) for method in METHODS for budget in BUDGETS
+    ]
+    for row in rows:
+        assert REQUIRED_KEYS <= row.keys()
+        assert row["preset"] == "tiny-qwen2.5-vl" and row["run"].startswith("tiny-qwen2.5-vl, ")
+        assert row["ttft_ms"] > 0 and row["prefill_ms"] > 0 and row["vision_ms"] > 0
+        assert row["decode_tokens_per_s"] > 0 and row["peak_memory_bytes"] > 0
+
+
+def test_token_counts_follow_the_input_and_the_budget_rule(qwen_run):
+    results, _, _ = qwen_run
+    visual = 16 * 16 // 4  # the tiny preset's image: 16 x 16 patches, merged 2 x 2
+    for row in results["rows"]:
+        assert row["visual_tokens"] == visual
+        assert row["text_tokens"] == TEXT_TOKENS
+        assert row["kept_tokens"] == kept_by_rule(row["budget"], visual)
+
+
+def test_kv_cache_bytes_equal_the_kept_token_formula(qwen_run):
+    results, _, _ = qwen_run
+    for row in results["rows"]:
+        expected = 2 * row["layers"] * KV_HEADS * HEAD_DIM * (row["text_tokens"] + row["kept_tokens"]) * FLOAT32_BYTES
+        assert row["kv_cache_bytes"] == expected
+        assert row["kv_cache_bytes_predicted"] == expected
+        assert row["kv_cache_bytes_full_depth"] == expected // row["layers"] * row["full_layers"]
+
+
+def test_prefill_flops_match_a_hand_computation():
+    assert bench.prefill_flops(10, 4, 8, 2) == (4 * 10 * 16 + 2 * 100 * 4 + 2 * 10 * 4 * 8) * 2 == 4160
+    # Paper 001 Sec. 5.3's own example, LLaVA-NeXT: n = 2880, d = 4096, m = 11008, l = 32.
+    assert bench.prefill_flops(2880, 4096, 11008, 32) == 16_669_841_817_600
+
+
+def test_ideal_ratio_is_the_flops_ratio_and_unpruned_ratios_are_one(qwen_run):
+    results, _, _ = qwen_run
+    unpruned, *pruned = results["rows"]
+    assert unpruned["ideal_prefill_ratio"] == 1.0
+    assert unpruned["measured_prefill_ratio"] == 1.0
+    assert unpruned["measured_over_ideal"] == 1.0
+    assert unpruned["selection_ms"] == 0.0
+    for row in pruned:
+        full = flops_by_hand(row["text_tokens"] + row["visual_tokens"], HIDDEN, FFN, row["full_layers"])
+        kept = flops_by_hand(row["text_tokens"] + row["kept_tokens"], HIDDEN, FFN, row["full_layers"])
+        assert row["ideal_prefill_ratio"] == pytest.approx(full / kept, rel=1e-12)
+        assert row["measured_prefill_ratio"] == pytest.approx(unpruned["prefill_ms"] / row["prefill_ms"], rel=1e-9)
+        assert row["selection_ms"] > 0
+
+
+def test_reduced_depth_is_flagged_and_extrapolated_per_layer(qwen_run):
+    results, _, _ = qwen_run
+    for row in results["rows"]:
+        assert row["extrapolated"] is True
+        assert (row["layers"], row["full_layers"], row["vision_layers"], row["full_vision_layers"]) == (2, 4, 2, 4)
+        measured = row["measured"]
+        # One repeat: the full-depth prefill is the part outside the layers plus full depth x the mean layer time.
+        expected = measured["prefill_outside_layers_ms"] + row["full_layers"] * measured["prefill_layer_ms"]
+        assert row["prefill_ms"] == pytest.approx(expected, rel=1e-9)
+        assert row["ttft_ms"] == pytest.approx(
+            measured["ttft_ms"] - measured["prefill_ms"] - measured["vision_ms"] + row["prefill_ms"] + row["vision_ms"],
+            rel=1e-9,
+        )
+        assert row["ttft_ms"] == pytest.approx(
+            row["vision_ms"] + row["selection_ms"] + row["prefill_ms"] + row["other_ms"], rel=1e-9
+        )
+
+
+def test_full_depth_is_measured_not_extrapolated(tmp_path):
+    results, _ = run_bench(
+        tmp_path, "--methods", "uniform", "--budgets", "0.5", "--layers", "0", "--vision-layers", "0"
+    )
+    for row in results["rows"]:
+        assert row["extrapolated"] is False and row["layers"] == row["full_layers"] == 4
+        assert row["ttft_ms"] == pytest.approx(row["measured"]["ttft_ms"], rel=1e-9)
+        assert row["prefill_ms"] == pytest.approx(row["measured"]["prefill_ms"], rel=1e-9)
+
+
+def test_extrapolation_rule():
+    # Outside the blocks: 10 - (2 + 2 + 3) = 3 ms; then 28 windowed blocks of 2 ms and 4 full ones of 3 ms.
+    assert bench.extrapolate_full_depth(10.0, {"window": [2.0, 2.0], "full": [3.0]}, {"window": 28, "full": 4}) == 71.0
+    assert bench.extrapolate_full_depth(10.0, {"window": [2.0, 2.0], "full": [3.0]}, {"window": 2, "full": 1}) == 10.0
+
+
+def test_outputs_doc_and_report_mode(qwen_run):
+    results, output, tmp_path = qwen_run
+    table = output.with_suffix(".md").read_text()
+    for method in ["unpruned", *METHODS]:
+        assert f"| {method} |" in table
+    assert output.with_suffix(".png").stat().st_size > 0
+    doc_path = tmp_path / "docs" / "benchmarks.md"
+    doc = doc_path.read_text()
+    (plot,) = (tmp_path / "docs").glob("benchmarks-tiny-qwen2.5-vl*.png")
+    assert plot.stat().st_size > 0 and f"({plot.name})" in doc
+    assert results["runs"][0]["machine"]["cpu"] in doc
+    assert "hf-tokenprune bench --preset tiny-qwen2.5-vl" in doc
+    assert doc.count("### Where the prefill time goes") == 2  # one per profiled budget
+    assert doc.count("The first MLP projection timed alone as one GEMM") == 2
+    profile = results["runs"][0]["profile"]
+    assert profile["runs"]["pruned"]["tokens"] < profile["runs"]["unpruned"]["tokens"]
+    assert set(profile["flops"]) == {"unpruned", "visionselector", "autoselect", "reconstruction"}
+    # Regenerating from the JSON alone gives the same report, plus the command that did it.
+    regenerated = tmp_path / "again" / "benchmarks.md"
+    assert main(["bench", "--report", str(output), "--doc", str(regenerated)]) == 0
+    again = regenerated.read_text().splitlines()
+    assert [line for line in again if "--report" not in line] == doc.splitlines()
+    assert any(line.startswith("hf-tokenprune bench --report") for line in again)
+
+
+@pytest.mark.parametrize(
+    ("preset", "visual"),
+    [
+        ("tiny-llava", (8 // 2) ** 2),
+        ("tiny-llava-next", testing.llava_next_token_count(16, 16)),
+        ("tiny-internvl", 3 * 4),
+    ],
+)
+def test_other_architectures(tmp_path, preset, visual):
+    results, _ = run_bench(tmp_path, "--methods", "autoselect", "--budgets", "0.3", "--layers", "1", preset=preset)
+    unpruned, pruned = results["rows"]
+    for row in results["rows"]:
+        assert row["visual_tokens"] == visual and row["extrapolated"] is True
+        sequence = row["text_tokens"] + row["kept_tokens"]
+        assert row["kv_cache_bytes"] == 2 * 1 * KV_HEADS * HEAD_DIM * sequence * FLOAT32_BYTES
+    assert unpruned["kept_tokens"] == visual
+    assert pruned["kept_tokens"] == kept_by_rule(0.3, visual)
+    assert pruned["selection_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--preset", "qwen9-vl"], "--preset"),
+        (["--budgets", "0"], "--budgets"),
+        (["--budgets", "0.2,1.5"], "--budgets"),
+        (["--budgets", "nan"], "--budgets"),
+        (["--budgets", "half"], "--budgets"),
+        (["--methods", "uniform,fastest"], "--methods"),
+        (["--layers", "9"], "--layers"),
+        (["--vision-layers", "1"], "--vision-layers"),  # Qwen2.5-VL: one windowed and one full-attention block
+        (["--repeats", "0"], "--repeats"),
+        (["--profile", "--profile-budget", "0.2,2"], "--profile-budget"),
+        (["--report", "no-such-file.json"], "--report"),
+    ],
+)
+def test_bad_input_fails_before_any_compute(monkeypatch, tmp_path, flags, named):
+    def no_compute(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(bench, "build_model", no_compute)
+    arguments = ["bench", "--preset", "tiny-qwen2.5-vl", "--output", str(tmp_path / "b.json")]
+    with pytest.raises(ValueError, match=named):
+        main(arguments + flags)
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_counted_prefill_flops_extrapolate_to_the_analytic_count(qwen_run):
+    results, _, _ = qwen_run
+    unpruned_row = results["rows"][0]
+    counted = results["runs"][0]["profile"]["flops"]["unpruned"]["prefill"]
+    n = unpruned_row["text_tokens"] + unpruned_row["visual_tokens"]
+    # Per layer and token: Q and O 32 x 32, K and V 32 x 16 (2 KV heads of 8), gated FFN 3 x 32 x 64; attention
+    # QK^T and AV over 4 heads of 8 (the counter charges the full n x n); 2 FLOPs per multiply-add; full depth 4.
+    per_layer = 2 * (n * (2 * 32 * 32 + 2 * 32 * 16 + 3 * 32 * 64) + 2 * 4 * 8 * n * n)
+    assert counted == pytest.approx(4 * per_layer, rel=1e-3)  # the rotary-table matmul is the only other FLOP
+
+
+def test_runs_with_different_thread_counts_are_reported_side_by_side(tmp_path):
+    flags = ["--methods", "uniform", "--budgets", "0.2", "--profile", "--profile-budget", "0.2"]
+    outputs = []
+    for threads in (1, 2):
+        _, output = run_bench(tmp_path, *flags, "--threads", str(threads), name=f"threads{threads}.json")
+        outputs.append(str(output))
+    doc = tmp_path / "benchmarks.md"
+    assert main(["bench", "--report", ",".join(outputs), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "## tiny-qwen2.5-vl, 1 CPU thread\n" in text and "## tiny-qwen2.5-vl, 2 CPU threads\n" in text
+    assert "## Threads on a shared machine" in text
