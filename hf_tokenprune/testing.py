@@ -42,15 +42,16 @@ WORDS = (
 ).split()
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level tokenizer matching the tiny models' ids: text words at 8..39, specials below 8, vision ids at 58..61."""
+def _word_level_tokenizer(extra_vocab: dict[str, int], special_tokens=(), **kwargs) -> PreTrainedTokenizerFast:
+    """Whitespace-split word-level tokenizer: specials below 8, `WORDS` at 8..39, plus `extra_vocab`; left padding."""
     vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<unk>": 3}
     vocab.update({word: TEXT_TOKENS[i] for i, word in enumerate(WORDS[: len(TEXT_TOKENS)])})
-    vocab.update(
-        {"<|vision_start|>": VSTART, "<|vision_end|>": VEND, "<|image_pad|>": IMAGE_ID, "<|video_pad|>": VIDEO_ID}
-    )
+    vocab.update(extra_vocab)
+    assert max(vocab.values()) < VOCAB and len(set(vocab.values())) == len(vocab)
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if special_tokens:
+        tokenizer.add_special_tokens(list(special_tokens))  # already in the vocab: ids unchanged
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",
@@ -58,6 +59,14 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
         pad_token="<pad>",
         unk_token="<unk>",
         padding_side="left",
+        **kwargs,
+    )
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level tokenizer matching the tiny models' ids: text words at 8..39, specials below 8, vision ids at 58..61."""
+    return _word_level_tokenizer(
+        {"<|vision_start|>": VSTART, "<|vision_end|>": VEND, "<|image_pad|>": IMAGE_ID, "<|video_pad|>": VIDEO_ID}
     )
 
 
@@ -363,26 +372,15 @@ def tiny_chat_tokenizer(arch: str) -> PreTrainedTokenizerFast:
     expand placeholders, with no spaces) splits into single tokens. Left padding, `<pad>` = 0.
     """
     vision = _VISION_TOKENS[arch]
-    vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<unk>": 3}
-    vocab.update({word: TEXT_TOKENS[i] for i, word in enumerate(WORDS[: len(TEXT_TOKENS)])})
-    vocab.update({"<|im_start|>": IM_START, "<|im_end|>": IM_END, **ROLE_TOKENS, **vision})
-    assert max(vocab.values()) < VOCAB and len(set(vocab.values())) == len(vocab)
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     names = list(vision)
-    tokenizer.add_special_tokens(["<|im_start|>", "<|im_end|>", *names])  # already in the vocab: ids unchanged
     named = (
         dict(start_image_token=names[0], end_image_token=names[1], context_image_token=names[2], video_token=names[3])
         if arch == "internvl"
         else dict(image_token=names[2], video_token=names[3])
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        padding_side="left",
+    return _word_level_tokenizer(
+        {"<|im_start|>": IM_START, "<|im_end|>": IM_END, **ROLE_TOKENS, **vision},
+        special_tokens=["<|im_start|>", "<|im_end|>", *names],
         extra_special_tokens=named,
     )
 
