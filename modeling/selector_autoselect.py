@@ -19,8 +19,8 @@ from .token_selectors import TokenSelector, register_selector
 MAX_DEFAULT_HIDDEN_SIZE = 1024
 
 
-def default_hidden_size(config: TokenPruneConfig, input_dim: int) -> int:
-    """`config.scorer_hidden_size`, else `min(input_dim, 1024)` rounded up to a multiple of the head count.
+def default_hidden_size(config: TokenPruneConfig, input_dim: int, cap: int = MAX_DEFAULT_HIDDEN_SIZE) -> int:
+    """`config.scorer_hidden_size`, else `min(input_dim, cap)` rounded up to a multiple of the head count.
 
     Raises ValueError when an explicit `scorer_hidden_size` is not divisible by `scorer_num_heads`.
     """
@@ -32,7 +32,7 @@ def default_hidden_size(config: TokenPruneConfig, input_dim: int) -> int:
                 f"`scorer_num_heads` ({num_heads})"
             )
         return config.scorer_hidden_size
-    hidden_size = min(input_dim, MAX_DEFAULT_HIDDEN_SIZE)
+    hidden_size = min(input_dim, cap)
     return -(-hidden_size // num_heads) * num_heads
 
 
@@ -81,17 +81,20 @@ class TokenTransformer(nn.Module):
 class TransformerTokenScorer(TokenSelector):
     """Shared body of the Transformer-based learned selectors: `TokenTransformer` + a linear head.
 
-    Subclasses set `default_num_layers` and `head_outputs` (logits per token).
+    Subclasses set `default_num_layers` and `head_outputs` (logits per token), and may lower
+    `max_default_hidden_size` (the width used when `scorer_hidden_size` is unset, capped by the input width).
     """
 
     trainable = True
     default_feature_source = "vision_features"
     default_num_layers: int
     head_outputs: int
+    max_default_hidden_size: int = MAX_DEFAULT_HIDDEN_SIZE
 
     def __init__(self, config: TokenPruneConfig, input_dim: int, llm_hidden_size: int) -> None:
         super().__init__(config, input_dim, llm_hidden_size)
-        hidden_size = default_hidden_size(config, input_dim)
+        hidden_size = default_hidden_size(config, input_dim, self.max_default_hidden_size)
+        self.hidden_size = hidden_size
         self.encoder = TokenTransformer(
             input_dim,
             hidden_size,

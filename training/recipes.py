@@ -27,7 +27,7 @@ from torch import nn
 
 from ..modeling.pruning import TokenPruningMixin, tokens_to_keep
 from ..modeling.selection_ops import differentiable_topk, gumbel_keep_mask, hard_topk_indices, soft_topk
-from ..modeling.selector_autoselect import TokenTransformer, default_hidden_size
+from ..modeling.selector_autoselect import TokenTransformer
 from .arguments import TokenPruneTrainingArguments
 
 LEARNED_METHODS = ("visionselector", "autoselect", "reconstruction")
@@ -200,7 +200,7 @@ class AutoSelectRecipe(Recipe):
         config = model.token_prune_config
         self.temperature = args.tau_start
         self.denoiser = DiagonalDenoiser(
-            selector.input_dim, default_hidden_size(config, selector.input_dim), config.scorer_num_heads
+            selector.input_dim, selector.hidden_size, config.scorer_num_heads
         )
 
     def segment_embeds(self, model, segment, num_keep, metrics):
@@ -260,7 +260,7 @@ class ReconstructionRecipe(Recipe):
         selector = model.token_selector
         config = model.token_prune_config
         self.gumbel_temperature = args.gumbel_temperature
-        hidden_size = default_hidden_size(config, selector.input_dim)
+        hidden_size = selector.hidden_size  # the reconstructor is as wide as the selector
         self.reconstructor = TokenTransformer(
             selector.input_dim, hidden_size, num_layers=args.reconstructor_num_layers, num_heads=config.scorer_num_heads
         )
