@@ -156,10 +156,9 @@ class TokenPruneDataCollator:
         kwargs = {"images": images} if images else {}
         return self.processor(text=texts, return_tensors="pt", padding=True, **kwargs)
 
-    def _answer_spans(self, messages, images) -> tuple[list[int], list[tuple[int, int]]]:
-        """Token ids of the whole conversation (unpadded) and the [start, end) span of every answer."""
+    def _answer_spans(self, messages, images, full_ids: list[int]) -> list[tuple[int, int]]:
+        """The [start, end) span of every answer in `full_ids`, the whole conversation's (unpadded) token ids."""
         render = self.processor.apply_chat_template
-        full_ids = self._process([render(messages, tokenize=False)], images)["input_ids"][0].tolist()
         spans, images_seen = [], 0
         for index, message in enumerate(messages):
             images_seen += sum(item.get("type") == "image" for item in message["content"])
@@ -167,6 +166,9 @@ class TokenPruneDataCollator:
                 continue
             bounds = []
             for upto, generation_prompt in ((index, True), (index + 1, False)):
+                if upto == len(messages) and not generation_prompt:
+                    bounds.append(len(full_ids))  # the whole conversation: already processed
+                    continue
                 text = render(messages[:upto], tokenize=False, add_generation_prompt=generation_prompt)
                 ids = self._process([text], images[:images_seen])["input_ids"][0].tolist()
                 if ids != full_ids[: len(ids)]:
@@ -176,7 +178,7 @@ class TokenPruneDataCollator:
                     )
                 bounds.append(len(ids))
             spans.append((bounds[0], bounds[1]))
-        return full_ids, spans
+        return spans
 
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         texts, images, per_record = [], [], []
@@ -185,17 +187,16 @@ class TokenPruneDataCollator:
             record_images_ = [self._load_image(path) for path in record_images(record)]
             texts.append(self.processor.apply_chat_template(messages, tokenize=False))
             images.extend(record_images_)
-            per_record.append(self._answer_spans(messages, record_images_))
+            per_record.append((messages, record_images_))
         batch = dict(self._process(texts, images))
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         labels = torch.full_like(input_ids, -100)
-        for row, (ids, spans) in enumerate(per_record):
-            # Locate the unpadded sequence in the padded row (left or right padding).
+        for row, (messages, record_images_) in enumerate(per_record):
+            # The row's real tokens (left or right padding around them) are the whole conversation's ids.
             real = torch.nonzero(attention_mask[row]).flatten()
             offset = int(real[0]) if len(real) else 0
-            if input_ids[row, offset : offset + len(ids)].tolist() != ids:
-                raise ValueError("the batched tokens differ from the per-record tokens; cannot place `labels`")
-            for start, end in spans:
+            full_ids = input_ids[row, offset : offset + len(real)].tolist()
+            for start, end in self._answer_spans(messages, record_images_, full_ids):
                 labels[row, offset + start : offset + end] = input_ids[row, offset + start : offset + end]
         batch["labels"] = labels
         return batch
