@@ -1,5 +1,7 @@
 """hf-tokenprune: learned visual-token pruning for Hugging Face vision-language models."""
 
+from . import hub  # registers the model-card writer of save_pretrained
+from .hub import push_folder, render_model_card, write_model_card
 from .model import PRUNED_CLASSES, get_pruned_model
 from .modeling.configuration_token_prune import TokenPruneConfig
 from .modeling.modeling_pruned_internvl import PrunedInternVLForConditionalGeneration
@@ -31,6 +33,10 @@ __all__ = [
     "available_selectors",
     "get_pruned_model",
     "get_selector_class",
+    "hub",
     "load_conversation_records",
+    "push_folder",
     "register_selector",
+    "render_model_card",
+    "write_model_card",
 ]

@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import safetensors
-import safetensors.torch
-import torch
 from transformers import (
     InternVLForConditionalGeneration,
     LlavaForConditionalGeneration,
@@ -16,12 +13,13 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
 )
 
-from .modeling.configuration_token_prune import TokenPruneConfig
+from .modeling.configuration_token_prune import CONFIG_NAME, TokenPruneConfig
 from .modeling.modeling_pruned_internvl import PrunedInternVLForConditionalGeneration
 from .modeling.modeling_pruned_llava import PrunedLlavaForConditionalGeneration
 from .modeling.modeling_pruned_llava_next import PrunedLlavaNextForConditionalGeneration
 from .modeling.modeling_pruned_qwen2_5_vl import PrunedQwen2_5_VLForConditionalGeneration
 from .modeling.pruning import TokenPruningMixin
+from .modeling.repo_io import EXTRA_FILES, SELECTOR_WEIGHTS_NAME, copy_into, read_json, read_selector_weights
 
 # Stock class -> drop-in subclass. Checked most-derived first, so a subclass of a stock class also maps.
 PRUNED_CLASSES: dict[type[PreTrainedModel], type[TokenPruningMixin]] = {
@@ -30,9 +28,6 @@ PRUNED_CLASSES: dict[type[PreTrainedModel], type[TokenPruningMixin]] = {
     LlavaForConditionalGeneration: PrunedLlavaForConditionalGeneration,
     InternVLForConditionalGeneration: PrunedInternVLForConditionalGeneration,
 }
-
-
-SELECTOR_WEIGHTS_NAME = "token_selector.safetensors"
 
 
 def get_pruned_model(
@@ -59,11 +54,20 @@ def get_pruned_model(
     if pruned_cls is None:
         supported = ", ".join(stock.__name__ for stock in PRUNED_CLASSES)
         raise ValueError(f"`base_model` of type {type(base_model).__name__} is not supported; supported: {supported}")
-    # Validate before building anything, so a bad config leaves no half-made model behind.
+    # Validate (and read the weights) before building anything, so a bad config or file leaves no half-made model.
+    selector, extras = None, {}
+    if directory is not None:
+        try:
+            config, selector = pruned_cls.build_token_selector(base_model.config, config)
+        except ValueError as error:
+            raise ValueError(f"{str(directory / CONFIG_NAME)!r}: {error}") from error
+        if selector is not None:
+            copy_into(selector, read_selector_weights(directory / SELECTOR_WEIGHTS_NAME, selector, config.method))
+        # The training recipe / eval results of a checkpoint travel on into `save_pretrained` and the model card.
+        extras = {name: read_json(directory / name) for name in EXTRA_FILES if (directory / name).is_file()}
     pruned = pruned_cls.from_base_model(base_model)
-    pruned.attach_token_selector(config)
-    if directory is not None and pruned.token_selector is not None:
-        load_selector_weights(pruned, directory)
+    pruned.attach_token_selector(config, selector)
+    pruned.token_prune_extra_files = extras
     return pruned
 
 
@@ -73,25 +77,5 @@ def load_selector_weights(model: TokenPruningMixin, directory: str | os.PathLike
     Nothing is copied unless every tensor matches, so a bad file leaves the model as it was.
     """
     path = Path(directory) / SELECTOR_WEIGHTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no selector weights: {str(path)!r} does not exist")
-    try:
-        state = safetensors.torch.load_file(str(path))
-    except (safetensors.SafetensorError, OSError) as error:
-        raise ValueError(f"{str(path)!r} is not a readable safetensors file: {error}") from error
-    own = model.token_selector.state_dict()
-    if set(state) != set(own):
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        raise ValueError(
-            f"{str(path)!r} does not match the {model.token_prune_config.method!r} selector: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    for name, tensor in state.items():
-        if tensor.shape != own[name].shape:
-            raise ValueError(
-                f"{str(path)!r}: `{name}` has shape {tuple(tensor.shape)} but this model's selector needs "
-                f"{tuple(own[name].shape)}"
-            )
-    with torch.no_grad():
-        for name, tensor in model.token_selector.state_dict(keep_vars=True).items():
-            tensor.copy_(state[name])
+    state = read_selector_weights(path, model.token_selector, model.token_prune_config.method)
+    copy_into(model.token_selector, state)

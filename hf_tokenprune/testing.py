@@ -452,3 +452,22 @@ def tiny_processor(arch: str, **image_processor_kwargs) -> ProcessorMixin:
         image_processor = GotOcr2ImageProcessorPil(**{**settings, **image_processor_kwargs})
         return ImageOnlyInternVLProcessor(image_processor, tokenizer, image_seq_length=4, chat_template=chat_template)
     raise ValueError(f"no tiny processor for {arch!r}")
+
+
+def place_in_hf_cache(folder, repo_id: str, cache_dir, commit: str | None = None) -> str:
+    """Copy a saved repo `folder` into `cache_dir` in the Hub cache's snapshot layout, as a download would leave it.
+
+    `models--{org}--{name}/snapshots/{commit}/<files>` plus `refs/main` naming the commit, so that
+    `from_pretrained(repo_id)` with `HF_HUB_OFFLINE=1` and `HF_HUB_CACHE=cache_dir` finds it. Returns the commit.
+    """
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    folder, cache_dir = Path(folder), Path(cache_dir)
+    commit = commit or hashlib.sha1(repo_id.encode()).hexdigest()
+    root = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    return commit

@@ -138,10 +138,20 @@ class TokenPruneConfig:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> TokenPruneConfig:
-        path = os.path.join(directory, CONFIG_NAME)
+        return cls.from_json_file(os.path.join(directory, CONFIG_NAME))
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> TokenPruneConfig:
+        """Read a `token_prune_config.json`; every error names the file."""
+        path = str(path)
         try:
             with open(path, encoding="utf-8") as handle:
                 data = json.load(handle)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from error
-        return cls.from_dict(data)
+            raise ValueError(f"{path!r} is not valid JSON: {error}") from error
+        if not isinstance(data, dict):
+            raise ValueError(f"{path!r} must hold a JSON object, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path!r}: {error}") from error

@@ -24,8 +24,8 @@ def placeholder_runs(input_ids: torch.Tensor, token_id: int) -> list[int]:
 
 
 class InternVLPruneHooks(LlavaPruneHooks):
-    def vision_feature_dim(self, model) -> int:
-        return model.config.vision_config.hidden_size * int(1 / model.config.downsample_ratio) ** 2
+    def vision_feature_dim(self, config) -> int:
+        return config.vision_config.hidden_size * int(1 / config.downsample_ratio) ** 2
 
     def encode(self, model, input_ids, inputs, need_features) -> list[VisualSegment]:
         merged, capture = self.image_features(model, inputs, need_features)

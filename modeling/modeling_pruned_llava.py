@@ -19,9 +19,9 @@ class LlavaPruneHooks(ArchitectureHooks):
     def visual_token_ids(self, model) -> tuple[int, ...]:
         return (model.config.image_token_id,)
 
-    def vision_feature_dim(self, model) -> int:
-        layers = model.config.vision_feature_layer
-        return model.config.vision_config.hidden_size * (len(layers) if isinstance(layers, (list, tuple)) else 1)
+    def vision_feature_dim(self, config) -> int:
+        layers = config.vision_feature_layer
+        return config.vision_config.hidden_size * (len(layers) if isinstance(layers, (list, tuple)) else 1)
 
     def project_features(self, model, features):
         return model.model.multi_modal_projector(features)

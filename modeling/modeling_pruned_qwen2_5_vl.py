@@ -24,8 +24,8 @@ class Qwen2_5_VLPruneHooks(ArchitectureHooks):
     def visual_token_ids(self, model) -> tuple[int, ...]:
         return (model.config.image_token_id, model.config.video_token_id)
 
-    def vision_feature_dim(self, model) -> int:
-        vision = model.config.vision_config
+    def vision_feature_dim(self, config) -> int:
+        vision = config.vision_config
         return vision.hidden_size * vision.spatial_merge_size**2
 
     def encode(self, model, input_ids, inputs, need_features) -> list[VisualSegment]:

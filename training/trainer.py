@@ -5,6 +5,7 @@ Checkpoints hold the trainable tensors only:
     token_prune_config.json        the model's TokenPruneConfig (method, sizes, base model)
     token_selector.safetensors     the selector, keyed as `model.token_selector.state_dict()`
     training_modules.safetensors   train-only recipe modules (denoiser / reconstructor), for resuming
+    training_recipe.json           how the selector was trained: {name: JSON scalar} (`training_recipe`)
 
 plus the Trainer's optimizer / scheduler / RNG / state files. `hf_tokenprune.get_pruned_model(base, dir)`
 loads one back. Files are written under temporary names and renamed, the config last, so a checkpoint
@@ -13,16 +14,20 @@ with a config is complete.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
-from ..model import SELECTOR_WEIGHTS_NAME, load_selector_weights
+from ..model import load_selector_weights
 from ..modeling.pruning import TokenPruningMixin
+from ..modeling.repo_io import SELECTOR_WEIGHTS_NAME, TRAINING_RECIPE_NAME
 from .arguments import TokenPruneTrainingArguments
 from .callbacks import recipe_callbacks
 from .data import TokenPruneDataCollator
@@ -30,6 +35,58 @@ from .recipes import TokenPruneTrainingModel
 
 TRAINING_MODULES_NAME = "training_modules.safetensors"
 SELECTOR_PREFIX = "model.token_selector."
+
+# Stock `TrainingArguments` fields a reader needs to reproduce a run (with `world_size`, a property).
+RECIPE_STOCK_FIELDS = (
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "optim",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "max_steps",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "seed",
+    "data_seed",
+    "bf16",
+    "fp16",
+)
+
+
+def training_recipe(args: TokenPruneTrainingArguments, method: str, global_step: int) -> dict[str, Any]:
+    """How a selector was trained, as a flat {name: JSON scalar} mapping (the `training_recipe.json` layout).
+
+    Holds `method`, every field `TokenPruneTrainingArguments` adds to `TrainingArguments` (budget, schedules,
+    regularisers), the stock fields in `RECIPE_STOCK_FIELDS`, `world_size`, `total_train_batch_size`
+    (per device x accumulation x world size) and `global_step`.
+    """
+    stock = {field.name for field in dataclasses.fields(TrainingArguments)}
+    added = [field.name for field in dataclasses.fields(args) if field.name not in stock]
+    recipe: dict[str, Any] = {"method": method}
+    for name in (*added, *RECIPE_STOCK_FIELDS):
+        value = getattr(args, name)
+        recipe[name] = value.value if isinstance(value, enum.Enum) else value  # e.g. SchedulerType.COSINE
+    recipe["world_size"] = args.world_size
+    recipe["total_train_batch_size"] = (
+        args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    )
+    recipe["global_step"] = global_step
+    for name, value in recipe.items():
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise TypeError(f"training recipe field `{name}` is {type(value).__name__}, not a JSON scalar")
+    return recipe
+
+
+def atomic_write_json(data: dict[str, Any], path: Path) -> None:
+    """JSON under a temporary name, then rename: a reader never sees half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -119,6 +176,8 @@ class TokenPruneTrainer(Trainer):
         if others:
             atomic_save_file(others, output_dir / TRAINING_MODULES_NAME)
         torch.save(self.args, output_dir / "training_args.bin")
+        recipe = training_recipe(self.args, self.pruned_model.token_prune_config.method, self.state.global_step)
+        atomic_write_json(recipe, output_dir / TRAINING_RECIPE_NAME)
         self.pruned_model.token_prune_config.save_pretrained(output_dir)  # last: marks the checkpoint complete
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
