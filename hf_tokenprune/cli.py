@@ -12,37 +12,10 @@ import yaml
 from transformers import HfArgumentParser
 
 from .bench import BenchArguments, run_bench
+from .evaluate import EvalArguments, run_eval
+from .testbed.demo import DemoArguments, run_demo
+from .testbed.pipeline import ReproduceArguments, run_reproduce
 from .training.entry import TRAIN_ARGUMENTS
-
-
-@dataclass
-class DemoArguments:
-    """Pruned generation on a tiny random Qwen2.5-VL built from a config (no download)."""
-
-    method: str = field(default="divprune", metadata={"help": "Selector name (any registered one)."})
-    budget: float = field(default=0.2, metadata={"help": "Fraction of each image's visual tokens to keep, in (0, 1]."})
-    question: str = field(default="what colour is the circle", metadata={"help": "Question, in the tiny vocabulary."})
-    max_new_tokens: int = field(default=8, metadata={"help": "Tokens to generate."})
-
-
-def run_demo(args: DemoArguments) -> str:
-    from . import TokenPruneConfig, get_pruned_model
-    from .testing import tiny_qwen2_5_vl, tiny_qwen2_5_vl_inputs, tiny_tokenizer
-
-    base = tiny_qwen2_5_vl()
-    tokenizer = tiny_tokenizer()
-    inputs = tiny_qwen2_5_vl_inputs(args.question)
-    model = get_pruned_model(base, TokenPruneConfig(method=args.method))
-    out = model.generate(
-        **inputs, prune_budget=args.budget, max_new_tokens=args.max_new_tokens, return_dict_in_generate=True
-    )
-    visual = inputs["input_ids"] == base.config.image_token_id
-    answer = tokenizer.decode(out.sequences[0, inputs["input_ids"].shape[1] :])
-    print(f"model: tiny random Qwen2.5-VL ({sum(p.numel() for p in base.parameters())} parameters)")
-    print(f"method: {args.method}, budget: {args.budget}")
-    print(f"visual tokens kept: {int(out.keep_mask[visual].sum())} of {int(visual.sum())}")
-    print(f"answer: {answer}")
-    return answer
 
 
 def run_train(*arguments):
@@ -96,6 +69,8 @@ COMMANDS = {
     "bench": (BenchArguments, run_bench),
     "train": (TRAIN_ARGUMENTS, run_train),
     "push": (PushArguments, run_push),
+    "reproduce": (ReproduceArguments, run_reproduce),
+    "eval": (EvalArguments, run_eval),
 }
 
 

@@ -47,11 +47,21 @@ def _word_level_tokenizer(extra_vocab: dict[str, int], special_tokens=(), **kwar
     vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<unk>": 3}
     vocab.update({word: TEXT_TOKENS[i] for i, word in enumerate(WORDS[: len(TEXT_TOKENS)])})
     vocab.update(extra_vocab)
-    assert max(vocab.values()) < VOCAB and len(set(vocab.values())) == len(vocab)
+    assert max(vocab.values()) < VOCAB
+    return word_level_tokenizer(vocab, special_tokens, **kwargs)
+
+
+def word_level_tokenizer(vocab: dict[str, int], special_tokens=(), **kwargs) -> PreTrainedTokenizerFast:
+    """Whitespace-split word-level tokenizer over `vocab` (which holds `<pad>`, `<s>`, `</s>`, `<unk>`); left padding.
+
+    `special_tokens` (already in `vocab`, ids unchanged) split themselves out of running text.
+    """
+    if len(set(vocab.values())) != len(vocab):
+        raise ValueError("`vocab` maps two words to one id")
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     if special_tokens:
-        tokenizer.add_special_tokens(list(special_tokens))  # already in the vocab: ids unchanged
+        tokenizer.add_special_tokens(list(special_tokens))
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",

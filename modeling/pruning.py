@@ -426,7 +426,7 @@ class TokenPruningMixin:
                 "has: pass the base model's Hub id, or push the merged form"
             )
         revision = base_model_revision or (None if base_model_name_or_path else prune_config.base_model_revision)
-        if revision is None and base is not None and not os.path.isdir(base):
+        if revision is None and base is not None and not os.path.isdir(base) and not base.startswith(("./", "../")):
             # Pin the commit of a Hub base when the local cache knows it (it does when the base was loaded from it).
             revision = getattr(resolve_revision(base, None, local_files_only=True), "resolved", None)
         prune_config = dataclasses.replace(prune_config, base_model_name_or_path=base, base_model_revision=revision)

@@ -103,6 +103,9 @@ class PrunedRepo:
                 f"{self.config_file!r} is an adapter (no base weights in {self.source!s}) but its "
                 "`base_model_name_or_path` is empty, so the base model cannot be found"
             )
+        if base.startswith(("./", "../")) and os.path.isdir(self.source):
+            # A base stored next to a local adapter (e.g. a bundled model): relative to the adapter's folder.
+            base = os.path.normpath(os.path.join(self.source, base))
         # The adapter's own revision and subfolder say nothing about the base repo.
         base_kwargs = {k: v for k, v in hub_kwargs.items() if k not in ("revision", "subfolder")}
         if self.prune_config.base_model_revision:

@@ -455,3 +455,14 @@ def test_push_to_hub_refuses_an_adapter_of_a_local_base(tmp_path, recorded_hub):
     with pytest.raises(ValueError, match="local folder"):
         pruned.push_to_hub("o/r", base_model_name_or_path=str(tmp_path / "base"))
     assert recorded_hub["create_repo"] == []
+
+
+def test_adapter_next_to_its_base_names_it_relative_to_its_folder(tmp_path, monkeypatch):
+    """A bundle of base + adapters (as the default model ships) loads from any working directory."""
+    base, pruned = randomized_pruned("llava")
+    base.save_pretrained(tmp_path / "bundle" / "base")
+    pruned.save_pretrained(tmp_path / "bundle" / "visionselector", base_model_name_or_path="../base")
+    monkeypatch.chdir(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained("bundle/visionselector", trust_remote_code=True)
+    inputs = inputs_for("llava")
+    assert all(torch.equal(a, b) for a, b in zip(generated(loaded, inputs), generated(pruned, inputs), strict=True))

@@ -2,7 +2,8 @@
 
 A record: `{"image": "a.jpg"}` or `{"images": ["a.jpg", ...]}` (or neither, for text-only), plus
 `"conversations": [{"from": "human", "value": "<image>\\nWhat is ...?"}, {"from": "gpt", "value": "..."}]`,
-with one `<image>` placeholder per image, in order. Paths resolve against `image_folder`.
+with one `<image>` placeholder per image, in order. Paths resolve against `image_folder`; the collator also takes
+records built in memory whose images are PIL images instead of paths.
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ class TokenPruneDataCollator:
         self.processor = processor
         self.image_folder = image_folder
 
-    def _load_image(self, path: str) -> Image.Image:
+    def _load_image(self, path: str | Image.Image) -> Image.Image:
+        if isinstance(path, Image.Image):  # records built in memory (e.g. generated on the fly) carry the image
+            return path.convert("RGB")
         with Image.open(resolve_image(path, self.image_folder)) as handle:
             return handle.convert("RGB")
 

@@ -66,13 +66,16 @@ def load_model_and_processor(args: TrainModelArguments):
         if arch not in BUILDERS:
             raise ValueError(f"`model_name_or_path` {name!r}: tiny architectures are {sorted(BUILDERS)}")
         return BUILDERS[arch](args.attn_implementation or "eager"), tiny_processor(arch)
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
+
+    from ..testbed.model import load_processor
 
     kwargs = {"revision": args.revision, "dtype": args.dtype}
     if args.attn_implementation is not None:
         kwargs["attn_implementation"] = args.attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(name, **kwargs)
-    processor = AutoProcessor.from_pretrained(args.processor_name_or_path or name, revision=args.revision)
+    # AutoProcessor, or the image-only Qwen2.5-VL processor where one was saved (the testbed's, for example).
+    processor = load_processor(args.processor_name_or_path or name, revision=args.revision)
     return model, processor
 
 

@@ -199,9 +199,7 @@ class AutoSelectRecipe(Recipe):
         selector = model.token_selector
         config = model.token_prune_config
         self.temperature = args.tau_start
-        self.denoiser = DiagonalDenoiser(
-            selector.input_dim, selector.hidden_size, config.scorer_num_heads
-        )
+        self.denoiser = DiagonalDenoiser(selector.input_dim, selector.hidden_size, config.scorer_num_heads)
 
     def segment_embeds(self, model, segment, num_keep, metrics):
         selector = model.token_selector

@@ -1,0 +1,772 @@
+"""Architecture-agnostic pruning: budgets, per-image selection, sequence compaction, and the model mixin.
+
+The mixin `TokenPruningMixin` sits in front of a stock `transformers` VLM class. With a budget, it
+encodes the images once, lets a selector pick the visual tokens of every image, and hands the language
+model a shorter sequence (kept tokens only, at their original positions) as `inputs_embeds`. Without a
+budget it calls the stock code unchanged. What differs between architectures (where visual tokens come
+from, how positions are computed) lives in a small `ArchitectureHooks` object per architecture.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from huggingface_hub import ModelCard
+from transformers import PreTrainedConfig
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.models.auto import modeling_auto
+from transformers.models.auto.auto_factory import _BaseAutoModelClass
+from transformers.utils import logging
+from transformers.utils.hub import create_and_tag_model_card, hf_api, resolve_revision
+
+from .builtin_selectors import VisionSelectorScorer  # noqa: F401  (importing the module registers every built-in)
+from .configuration_token_prune import TokenPruneConfig, check_budget
+from .repo_io import (
+    EVAL_RESULTS_NAME,
+    HUB_KWARGS,
+    SELECTOR_WEIGHTS_NAME,
+    TRAINING_RECIPE_NAME,
+    PrunedRepo,
+    argument_name,
+    atomic_directory,
+    check_eval_results,
+    check_training_recipe,
+    copy_into,
+    load_json_argument,
+    read_selector_weights,
+    save_selector_weights,
+    write_json,
+)
+from .token_selectors import TokenSelector, get_selector_class
+
+logger = logging.get_logger(__name__)
+
+#: keyword arguments of `save_pretrained(..., push_to_hub=True)` that concern the upload, as in transformers.
+PUSH_OPTIONS = ("commit_message", "commit_description", "private", "create_pr", "revision", "tags")
+
+
+@dataclass
+class VisualSegment:
+    """One unit of selection: the visual tokens of one image, or of one video frame.
+
+    embeds: (N, llm_hidden) projector output, what the language model would see.
+    features: (N, vision_feature_dim) pre-projector features grouped per LLM token, or None if not requested.
+    token_id: the placeholder id of these tokens in `input_ids`.
+    grid_hw: (rows, cols) layout of the N tokens when they form a grid, else None.
+    """
+
+    embeds: torch.Tensor
+    features: torch.Tensor | None
+    token_id: int
+    grid_hw: tuple[int, int] | None = None
+
+
+class ArchitectureHooks:
+    """What one architecture must tell the shared pruning code. One subclass per architecture file."""
+
+    #: keyword inputs that feed only the vision side; dropped once the visual tokens are embedded.
+    vision_input_names: tuple[str, ...] = ("pixel_values",)
+
+    def visual_token_ids(self, model) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def vision_feature_dim(self, config) -> int:
+        """Width of the pre-projector features grouped per LLM token, from the model's config alone."""
+        raise NotImplementedError
+
+    def has_visual_inputs(self, inputs: dict[str, Any]) -> bool:
+        return any(inputs.get(name) is not None for name in self.vision_input_names if name.startswith("pixel_values"))
+
+    def encode(
+        self, model, input_ids: torch.Tensor, inputs: dict[str, Any], need_features: bool
+    ) -> list[VisualSegment]:
+        """Run the vision side once. Segments are ordered per token id as their placeholders appear (row-major)."""
+        raise NotImplementedError
+
+    def project_features(self, model, features: torch.Tensor) -> torch.Tensor:
+        """Run the stock projector on (N, vision_feature_dim) pre-projector features -> (N, llm_hidden).
+
+        Training only: selectors that read `vision_features` are trained on features altered before the
+        projector (paper 004 places the selector between encoder and projector).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot re-run its projector on altered vision features")
+
+    def token_pixel_dim(self, model) -> int:
+        """Width of each row of `token_pixels`."""
+        return self.token_pixels(model, {})  # raises the architecture's NotImplementedError
+
+    def token_pixels(self, model, inputs: dict[str, Any]) -> list[torch.Tensor]:
+        """Training only: the pixels under each LLM visual token, one (N, token_pixel_dim) tensor per segment.
+
+        The target of the optional image reconstructor of the `reconstruction` recipe (paper 001, Eq. 6).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__}: `image_reconstruction` needs the pixels under each visual token, which this "
+            "architecture does not provide; train with image_reconstruction=False"
+        )
+
+    def position_ids(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, inputs: dict[str, Any]):
+        """Positions of the unpruned sequence: (B, L), or (3, B, L) for M-RoPE. Padding-aware, as `generate` makes them."""
+        positions = attention_mask.long().cumsum(-1) - 1
+        return positions.masked_fill(attention_mask == 0, 0)
+
+    def after_generate_plan(self, model, plan: PrunePlan) -> None:
+        """Hook for per-architecture state that must follow the compacted sequence (e.g. cached rope deltas)."""
+
+
+class CaptureProjectorInput:
+    """Context manager: append a projector's input to its output along the last dim.
+
+    Whatever the stock code does to the projector output afterwards (re-ordering rows, splitting per image)
+    is then applied to the pre-projector features too, so they stay aligned with the LLM tokens without
+    re-implementing any of that bookkeeping. `split` separates the two again.
+    """
+
+    def __init__(self, projector: torch.nn.Module, group: int | None, enabled: bool) -> None:
+        self.projector, self.group, self.enabled, self.handle = projector, group, enabled, None
+        self.output_dim: int | None = None
+
+    def _hook(self, module, args, output):
+        features = args[0]
+        if self.group is not None:
+            features = features.reshape(-1, self.group)
+        self.output_dim = output.shape[-1]
+        return torch.cat([output, features.to(output.dtype)], dim=-1)
+
+    def __enter__(self):
+        if self.enabled:
+            self.handle = self.projector.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.remove()
+
+    def split(self, merged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.enabled:
+            return merged, None
+        return merged[..., : self.output_dim], merged[..., self.output_dim :]
+
+
+@dataclass
+class PrunePlan:
+    """The compacted sequence handed to the language model.
+
+    keep_mask: (B, L) caller layout; False only at dropped visual tokens.
+    source_index: (B, Lc) position in the caller's row of each compacted slot (0 at padding slots).
+    attention_mask: (B, Lc) compacted, left-padded.
+    input_ids / inputs_embeds / position_ids: compacted; position_ids keep the unpruned positions.
+    """
+
+    keep_mask: torch.Tensor
+    source_index: torch.Tensor
+    attention_mask: torch.Tensor
+    input_ids: torch.Tensor
+    inputs_embeds: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    def gather(self, values: torch.Tensor, fill: float | int) -> torch.Tensor:
+        """Compact a (..., B, L) tensor laid out like the caller's input_ids; padding slots get `fill`."""
+        index = self.source_index.expand(*values.shape[:-2], -1, -1)
+        compact = values.gather(-1, index)
+        return compact.masked_fill(self.attention_mask.expand_as(compact) == 0, fill)
+
+    def scatter(self, compact: torch.Tensor, full_length: int, fill: float = 0.0) -> torch.Tensor:
+        """Inverse of the compaction for (B, Lc, ...) tensors: back to (B, L, ...), `fill` where nothing was computed."""
+        batch, _, *rest = compact.shape
+        full = compact.new_full((batch, full_length, *rest), fill)
+        rows, cols = torch.nonzero(self.attention_mask, as_tuple=True)
+        full[rows, self.source_index[rows, cols]] = compact[rows, cols]
+        return full
+
+
+def tokens_to_keep(budget: float | int, num_tokens: int) -> int:
+    """Contract: a float keeps max(1, round(b * N)) tokens (half rounds up), an int keeps min(K, N)."""
+    if isinstance(budget, float):
+        return min(num_tokens, max(1, math.floor(budget * num_tokens + 0.5)))
+    return min(budget, num_tokens)
+
+
+def budget_keeps_everything(budget: float | int | None) -> bool:
+    return budget is None or (isinstance(budget, float) and budget == 1.0)
+
+
+class TokenPruningMixin:
+    """Adds `prune_budget=` / `prune_method=` to `forward` and `generate` of a stock VLM class.
+
+    Attributes set on the instance: `token_prune_config` (a `TokenPruneConfig` or None) and, for learned
+    methods, the `token_selector` submodule.
+    """
+
+    prune_hooks: ArchitectureHooks
+
+    def __init__(self, config, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.token_prune_config: TokenPruneConfig | None = None
+        self.token_selector: TokenSelector | None = None
+        self.token_prune_extra_files: dict[str, Any] = {}  # training_recipe.json / eval_results.json of its repo
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # `generate` inspects forward's signature (e.g. whether it takes `position_ids`), so the drop-in
+        # forward must advertise the stock parameters plus ours.
+        stock_forward = next(
+            klass.__dict__["forward"]
+            for klass in cls.__mro__[cls.__mro__.index(TokenPruningMixin) + 1 :]
+            if "forward" in klass.__dict__
+        )
+
+        parameters = [p for p in inspect.signature(stock_forward).parameters.values() if p.kind != p.VAR_KEYWORD]
+        positional_names = [p.name for p in parameters[1:] if p.kind == p.POSITIONAL_OR_KEYWORD]
+
+        def forward(self, *args, **kwargs):
+            if len(args) > len(positional_names):
+                raise TypeError(f"forward() takes at most {len(positional_names)} positional arguments")
+            for name, value in zip(positional_names, args, strict=False):
+                if name in kwargs:
+                    raise TypeError(f"forward() got multiple values for argument '{name}'")
+                kwargs[name] = value
+            return TokenPruningMixin.forward(self, **kwargs)
+
+        parameters += [
+            inspect.Parameter("prune_budget", inspect.Parameter.KEYWORD_ONLY, default=None),
+            inspect.Parameter("prune_method", inspect.Parameter.KEYWORD_ONLY, default=None),
+            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+        ]
+        forward.__signature__ = inspect.Signature(parameters)
+        forward.__doc__ = TokenPruningMixin.forward.__doc__
+        forward.__name__ = forward.__qualname__ = "forward"
+        cls.forward = forward
+
+        # transformers renames checkpoint keys (e.g. LLaVA's `language_model.lm_head` -> `lm_head`) by class name or
+        # model_type, but skips classes defined outside transformers unless their name was registered: ours must
+        # read and write exactly the stock checkpoints.
+        stock = cls._stock_class()
+        mapping = get_checkpoint_conversion_mapping(stock.__name__) or get_checkpoint_conversion_mapping(
+            stock.config_class.model_type
+        )
+        if mapping is not None:
+            register_checkpoint_conversion_mapping(cls.__name__, mapping, overwrite=True)
+
+    @classmethod
+    def _stock_class(cls) -> type:
+        """The `transformers` model class this pruned class extends."""
+        return next(klass for klass in cls.__mro__[1:] if klass.__module__.startswith("transformers."))
+
+    @classmethod
+    def from_base_model(cls, base_model):
+        """A `cls` instance sharing every module, parameter and buffer of `base_model`, which stays unchanged."""
+        pruned = cls.__new__(cls)
+        state = dict(base_model.__dict__)
+        state.pop("forward", None)  # an instance-level forward (an accelerate hook) would bypass ours
+        for key, value in state.items():
+            if isinstance(value, dict):
+                state[key] = type(value)(value)  # own registries (_modules, _parameters, hooks), shared tensors
+        pruned.__dict__.update(state)
+        pruned.token_prune_config = None
+        pruned.token_selector = None
+        pruned.token_prune_extra_files = {}
+        return pruned
+
+    # ----------------------------------------------------------------- attachment
+    @classmethod
+    def build_token_selector(
+        cls, model_config, prune_config: TokenPruneConfig
+    ) -> tuple[TokenPruneConfig, TokenSelector | None]:
+        """Check `prune_config` against a model config (no weights needed) and build its freshly initialised selector.
+
+        Returns the config completed with `input_dim` and `base_model_type`, and the selector (None for methods
+        without parameters). Raises, naming the field, when the selector was made for another base model.
+        """
+        if not isinstance(prune_config, TokenPruneConfig):
+            raise TypeError(f"`config` must be a TokenPruneConfig, got {type(prune_config).__name__}")
+        model_type = model_config.model_type
+        if prune_config.base_model_type is not None and prune_config.base_model_type != model_type:
+            raise ValueError(
+                f"`base_model_type` of the token-prune config is {prune_config.base_model_type!r} but this model is "
+                f"{model_type!r}: the selector was trained for another base model"
+            )
+        selector_cls = get_selector_class(prune_config.method, argument="method")
+        feature_source = prune_config.feature_source or selector_cls.default_feature_source
+        input_dim = cls._selector_input_dim(model_config, feature_source)
+        if prune_config.input_dim is not None and prune_config.input_dim != input_dim:
+            raise ValueError(
+                f"`input_dim` of the token-prune config is {prune_config.input_dim} but this model's {feature_source} "
+                f"are {input_dim} wide: the selector does not match this model"
+            )
+        prune_config = dataclasses.replace(prune_config, input_dim=input_dim, base_model_type=model_type)
+        llm_hidden_size = model_config.get_text_config().hidden_size
+        selector = selector_cls(prune_config, input_dim=input_dim, llm_hidden_size=llm_hidden_size)
+        return prune_config, (selector if any(True for _ in selector.parameters()) else None)
+
+    def attach_token_selector(self, prune_config: TokenPruneConfig, selector: TokenSelector | None = None) -> None:
+        """Validate `prune_config` against this model and attach its selector (weights freshly initialised).
+
+        `selector`, when given, is a selector already built (and possibly loaded) for `prune_config`.
+        """
+        prune_config, built = self.build_token_selector(self.config, prune_config)
+        selector = built if selector is None else selector
+        if selector is not None:
+            reference = next(self.parameters())
+            selector = selector.to(device=reference.device, dtype=reference.dtype)
+        self.token_selector = selector
+        self.token_prune_config = prune_config
+        self._transient_selectors: dict[str, TokenSelector] = {}
+
+    def _llm_hidden_size(self) -> int:
+        return self.config.get_text_config().hidden_size
+
+    @classmethod
+    def _selector_input_dim(cls, model_config, feature_source: str) -> int:
+        if feature_source == "projector_output":
+            return model_config.get_text_config().hidden_size
+        return cls.prune_hooks.vision_feature_dim(model_config)
+
+    # ----------------------------------------------------------------- Hub: save, load, push
+    #: Called as `model_card_writer(folder, repo_id, model_path=..., revision=...)` once every other file of a save
+    #: is in `folder` (a staging folder that becomes `model_path`); writes `folder / "README.md"`. `hf_tokenprune` registers its template-based writer on import; remote code has none.
+    model_card_writer: ClassVar[Callable[[Path, str | None], Any] | None] = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a pruned repo (adapter or merged form) or a plain checkpoint (then no selector is attached).
+
+        An adapter repo holds only the selector; the base weights come from its `base_model_name_or_path` at
+        `base_model_revision`, fetched with the same `cache_dir` / `token` / offline settings. The token-prune
+        config and the selector weights are checked against the model config before any weight is loaded.
+        """
+        hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
+        repo = PrunedRepo.find(pretrained_model_name_or_path, hub_kwargs)
+        if repo is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        source, source_kwargs = repo.base_source(hub_kwargs)
+        # Checked against the config of the weights that will be loaded: an adapter's base may have changed since.
+        model_config = kwargs.get("config") if repo.has_base_weights else None
+        if not isinstance(model_config, PreTrainedConfig):
+            model_config = repo.base_config(cls.config_class, source, source_kwargs)
+        try:
+            prune_config, selector = cls.build_token_selector(model_config, repo.prune_config)
+        except ValueError as error:
+            raise ValueError(f"{repo.config_file!r} does not fit the base model {source!s}: {error}") from error
+        if selector is not None:
+            if repo.selector_file is None:
+                raise FileNotFoundError(
+                    f"{pretrained_model_name_or_path!s} has no {SELECTOR_WEIGHTS_NAME}, which the learned "
+                    f"{prune_config.method!r} selector of {repo.config_file!r} needs"
+                )
+            copy_into(selector, read_selector_weights(repo.selector_file, selector, prune_config.method))
+        model = super().from_pretrained(source, *model_args, **{**kwargs, **source_kwargs})
+        model.attach_token_selector(prune_config, selector)
+        model.token_prune_extra_files = dict(repo.extra_files)
+        return model
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        merged: bool = False,
+        base_model_name_or_path: str | None = None,
+        base_model_revision: str | None = None,
+        eval_results: dict | str | os.PathLike | None = None,
+        training_recipe: dict | str | os.PathLike | None = None,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ):
+        """Write a Hub-ready repo: adapter form by default (selector only), `merged=True` adds the base weights.
+
+        `base_model_name_or_path` / `base_model_revision` default to the attached config's, then to the path this
+        model was loaded from; an adapter needs one (a Hub base's commit is pinned from the local cache).
+        `eval_results` (results of `hf-tokenprune eval`) and `training_recipe` (a flat mapping) are dicts or JSON
+        files copied into the repo for its model card; `repo_id` is the Hub id the card's usage snippet loads. The
+        save is atomic: an interrupted one never leaves a directory that looks complete.
+
+        `push_to_hub=True` then uploads the folder in one commit to `repo_id` (default: the folder's name), taking
+        `private`, `token`, `revision`, `commit_message`, `commit_description`, `create_pr` and `tags` as the stock
+        method does. Other keyword arguments go to the stock `save_pretrained` (merged form).
+        """
+        hub_options = {name: kwargs.pop(name) for name in PUSH_OPTIONS if name in kwargs}
+        if hub_options and not push_to_hub:
+            raise TypeError(f"{sorted(hub_options)} only apply with push_to_hub=True")
+        prune_config = getattr(self, "token_prune_config", None)
+        if prune_config is None:
+            raise ValueError("this model has no token selector to save; attach one with hf_tokenprune.get_pruned_model")
+        if not isinstance(merged, bool):
+            raise TypeError(f"`merged` must be a bool, got {type(merged).__name__}")
+        extras = dict(getattr(self, "token_prune_extra_files", None) or {})
+        if eval_results is not None:
+            results = load_json_argument(eval_results, "eval_results")
+            extras[EVAL_RESULTS_NAME] = check_eval_results(results, argument_name("eval_results", eval_results))
+        if training_recipe is not None:
+            recipe = load_json_argument(training_recipe, "training_recipe")
+            extras[TRAINING_RECIPE_NAME] = check_training_recipe(
+                recipe, argument_name("training_recipe", training_recipe)
+            )
+        base = base_model_name_or_path or prune_config.base_model_name_or_path or self.config._name_or_path or None
+        if base is None and not merged:
+            raise ValueError(
+                "`base_model_name_or_path` is needed for the adapter form: this model was not loaded from a path or "
+                "repo id, so pass the base model's Hub id (or pass merged=True to store the base weights)"
+            )
+        if push_to_hub and not merged and os.path.isdir(base):
+            raise ValueError(
+                f"`base_model_name_or_path` {base!r} is a local folder, which nobody loading this adapter from the Hub "
+                "has: pass the base model's Hub id, or push the merged form"
+            )
+        revision = base_model_revision or (None if base_model_name_or_path else prune_config.base_model_revision)
+        if revision is None and base is not None and not os.path.isdir(base) and not base.startswith(("./", "../")):
+            # Pin the commit of a Hub base when the local cache knows it (it does when the base was loaded from it).
+            revision = getattr(resolve_revision(base, None, local_files_only=True), "resolved", None)
+        prune_config = dataclasses.replace(prune_config, base_model_name_or_path=base, base_model_revision=revision)
+        if merged and getattr(self, "peft_config", None):
+            raise ValueError(
+                "`merged=True` on a model with PEFT adapters injected would store PEFT's layer names, which the stock "
+                "classes cannot load: call `merge_and_unload()` first, or save the adapter form (merged=False) and "
+                "the PEFT adapter with its own `save_pretrained`"
+            )
+        if push_to_hub:  # everything above is checked before the first network call
+            repo_id = (
+                hf_api()
+                .create_repo(
+                    repo_id or Path(save_directory).name,
+                    private=hub_options.get("private"),
+                    token=kwargs.get("token"),
+                    exist_ok=True,
+                )
+                .repo_id
+            )
+
+        with atomic_directory(save_directory) as staging:
+            if merged:
+                selector, self.token_selector = self.token_selector, None  # base weights only in model.safetensors
+                try:
+                    super().save_pretrained(staging, **kwargs)
+                finally:
+                    self.token_selector = selector
+            config = copy.deepcopy(self.config)
+            config.architectures = [type(self).__name__]
+            config.auto_map = self.auto_map()
+            config.save_pretrained(staging)
+            if self.token_selector is not None:
+                save_selector_weights(self.token_selector, staging / SELECTOR_WEIGHTS_NAME)
+            custom_object_save(self, staging)  # this class's file and every sibling it imports
+            for name, data in extras.items():
+                write_json(data, staging / name)
+            prune_config.save_pretrained(staging)  # the file that marks a save complete; it lands last
+            if type(self).model_card_writer is not None:
+                type(self).model_card_writer(
+                    staging,
+                    repo_id,
+                    model_path=Path(save_directory).resolve(),
+                    revision=hub_options.get("revision"),
+                )
+        if push_to_hub:
+            return self._push_saved_folder(Path(save_directory), repo_id, token=kwargs.get("token"), **hub_options)
+
+    def _push_saved_folder(self, folder: Path, repo_id: str, *, token=None, tags=None, private=None, **options):
+        """Upload a folder this class just saved, card included, in one commit (through transformers' uploader)."""
+        card_path = folder / "README.md"
+        if tags or not card_path.exists():
+            # No card writer here (remote code without hf_tokenprune): tag the repo's existing card as the stock
+            # `push_to_hub` does.
+            card = ModelCard.load(card_path) if card_path.exists() else create_and_tag_model_card(repo_id, tags, token)
+            card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *(tags or [])]))
+            card.save(card_path)
+        if options.get("commit_message") is None:
+            options["commit_message"] = f"Upload {type(self).__name__} ({self.token_prune_config.method})"
+        return self._upload_modified_files(folder, repo_id, files_timestamps={}, token=token, **options)
+
+    @classmethod
+    def auto_map(cls) -> dict[str, str]:
+        """`config.json`'s auto_map: every transformers Auto class whose stock choice for this config is our base class."""
+        stock = cls._stock_class()
+        reference = f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
+        auto_map = {}
+        for name in dir(modeling_auto):
+            auto_class = getattr(modeling_auto, name)
+            if not (isinstance(auto_class, type) and issubclass(auto_class, _BaseAutoModelClass)):
+                continue
+            if getattr(auto_class, "_model_mapping", None) is None:
+                continue
+            try:
+                choice = auto_class._model_mapping[stock.config_class]
+            except (KeyError, ValueError):
+                continue
+            if choice is stock:
+                auto_map[name] = reference
+        return dict(sorted(auto_map.items()))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        merged: bool = False,
+        eval_results: dict | str | os.PathLike | None = None,
+        training_recipe: dict | str | os.PathLike | None = None,
+        base_model_name_or_path: str | None = None,
+        base_model_revision: str | None = None,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+    ):
+        """`save_pretrained` into a temporary folder (card included), then upload it to `repo_id` in one commit."""
+        if not isinstance(repo_id, str) or not repo_id:
+            raise ValueError(f"`repo_id` must be a non-empty string such as 'user/name', got {repo_id!r}")
+        with tempfile.TemporaryDirectory() as work_dir:
+            return self.save_pretrained(
+                Path(work_dir) / "repo",
+                merged=merged,
+                base_model_name_or_path=base_model_name_or_path,
+                base_model_revision=base_model_revision,
+                eval_results=eval_results,
+                training_recipe=training_recipe,
+                repo_id=repo_id,
+                push_to_hub=True,
+                commit_message=commit_message,
+                commit_description=commit_description,
+                private=private,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
+                tags=tags,
+                **({"max_shard_size": max_shard_size} if merged and max_shard_size is not None else {}),
+            )
+
+    # ----------------------------------------------------------------- call-time resolution
+    def _resolve_pruning(self, prune_budget: Any, prune_method: Any) -> tuple[float | int | None, TokenSelector | None]:
+        """Validate the call-time arguments (before any compute) and return (budget, selector)."""
+        check_budget(prune_budget, "prune_budget")
+        config = getattr(self, "token_prune_config", None)
+        budget = prune_budget if prune_budget is not None else (config.budget if config is not None else None)
+        if prune_method is None:
+            if config is None:
+                if budget is not None:
+                    raise ValueError(
+                        "`prune_budget` was given but this model has no token selector: pass `prune_method=` "
+                        "(e.g. 'divprune') or attach one with hf_tokenprune.get_pruned_model"
+                    )
+                return None, None
+            prune_method = config.method
+        selector_cls = get_selector_class(prune_method, argument="prune_method")
+        if budget_keeps_everything(budget):
+            return None, None
+        if config is not None and prune_method == config.method and self.token_selector is not None:
+            return budget, self.token_selector
+        if selector_cls.trainable:
+            attached = config.method if config is not None else None
+            raise ValueError(
+                f"`prune_method` {prune_method!r} is a learned selector and needs trained weights, but this model's "
+                f"selector is {attached!r}; load a checkpoint of {prune_method!r} or use a training-free method"
+            )
+        cache = self.__dict__.setdefault("_transient_selectors", {})
+        if prune_method not in cache:
+            base = config if config is not None else TokenPruneConfig(method=prune_method)
+            transient_config = dataclasses.replace(base, method=prune_method, feature_source=None, input_dim=None)
+            feature_source = selector_cls.default_feature_source
+            cache[prune_method] = selector_cls(
+                transient_config,
+                input_dim=self._selector_input_dim(self.config, feature_source),
+                llm_hidden_size=self._llm_hidden_size(),
+            )
+        return budget, cache[prune_method]
+
+    # ----------------------------------------------------------------- planning
+    def place_visual_segments(
+        self, input_ids: torch.Tensor, vision_inputs: dict[str, Any], need_features: bool
+    ) -> list[tuple[VisualSegment, torch.Tensor, torch.Tensor]]:
+        """Encode the images once and pair every segment with its placeholder positions.
+
+        Returns [(segment, rows, cols)], where rows / cols: (N,) index the segment's N placeholder tokens in
+        `input_ids` (B, L). Also used by the trainer, which replaces `segment.embeds` with trained ones.
+        """
+        hooks = self.prune_hooks
+        segments = hooks.encode(self, input_ids, vision_inputs, need_features=need_features)
+        placed = []
+        for token_id in hooks.visual_token_ids(self):
+            token_segments = [segment for segment in segments if segment.token_id == token_id]
+            rows, cols = torch.nonzero(input_ids == token_id, as_tuple=True)
+            sizes = [segment.embeds.shape[0] for segment in token_segments]
+            if sum(sizes) != rows.numel():
+                raise ValueError(
+                    f"`input_ids` hold {rows.numel()} placeholder tokens (id {token_id}) but the vision inputs "
+                    f"produce {sum(sizes)} visual tokens"
+                )
+            offset = 0
+            for segment, size in zip(token_segments, sizes, strict=True):
+                placed.append((segment, rows[offset : offset + size], cols[offset : offset + size]))
+                offset += size
+        return placed
+
+    def plan_pruning(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        vision_inputs: dict[str, Any],
+        budget: float | int,
+        selector: TokenSelector,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> PrunePlan:
+        """Encode the images, select per image, and compact the sequence. Shapes: input_ids (B, L)."""
+        hooks = self.prune_hooks
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        placed = self.place_visual_segments(
+            input_ids, vision_inputs, need_features=selector.feature_source == "vision_features"
+        )
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        keep_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        if placed:
+            rows = torch.cat([seg_rows for _, seg_rows, _ in placed])
+            cols = torch.cat([seg_cols for _, _, seg_cols in placed])
+            inputs_embeds[rows, cols] = torch.cat([segment.embeds for segment, _, _ in placed]).to(inputs_embeds.dtype)
+        for segment, seg_rows, seg_cols in placed:
+            size = seg_rows.numel()
+            num_keep = tokens_to_keep(budget, size)
+            if num_keep == size:
+                continue
+            features = segment.features if selector.feature_source == "vision_features" else segment.embeds
+            selector_dtype = next(selector.parameters(), features).dtype
+            with torch.no_grad():
+                keep_indices = selector.select(features.to(selector_dtype), num_keep, grid_hw=segment.grid_hw)
+            dropped = torch.ones(size, dtype=torch.bool, device=input_ids.device)
+            dropped[keep_indices.to(input_ids.device)] = False
+            keep_mask[seg_rows[dropped], seg_cols[dropped]] = False
+        if position_ids is None:
+            position_ids = hooks.position_ids(self, input_ids, attention_mask, vision_inputs)
+        return self._compact(input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels)
+
+    def _compact(self, input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels) -> PrunePlan:
+        reaching = keep_mask & attention_mask.bool()
+        lengths = reaching.sum(-1)
+        compact_length = int(lengths.max())
+        slots = torch.arange(compact_length, device=input_ids.device)
+        compact_mask = (slots[None, :] >= compact_length - lengths[:, None]).long()
+        # Stable sort puts the kept positions, in order, at the end of each row: that is left padding.
+        order = torch.sort(reaching.long(), dim=-1, stable=True).indices[:, -compact_length:]
+        source_index = order.masked_fill(compact_mask == 0, 0)
+        plan = PrunePlan(
+            keep_mask=keep_mask,
+            source_index=source_index,
+            attention_mask=compact_mask,
+            input_ids=None,
+            inputs_embeds=None,
+            position_ids=None,
+        )
+        pad_id = self.generation_config.pad_token_id
+        plan.input_ids = plan.gather(input_ids, pad_id if isinstance(pad_id, int) else 0)
+        embed_index = source_index[..., None].expand(-1, -1, inputs_embeds.shape[-1])
+        plan.inputs_embeds = inputs_embeds.gather(1, embed_index) * compact_mask[..., None].to(inputs_embeds.dtype)
+        plan.position_ids = plan.gather(position_ids, 0)
+        if labels is not None:
+            plan.labels = plan.gather(labels, -100)
+            # Compaction can put padding in front of a row that had none; no padding slot may "predict" the
+            # row's first real token, so the loss is the next-token loss over the kept sequence alone.
+            plan.labels[torch.arange(len(lengths)), compact_length - lengths] = -100
+        return plan
+
+    def _split_vision_inputs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(inputs that feed only the vision side, everything else)."""
+        names = self.prune_hooks.vision_input_names
+        vision = {name: value for name, value in kwargs.items() if name in names}
+        return vision, {name: value for name, value in kwargs.items() if name not in names}
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, input_ids=None, attention_mask=None, prune_budget=None, prune_method=None, **kwargs):
+        """Stock forward plus `prune_budget` / `prune_method`; the output carries `keep_mask` (B, L)."""
+        budget, selector = self._resolve_pruning(prune_budget, prune_method)
+        past = kwargs.get("past_key_values")
+        prefill = past is None or past.get_seq_length() == 0
+        if budget is None or input_ids is None or not prefill or not self.prune_hooks.has_visual_inputs(kwargs):
+            outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            if input_ids is not None:
+                outputs["keep_mask"] = torch.ones_like(input_ids, dtype=torch.bool)
+            return outputs
+        if kwargs.pop("inputs_embeds", None) is not None:  # an explicit None (PEFT passes one) is dropped
+            raise ValueError("`inputs_embeds` cannot be combined with `prune_budget`: pruning needs `input_ids`")
+        vision_inputs, language_kwargs = self._split_vision_inputs(kwargs)
+        plan = self.plan_pruning(
+            input_ids,
+            attention_mask,
+            vision_inputs,
+            budget,
+            selector,
+            position_ids=language_kwargs.pop("position_ids", None),
+            labels=language_kwargs.pop("labels", None),
+        )
+        outputs = super().forward(
+            input_ids=None,
+            attention_mask=plan.attention_mask,
+            inputs_embeds=plan.inputs_embeds,
+            position_ids=plan.position_ids,
+            labels=plan.labels,
+            **language_kwargs,
+        )
+        # Logits come back in the caller's layout (zeros at dropped tokens) unless only the last few were asked for.
+        if not language_kwargs.get("logits_to_keep"):
+            outputs["logits"] = plan.scatter(outputs.logits, input_ids.shape[1])
+        outputs["keep_mask"] = plan.keep_mask
+        return outputs
+
+    # ----------------------------------------------------------------- generate
+    @torch.no_grad()
+    def generate(self, inputs=None, *args, prune_budget=None, prune_method=None, **kwargs):
+        """Stock `generate` plus `prune_budget` / `prune_method`.
+
+        Returns the caller's `input_ids` followed by the new tokens, as the stock model does; a dict-style
+        output (`return_dict_in_generate=True`) also carries `keep_mask` (B, L).
+        """
+        budget, selector = self._resolve_pruning(prune_budget, prune_method)
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if budget is None or input_ids is None or not self.prune_hooks.has_visual_inputs(kwargs) or args:
+            # prune_budget=1.0 keeps the forward passes of this call unpruned even when the config sets a default.
+            output = super().generate(inputs, *args, prune_budget=1.0, **kwargs)
+            if input_ids is not None and not isinstance(output, torch.Tensor):
+                output["keep_mask"] = torch.ones_like(input_ids, dtype=torch.bool)
+            return output
+        if kwargs.pop("inputs_embeds", None) is not None:  # an explicit None (PEFT passes one) is dropped
+            raise ValueError("`inputs_embeds` cannot be combined with `prune_budget`: pruning needs `input_ids`")
+        if kwargs.get("past_key_values") is not None:
+            raise ValueError("`past_key_values` cannot be combined with `prune_budget`: pruning happens at prefill")
+        kwargs.pop("input_ids", None)
+        vision_inputs, generate_kwargs = self._split_vision_inputs(kwargs)
+        plan = self.plan_pruning(
+            input_ids,
+            generate_kwargs.pop("attention_mask", None),
+            vision_inputs,
+            budget,
+            selector,
+            position_ids=generate_kwargs.pop("position_ids", None),
+        )
+        self.prune_hooks.after_generate_plan(self, plan)
+        output = super().generate(
+            input_ids=plan.input_ids,
+            inputs_embeds=plan.inputs_embeds,
+            attention_mask=plan.attention_mask,
+            position_ids=plan.position_ids,
+            **generate_kwargs,
+        )
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        restored = torch.cat([input_ids.to(sequences.device), sequences[:, plan.input_ids.shape[1] :]], dim=-1)
+        if isinstance(output, torch.Tensor):
+            return restored
+        output["sequences"] = restored
+        output["keep_mask"] = plan.keep_mask
+        return output

@@ -1,0 +1,132 @@
+"""`autoselect`: the Scorer of DiffPrune / AutoSelect (papers 002 Sec. 4.2 and A, 004 Sec. 3.2).
+
+Only the inference-time scorer lives here; the train-only Soft Top-K, VP-noise throttler and denoiser are
+not part of the deployed graph (paper 002, Eq. 3). Also holds `TokenTransformer`, the Transformer encoder
+stack the `reconstruction` selector reuses.
+
+Imports only torch and sibling files: this file ships to the Hub as remote code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .configuration_token_prune import TokenPruneConfig
+from .token_selectors import TokenSelector, register_selector
+
+# Paper 002, A "Architecture": hidden dimension 1024 (the width of the CLIP ViT-L features it reads).
+MAX_DEFAULT_HIDDEN_SIZE = 1024
+
+
+def default_hidden_size(config: TokenPruneConfig, input_dim: int, cap: int = MAX_DEFAULT_HIDDEN_SIZE) -> int:
+    """`config.scorer_hidden_size`, else `min(input_dim, cap)` rounded up to a multiple of the head count.
+
+    Raises ValueError when an explicit `scorer_hidden_size` is not divisible by `scorer_num_heads`.
+    """
+    num_heads = config.scorer_num_heads
+    if config.scorer_hidden_size is not None:
+        if config.scorer_hidden_size % num_heads:
+            raise ValueError(
+                f"`scorer_hidden_size` ({config.scorer_hidden_size}) must be divisible by "
+                f"`scorer_num_heads` ({num_heads})"
+            )
+        return config.scorer_hidden_size
+    hidden_size = min(input_dim, cap)
+    return -(-hidden_size // num_heads) * num_heads
+
+
+class TokenTransformer(nn.Module):
+    """Input projection, pre-norm Transformer encoder layers and a final LayerNorm over one image's tokens.
+
+    There is no positional embedding: the features already carry position from the vision encoder, and
+    none of the papers adds one, so the output is permutation-equivariant in the tokens.
+
+    Args:
+        input_dim: feature width D.
+        hidden_size: width H of the layers.
+        num_layers: number of encoder layers.
+        num_heads: attention heads per layer; must divide `hidden_size`.
+    """
+
+    def __init__(self, input_dim: int, hidden_size: int, num_layers: int, num_heads: int) -> None:
+        super().__init__()
+        self.input_proj = nn.Linear(input_dim, hidden_size)
+        # The papers give depth, width and heads only; the 4x GELU feed-forward is the ViT block they build on.
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                d_model=hidden_size,
+                nhead=num_heads,
+                dim_feedforward=4 * hidden_size,
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(num_layers)
+        )
+        # Pre-norm layers leave the residual stream unnormalised, so the head reads it through one more norm.
+        self.final_norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (N, input_dim) -> hidden_states: (N, hidden_size)."""
+        if features.ndim != 2:
+            raise ValueError(f"`features` must be (N, input_dim) for one image, got shape {tuple(features.shape)}")
+        hidden_states = self.input_proj(features.to(self.input_proj.weight.dtype)).unsqueeze(0)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+        return self.final_norm(hidden_states.squeeze(0))
+
+
+class TransformerTokenScorer(TokenSelector):
+    """Shared body of the Transformer-based learned selectors: `TokenTransformer` + a linear head.
+
+    Subclasses set `default_num_layers` and `head_outputs` (logits per token), and may lower
+    `max_default_hidden_size` (the width used when `scorer_hidden_size` is unset, capped by the input width).
+    """
+
+    trainable = True
+    default_feature_source = "vision_features"
+    default_num_layers: int
+    head_outputs: int
+    max_default_hidden_size: int = MAX_DEFAULT_HIDDEN_SIZE
+
+    def __init__(self, config: TokenPruneConfig, input_dim: int, llm_hidden_size: int) -> None:
+        super().__init__(config, input_dim, llm_hidden_size)
+        hidden_size = default_hidden_size(config, input_dim, self.max_default_hidden_size)
+        self.hidden_size = hidden_size
+        self.encoder = TokenTransformer(
+            input_dim,
+            hidden_size,
+            num_layers=config.scorer_num_layers or self.default_num_layers,
+            num_heads=config.scorer_num_heads,
+        )
+        self.head = nn.Linear(hidden_size, self.head_outputs)
+
+
+class AutoSelectScorer(TransformerTokenScorer):
+    """L Transformer encoder blocks and a linear head giving one importance logit per visual token.
+
+    Paper 002 Sec. 4.2 / paper 004 Eq. 3; inference is hard top-K on these logits (paper 002 Eq. 3). The
+    z-score normalisation of paper 004 Eq. 4 belongs to the training-time Soft Top-K and, being monotonic,
+    does not change the ranking, so `score` returns the raw logits.
+
+    Sizes: `scorer_num_layers` defaults to 2 (paper 002 A, "two Transformer encoder blocks"); hidden size
+    `scorer_hidden_size`, else `min(input_dim, 1024)` (paper 002 A uses 1024 on 1024-wide CLIP features;
+    the cap keeps the scorer small on wide grouped features such as Qwen2.5-VL's 4 x 1280). The paper uses
+    16 heads; the config default `scorer_num_heads=4` applies unless set.
+
+    Attributes:
+        encoder: the `TokenTransformer`.
+        head: `hidden_size -> 1` logit.
+    """
+
+    default_num_layers = 2
+    head_outputs = 1
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (N, input_dim) -> scores: (N,) logits."""
+        return self.head(self.encoder(features)).squeeze(-1)
+
+
+register_selector("autoselect", AutoSelectScorer)

@@ -1,0 +1,58 @@
+"""`reconstruction`: the Feature Selector of "Adaptive vision token selection" (paper 001, Sec. 4.1.1).
+
+Only the selector lives here; the feature / image reconstructors and the Gumbel-Softmax training loop
+are train-only and come with the trainer.
+
+Imports only torch and sibling files: this file ships to the Hub as remote code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .configuration_token_prune import TokenPruneConfig
+from .selector_autoselect import TransformerTokenScorer
+from .token_selectors import register_selector
+
+
+class ReconstructionSelector(TransformerTokenScorer):
+    """Four Transformer layers and a two-way [drop, keep] head per visual token.
+
+    In training the head's logits feed a Gumbel-Softmax that samples the binary mask M (Eq. 5); at
+    inference the paper ranks tokens by the head's logits and keeps a fixed number (Sec. 4.1.1), which here
+    is `score = keep_logit - drop_logit`, the log-odds of keeping.
+
+    Sizes: `scorer_num_layers` defaults to 4 (Sec. 4.1.1, and the best depth in the 1-8 layer ablation of
+    Sec. 5.5). The paper gives no width; the default is `min(input_dim, 512)`. At 1024, as for `autoselect`,
+    the four layers cost 1.4% of Qwen2.5-VL-7B's time to first token at 1,024 visual tokens (counted FLOPs
+    and measured time, docs/benchmarks.md), over the project's 1% selection budget; 512 is about a quarter.
+
+    Attributes:
+        encoder: the `TokenTransformer`.
+        head: `hidden_size -> 2` logits, [drop, keep].
+        mask_embedding: (input_dim,) the shared learnable E_masked that replaces dropped tokens during
+            training, so the feature reconstructor sees where content was removed (Sec. 4.1.1, Eq. 5). It
+            lives in the input feature space and is unused at inference, where dropped tokens are removed.
+    """
+
+    default_num_layers = 4
+    head_outputs = 2
+    max_default_hidden_size = 512
+
+    def __init__(self, config: TokenPruneConfig, input_dim: int, llm_hidden_size: int) -> None:
+        super().__init__(config, input_dim, llm_hidden_size)
+        # The paper does not say how E_masked starts; 0.02 is the usual std of a learned mask token (MAE, BEiT).
+        self.mask_embedding = nn.Parameter(torch.empty(input_dim).normal_(mean=0.0, std=0.02))
+
+    def keep_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (N, input_dim) -> logits: (N, 2), column 0 = drop, column 1 = keep."""
+        return self.head(self.encoder(features))
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (N, input_dim) -> scores: (N,), keep logit minus drop logit."""
+        logits = self.keep_logits(features)
+        return logits[:, 1] - logits[:, 0]
+
+
+register_selector("reconstruction", ReconstructionSelector)

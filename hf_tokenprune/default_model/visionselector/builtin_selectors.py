@@ -1,0 +1,22 @@
+"""Importing this module registers every built-in selector.
+
+One explicit `from .module import Class` line per method, because Hugging Face's remote-code loader
+copies exactly the sibling files named by such lines.
+"""
+
+from __future__ import annotations
+
+from .selector_autoselect import AutoSelectScorer
+from .selector_reconstruction import ReconstructionSelector
+from .selector_training_free import DartSelector, DivPruneSelector, RandomSelector, UniformSelector
+from .selector_visionselector import VisionSelectorScorer
+
+__all__ = [
+    "AutoSelectScorer",
+    "DartSelector",
+    "DivPruneSelector",
+    "RandomSelector",
+    "ReconstructionSelector",
+    "UniformSelector",
+    "VisionSelectorScorer",
+]

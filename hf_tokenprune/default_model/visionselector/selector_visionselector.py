@@ -1,0 +1,62 @@
+"""`visionselector`: the Learnable Importance Scorer of VisionSelector (paper 000, Sec. 3.2, Eq. 1-2).
+
+Imports only torch and sibling files: this file ships to the Hub as remote code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .configuration_token_prune import TokenPruneConfig
+from .token_selectors import TokenSelector, register_selector
+
+
+class VisionSelectorScorer(TokenSelector):
+    """Scores each visual token by its mean scaled dot-product with all tokens of the same image.
+
+    Q = V W_q and K = V W_k (Eq. 1); s_i = (1/N) sum_j q_i . k_j / sqrt(d) (Eq. 2). Because the mean over j
+    is linear, s_i = q_i . mean_j(k_j) / sqrt(d): the score costs O(N D d) for the query projection and
+    O(N d) afterwards, and the N x N matrix of Eq. 2 is never built.
+
+    Sizes: `d = config.scorer_hidden_size`, else `llm_hidden_size // 2` (the paper sets d = 1792 for the
+    3584-wide Qwen2.5-VL-7B, 1024 for the 2048-wide 3B and 2560 for the 5120-wide 32B; Sec. 4.2, A.7-A.8).
+    The projections have no bias, as W_q, W_k in Eq. 1 (a query bias would add the same constant to every
+    score; a key bias is a plain linear term the paper does not have). V is used as it comes from the
+    projector, with no normalisation, as in Eq. 1. Weights start near zero (N(0, `config.scorer_init_std`),
+    Sec. 3.2) so the first training steps see almost uniform scores.
+
+    Attributes:
+        query_proj: W_q, `input_dim -> d`.
+        key_proj: W_k, `input_dim -> d`.
+    """
+
+    trainable = True
+    default_feature_source = "projector_output"
+
+    def __init__(self, config: TokenPruneConfig, input_dim: int, llm_hidden_size: int) -> None:
+        super().__init__(config, input_dim, llm_hidden_size)
+        projection_dim = config.scorer_hidden_size or max(llm_hidden_size // 2, 1)
+        self.projection_dim = projection_dim
+        self.query_proj = nn.Linear(input_dim, projection_dim, bias=False)
+        self.key_proj = nn.Linear(input_dim, projection_dim, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.query_proj.weight, mean=0.0, std=self.config.scorer_init_std)
+        nn.init.normal_(self.key_proj.weight, mean=0.0, std=self.config.scorer_init_std)
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (N, input_dim) -> scores: (N,), s_i of Eq. 2."""
+        if features.ndim != 2:
+            raise ValueError(f"`features` must be (N, input_dim) for one image, got shape {tuple(features.shape)}")
+        features = features.to(self.query_proj.weight.dtype)
+        queries = self.query_proj(features)
+        # mean_j(V W_k) = mean_j(V) W_k: project one averaged token instead of all N.
+        mean_key = self.key_proj(features.mean(dim=0))
+        return queries @ mean_key / math.sqrt(self.projection_dim)
+
+
+register_selector("visionselector", VisionSelectorScorer)

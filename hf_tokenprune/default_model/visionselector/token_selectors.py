@@ -1,0 +1,92 @@
+"""The selector base class and the open, string-keyed selector registry.
+
+A selector ranks the visual tokens of one image (or one video frame) and returns the positions to
+keep. Learned selectors are `nn.Module`s with weights (attached to the model as `token_selector`);
+training-free ones have none. Third parties add methods with `register_selector`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .configuration_token_prune import FEATURE_SOURCES, TokenPruneConfig
+from .selection_ops import hard_topk_indices
+
+_SELECTORS: dict[str, type[TokenSelector]] = {}
+
+
+class TokenSelector(nn.Module):
+    """Base class of every selector.
+
+    Class attributes:
+        trainable: whether the selector has learned weights (and so needs a checkpoint to be useful).
+        default_feature_source: what it reads unless the config says otherwise (`projector_output` or
+            `vision_features`).
+
+    Subclasses implement `score` (learned and score-based methods) or override `select`.
+    """
+
+    trainable: ClassVar[bool] = False
+    default_feature_source: ClassVar[str] = "projector_output"
+
+    def __init__(self, config: TokenPruneConfig, input_dim: int, llm_hidden_size: int) -> None:
+        super().__init__()
+        self.config = config
+        self.input_dim = input_dim
+        self.llm_hidden_size = llm_hidden_size
+
+    @property
+    def feature_source(self) -> str:
+        return self.config.feature_source or self.default_feature_source
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (N, input_dim) -> scores: (N,), higher means keep."""
+        raise NotImplementedError(f"{type(self).__name__} does not define `score`")
+
+    def select(
+        self,
+        features: torch.Tensor,
+        num_keep: int,
+        grid_hw: tuple[int, int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Pick `num_keep` of the N tokens of one image.
+
+        features: (N, input_dim); grid_hw: the (rows, cols) layout of the N tokens when they form a grid.
+        Returns keep_indices: (num_keep,) int64, ascending (original order preserved).
+        """
+        return hard_topk_indices(self.score(features), num_keep)
+
+
+def register_selector(name: str, selector_cls: type[TokenSelector], *, overwrite: bool = False) -> None:
+    """Register `selector_cls` under `name` so `prune_method=name` and `TokenPruneConfig(method=name)` find it."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"selector `name` must be a non-empty string, got {name!r}")
+    if not (isinstance(selector_cls, type) and issubclass(selector_cls, TokenSelector)):
+        raise TypeError(f"`selector_cls` must be a TokenSelector subclass, got {selector_cls!r}")
+    if selector_cls.default_feature_source not in FEATURE_SOURCES:
+        raise ValueError(
+            f"{selector_cls.__name__}.default_feature_source must be one of {FEATURE_SOURCES}, "
+            f"got {selector_cls.default_feature_source!r}"
+        )
+    if name in _SELECTORS and not overwrite:
+        raise ValueError(
+            f"a selector named {name!r} is already registered ({_SELECTORS[name].__name__}); "
+            "pass overwrite=True to replace it"
+        )
+    _SELECTORS[name] = selector_cls
+
+
+def get_selector_class(name: str, argument: str = "prune_method") -> type[TokenSelector]:
+    if not isinstance(name, str):
+        raise TypeError(f"`{argument}` must be a string naming a selector, got {type(name).__name__}")
+    if name not in _SELECTORS:
+        raise ValueError(f"unknown `{argument}` {name!r}; registered selectors: {sorted(_SELECTORS)}")
+    return _SELECTORS[name]
+
+
+def available_selectors() -> list[str]:
+    return sorted(_SELECTORS)

@@ -1,0 +1,474 @@
+"""`hf-tokenprune eval`: accuracy of a testbed VLM on a task split, unpruned and pruned by each method at each budget.
+
+Accuracy is the exact match of the first generated word with the example's one-word answer; retention is a pruned
+accuracy as a fraction of the unpruned one; kept tokens are the visual tokens the pruned model kept, averaged over
+images. The JSON written is what the model card of a pushed repo reads (`modeling.repo_io.check_eval_results`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers.utils import cached_file
+
+from .model import get_pruned_model
+from .modeling.configuration_token_prune import CONFIG_NAME, TokenPruneConfig, check_budget
+from .modeling.repo_io import EXTRA_FILES, SELECTOR_WEIGHTS_NAME, check_eval_results, write_json
+from .modeling.token_selectors import available_selectors, get_selector_class
+from .testbed.model import DEFAULT_ADAPTERS, DEFAULT_MODEL_DIR, predict
+
+DEFAULT_BUDGETS = "0.1,0.2,0.3,0.5"
+SCHEMA_FIELDS = ("unpruned_accuracy", "results")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+@dataclass
+class EvalArguments:
+    """Arguments of `hf-tokenprune eval`.
+
+    Fields: model, adapters, methods, budgets, split, limit, seed, batch_size, output, threads.
+    """
+
+    model: str = field(
+        default=str(DEFAULT_MODEL_DIR),
+        metadata={"help": "Testbed base model: a saved folder or a Hub repo id (default: the bundled trained model)."},
+    )
+    adapters: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated method=folder_or_repo_id of trained selectors (adapter repos); default: the "
+            "bundled ones when --model is the bundled model, else none. An empty string means none."
+        },
+    )
+    methods: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated selector names; default: every learned method with an adapter plus every "
+            "training-free registered method."
+        },
+    )
+    budgets: str = field(
+        default=DEFAULT_BUDGETS,
+        metadata={
+            "help": "Comma-separated budgets: a float in (0, 1] keeps that fraction of each image's tokens, "
+            "an integer >= 1 that many tokens."
+        },
+    )
+    split: str = field(default="test", metadata={"help": "Task split: train, validation or test."})
+    limit: int = field(default=500, metadata={"help": "Examples: the first N of the split (>= 1)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the `random` baseline and of torch."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per generate call (>= 1)."})
+    output: str = field(
+        default="eval_results.json", metadata={"help": "JSON results; the retention plot goes beside it (.png)."}
+    )
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: leave as is)."})
+
+
+# --------------------------------------------------------------------------------------------- validation
+def _split_list(value: str, name: str) -> list[str]:
+    items = [item.strip() for item in str(value).split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"`{name}` is empty; give a comma-separated list")
+    return items
+
+
+def parse_budgets(value: str | Sequence[float | int], name: str = "budgets") -> list[float | int]:
+    """Budgets from "0.1,0.2,16" (or a list): floats are fractions, integers token counts; duplicates dropped."""
+    items = _split_list(value, name) if isinstance(value, str) else list(value)
+    if not items:
+        raise ValueError(f"`{name}` is empty; give at least one budget")
+    budgets = []
+    for item in items:
+        if isinstance(item, str):
+            try:
+                item = int(item) if _INTEGER.fullmatch(item) else float(item)
+            except ValueError:
+                raise ValueError(
+                    f"`{name}`: {item!r} is not a number; a budget is a float in (0, 1] or an int >= 1"
+                ) from None
+        budgets.append(check_budget(item, name))
+    return list(dict.fromkeys(budgets))
+
+
+def check_methods(methods: str | Sequence[str], name: str = "methods") -> list[str]:
+    """Registered selector names, in order, duplicates dropped; an unknown one is refused listing the known ones."""
+    names = _split_list(methods, name) if isinstance(methods, str) else list(methods)
+    if not names:
+        raise ValueError(f"`{name}` is empty; give at least one method")
+    known = available_selectors()
+    for method in names:
+        if method not in known:
+            raise ValueError(f"`{name}`: unknown method {method!r}; registered selectors: {known}")
+    return list(dict.fromkeys(names))
+
+
+def parse_adapters(value: str, name: str = "adapters") -> dict[str, str]:
+    """{method: folder or repo id} from "visionselector=dir,autoselect=user/repo"; "" means none."""
+    adapters: dict[str, str] = {}
+    for item in [item.strip() for item in value.split(",") if item.strip()]:
+        method, equals, source = (part.strip() for part in item.partition("="))
+        if not equals or not method or not source:
+            raise ValueError(f"`{name}`: {item!r} is not method=folder_or_repo_id")
+        if method in adapters:
+            raise ValueError(f"`{name}`: method {method!r} is given twice")
+        adapters[method] = source
+    if adapters:
+        check_methods(list(adapters), name)
+    return adapters
+
+
+def _is_hub_id(value: str) -> bool:
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return True
+
+
+def resolve_adapter(method: str, source: str | os.PathLike, name: str = "adapters") -> Path:
+    """Local folder holding `method`'s adapter files: `source` itself, or the Hub cache snapshot of repo `source`.
+
+    Only the small adapter files are fetched (config, selector weights, eval results / training recipe); the
+    adapter's `method` must be `method`.
+    """
+    path = Path(source)
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise ValueError(f"`{name}`: {method}={str(source)!r} has no {CONFIG_NAME} (not a selector adapter)")
+    elif path.exists():
+        raise ValueError(f"`{name}`: {method}={str(source)!r} is a file; give an adapter folder or a Hub repo id")
+    elif isinstance(source, str) and _is_hub_id(source):
+        try:
+            config_file = cached_file(source, CONFIG_NAME, _raise_exceptions_for_missing_entries=False)
+            if config_file is None:
+                raise ValueError(
+                    f"`{name}`: Hub repo {method}={source!r} was not found or has no {CONFIG_NAME} (not a selector adapter)"
+                )
+            for optional in (SELECTOR_WEIGHTS_NAME, *EXTRA_FILES):
+                cached_file(source, optional, _raise_exceptions_for_missing_entries=False)
+        except OSError as error:
+            raise OSError(f"`{name}`: cannot fetch {method}={source!r} from the Hub: {error}") from error
+        path = Path(config_file).parent
+    else:
+        raise ValueError(f"`{name}`: {method}={str(source)!r} is neither an existing folder nor a Hub repo id")
+    config = TokenPruneConfig.from_pretrained(path)
+    if config.method != method:
+        raise ValueError(f"`{name}`: {method}={str(source)!r} holds a {config.method!r} selector, not {method!r}")
+    return path
+
+
+def default_methods(adapters: Mapping[str, Any]) -> list[str]:
+    """Every learned method that has an adapter, then every registered training-free method."""
+    learned = [method for method in adapters if get_selector_class(method).trainable]
+    training_free = [method for method in available_selectors() if not get_selector_class(method).trainable]
+    return learned + training_free
+
+
+def check_methods_have_adapters(methods: Sequence[str], adapters: Mapping[str, Any], name: str = "adapters") -> None:
+    missing = [method for method in methods if get_selector_class(method).trainable and method not in adapters]
+    if missing:
+        raise ValueError(
+            f"`{name}`: learned method(s) {missing} need a trained selector; give method=folder_or_repo_id "
+            f"(adapters given: {sorted(adapters)})"
+        )
+
+
+def _is_default_model(model: str) -> bool:
+    return Path(model).resolve() == DEFAULT_MODEL_DIR.resolve()
+
+
+def check_eval_arguments(args: EvalArguments) -> dict[str, Any]:
+    """Validate every flag before any model is loaded; returns the parsed values (adapters resolved to folders)."""
+    from .testbed import tasks
+
+    model = Path(args.model)
+    if model.exists():
+        if not (model / "config.json").is_file():
+            raise ValueError(f"`--model` {args.model!r} must be a saved model folder (with config.json)")
+    elif not _is_hub_id(args.model):
+        raise ValueError(f"`--model` {args.model!r} is neither an existing folder nor a Hub repo id")
+    if args.adapters is not None:
+        sources = parse_adapters(args.adapters, "--adapters")
+    else:
+        sources = (
+            {method: str(path) for method, path in DEFAULT_ADAPTERS.items()} if _is_default_model(args.model) else {}
+        )
+    methods = check_methods(args.methods, "--methods") if args.methods is not None else default_methods(sources)
+    check_methods_have_adapters(methods, sources, "--adapters")
+    budgets = parse_budgets(args.budgets, "--budgets")
+    splits = tuple(tasks.SPLIT_SEED_OFFSETS)
+    if args.split not in splits:
+        raise ValueError(f"`--split` must be one of {splits}, got {args.split!r}")
+    if isinstance(args.limit, bool) or not isinstance(args.limit, int) or not 1 <= args.limit <= tasks.SPLIT_SIZE:
+        raise ValueError(f"`--limit` must be an integer in [1, {tasks.SPLIT_SIZE}], got {args.limit!r}")
+    if args.batch_size < 1:
+        raise ValueError(f"`--batch-size` must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"`--threads` must be >= 1 (or left out), got {args.threads}")
+    output = Path(args.output)
+    plot = output.with_suffix(".png")
+    if output == plot:
+        raise ValueError(f"`--output` {args.output!r} is where the plot goes; give a .json file")
+    for path in (output, plot):
+        if path.is_dir():
+            raise ValueError(f"`--output`: {str(path)!r} is a directory")
+    # Only the adapters of evaluated methods are fetched; an adapter of a method left out is not used.
+    adapters = {
+        method: resolve_adapter(method, sources[method], "--adapters") for method in methods if method in sources
+    }
+    return {"methods": methods, "adapters": adapters, "budgets": budgets, "output": output, "plot": plot}
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+def _kinds(examples: Sequence[Any]) -> list[str]:
+    """Kinds present in `examples`, in the task's order (unknown kinds after, sorted)."""
+    from .testbed.tasks import KINDS
+
+    present = {example.kind for example in examples}
+    return [kind for kind in KINDS if kind in present] + sorted(present - set(KINDS))
+
+
+def _accuracies(
+    answers: Sequence[str], examples: Sequence[Any], kinds: Sequence[str]
+) -> tuple[float, dict[str, float]]:
+    correct = [answer == example.answer for answer, example in zip(answers, examples, strict=True)]
+    by_kind = {}
+    for kind in kinds:
+        hits = [hit for hit, example in zip(correct, examples, strict=True) if example.kind == kind]
+        by_kind[kind] = sum(hits) / len(hits)
+    return sum(correct) / len(correct), by_kind
+
+
+def evaluate(
+    base,
+    processor,
+    examples: Sequence[Any],
+    methods: Sequence[str],
+    budgets: Sequence[float | int],
+    adapters: Mapping[str, str | os.PathLike] | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Accuracy of `base` (a stock testbed VLM) unpruned and pruned by each method at each budget.
+
+    `examples` have `.image`, `.question`, `.answer` and `.kind`; `adapters` maps a method to a folder of its trained
+    selector (needed for learned methods; a training-free method with an adapter uses the adapter's config).
+    Returns {"unpruned_accuracy", "results": [{"method", "budget", "accuracy", "retention", "kept_tokens"}, ...]}
+    (the JSON schema of `check_eval_results`; `eval_results_json` keeps just that) plus "unpruned_kind_accuracy"
+    ({kind: accuracy}), "kind_accuracy" (one {kind: accuracy} per row of "results") and "visual_tokens" (mean per
+    image). Accuracies and retention are fractions. Raises when the unpruned accuracy is 0 (retention undefined).
+    """
+    from tqdm.auto import tqdm
+
+    adapters = dict(adapters or {})
+    methods = check_methods(methods)
+    budgets = parse_budgets(budgets)
+    if adapters:
+        check_methods(list(adapters), "adapters")
+    check_methods_have_adapters(methods, adapters)
+    if not examples:
+        raise ValueError("`examples` is empty")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}")
+    images = [example.image for example in examples]
+    questions = [example.question for example in examples]
+    kinds = _kinds(examples)
+
+    bar = tqdm(
+        total=(1 + len(methods) * len(budgets)) * len(examples), desc="eval", unit="example", disable=not progress
+    )
+
+    def run(model, **generate_kwargs):
+        torch.manual_seed(seed)  # each configuration starts from the same state, whatever ran before it
+        answers, kept, total = predict(
+            model, processor, images, questions, batch_size=batch_size, progress=bar.update, **generate_kwargs
+        )
+        return answers, sum(kept) / len(kept), sum(total) / len(total)
+
+    was_training = base.training
+    base.eval()  # restored below: the caller's model is left as it came
+    try:
+        bar.set_postfix_str("unpruned")
+        answers, _, total_tokens = run(base)
+        unpruned_accuracy, unpruned_by_kind = _accuracies(answers, examples, kinds)
+        if unpruned_accuracy == 0:
+            raise ValueError(
+                f"the unpruned model answers none of the {len(examples)} examples correctly, so retention (pruned "
+                "accuracy / unpruned accuracy) is undefined; evaluate a trained model"
+            )
+        rows, rows_by_kind = [], []
+        for method in methods:
+            config = adapters[method] if method in adapters else TokenPruneConfig(method=method, seed=seed)
+            pruned = get_pruned_model(base, config).eval()
+            for budget in budgets:
+                bar.set_postfix_str(f"{method} @ {budget:g}")
+                answers, kept_tokens, _ = run(pruned, prune_budget=budget)
+                accuracy, by_kind = _accuracies(answers, examples, kinds)
+                rows.append(
+                    {
+                        "method": method,
+                        "budget": budget,
+                        "accuracy": accuracy,
+                        "retention": accuracy / unpruned_accuracy,
+                        "kept_tokens": kept_tokens,
+                    }
+                )
+                rows_by_kind.append(by_kind)
+            del pruned
+    finally:
+        bar.close()
+        base.train(was_training)
+    return {
+        "unpruned_accuracy": unpruned_accuracy,
+        "results": rows,
+        "unpruned_kind_accuracy": unpruned_by_kind,
+        "kind_accuracy": rows_by_kind,
+        "visual_tokens": total_tokens,
+    }
+
+
+# --------------------------------------------------------------------------------------------- outputs
+def eval_results_json(results: Mapping[str, Any], name: str = "eval results") -> dict[str, Any]:
+    """The part of `evaluate`'s results that the JSON file holds, validated with `check_eval_results`."""
+    return check_eval_results({key: results[key] for key in SCHEMA_FIELDS}, name)
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """Markdown table: method, budget, accuracy %, retention %, mean kept visual tokens, then accuracy % per kind.
+
+    The per-kind columns and the unpruned token count appear when `results` comes from `evaluate` (a JSON file
+    read back holds neither).
+    """
+    rows = results["results"]
+    unpruned_by_kind = results.get("unpruned_kind_accuracy", {})
+    kinds = list(unpruned_by_kind)
+    kind_rows = [unpruned_by_kind, *results.get("kind_accuracy", [{}] * len(rows))]
+    header = ["method", "budget", "accuracy %", "retention %", "kept tokens", *(f"{kind} %" for kind in kinds)]
+    visual_tokens = results.get("visual_tokens")
+    table = [
+        [
+            "unpruned",
+            "-",
+            f"{100 * results['unpruned_accuracy']:.1f}",
+            "100.0",
+            "-" if visual_tokens is None else f"{visual_tokens:.1f}",
+        ]
+    ]
+    table += [
+        [
+            row["method"],
+            f"{row['budget']:g}",
+            f"{100 * row['accuracy']:.1f}",
+            f"{100 * row['retention']:.1f}",
+            f"{row['kept_tokens']:.1f}",
+        ]
+        for row in rows
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for cells, by_kind in zip(table, kind_rows, strict=True):
+        cells += [f"{100 * by_kind[kind]:.1f}" if kind in by_kind else "-" for kind in kinds]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """Call `write(temporary_path)` on a file beside `path`, then rename it onto `path` in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.partial"
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def plot_retention(results: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Retention (% of unpruned accuracy) against budget, one line per method, unpruned as the 100% line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["results"]
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(row["method"] for row in rows):
+        points = sorted((row["budget"], 100 * row["retention"]) for row in rows if row["method"] == method)
+        axes.plot(*zip(*points, strict=True), marker="o", label=method)
+    axes.axhline(100, color="black", linestyle="--", linewidth=1.5, label="unpruned")
+    fractions = all(isinstance(row["budget"], float) for row in rows)
+    axes.set(
+        xlabel="budget (fraction of visual tokens kept)" if fractions else "budget",
+        ylabel="retention (% of unpruned accuracy)",
+        title=f"accuracy retained after pruning (unpruned accuracy {100 * results['unpruned_accuracy']:.1f}%)",
+    )
+    axes.set_xticks(sorted({row["budget"] for row in rows}))
+    axes.set_ylim(0, max(105, 5 + max(100 * row["retention"] for row in rows)))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    try:
+        _replace_atomically(Path(path), lambda temporary: figure.savefig(temporary, format="png", dpi=110))
+    finally:
+        plt.close(figure)
+
+
+def write_outputs(results: Mapping[str, Any], output: str | os.PathLike) -> tuple[Path, Path]:
+    """Validate, then write the JSON (`output`) and the retention plot (`output` with .png), each atomically."""
+    output = Path(output)
+    plot = output.with_suffix(".png")
+    data = eval_results_json(results, str(output))
+    _replace_atomically(output, lambda temporary: write_json(data, temporary))
+    plot_retention(data, plot)
+    return output, plot
+
+
+def run_eval(args: EvalArguments) -> dict[str, Any]:
+    """`hf-tokenprune eval`: validate every flag, load the model and the split, evaluate, print and write results."""
+    from .testbed import tasks
+    from .testbed.model import load_testbed
+
+    parsed = check_eval_arguments(args)
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        base, processor = load_testbed(args.model)
+        examples = tasks.make_split(args.split, args.limit)
+        results = evaluate(
+            base,
+            processor,
+            examples,
+            parsed["methods"],
+            parsed["budgets"],
+            parsed["adapters"],
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    print(f"model: {args.model}, split: {args.split}, examples: {len(examples)}, seed: {args.seed}")
+    print(format_table(results))
+    output, plot = write_outputs(results, parsed["output"])
+    print(f"wrote {output} and {plot}")
+    return results
+
+
+__all__ = [
+    "DEFAULT_BUDGETS",
+    "EvalArguments",
+    "check_eval_arguments",
+    "evaluate",
+    "format_table",
+    "plot_retention",
+    "run_eval",
+    "write_outputs",
+]

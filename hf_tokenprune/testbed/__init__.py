@@ -1,0 +1,1 @@
+"""Synthetic VQA testbed: task generator and the tiny trained VLM."""

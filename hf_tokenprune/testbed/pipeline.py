@@ -1,0 +1,411 @@
+"""The testbed recipe end to end: task data -> VLM trained from scratch -> selectors -> eval table -> bundle.
+
+    hf-tokenprune reproduce --output runs/testbed
+
+1. The VLM (stock Qwen2.5-VL class, `model.new_testbed_model`) is trained from scratch with the stock `Trainer` on
+   examples generated on the fly (seeds of the train split): first its vision tower alone on per-token labels
+   (`VisionPretraining`), then the whole model on questions and captions, labels on the answers only.
+2. Selector training data: train-split records written to disk (JPEG + LLaVA-style JSON), because the selectors are
+   trained through the library's own entry point, `hf-tokenprune train --config recipe.yaml`, like any user's.
+3. Each learned selector is trained with its recipe and saved as an adapter repo next to the base.
+4. `hf-tokenprune eval` over the test split at budgets 0.1, 0.2, 0.3, 0.5 for every method.
+5. With `--bundle`, the base and adapters are copied into `hf_tokenprune/default_model/`, the bundled default.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import Trainer, TrainingArguments
+
+from ..training.data import TokenPruneDataCollator
+from .model import CAPTION_PROMPT, DEFAULT_DIR, LEARNED_METHODS, first_word, new_testbed_model, predict
+
+
+def example_record(example) -> dict:
+    """An example as a LLaVA-style conversation record holding its PIL image."""
+    return {
+        "images": [example.image],
+        "conversations": [
+            {"from": "human", "value": "<image>\n" + example.question},
+            {"from": "gpt", "value": example.answer},
+        ],
+    }
+
+
+def caption_record(example) -> dict:
+    """The example's image with a caption to learn: every object left to right, "<colour> <shape>" for a shape
+    and "<colour> box <word>" for a word box.
+
+    Why: a question's wording alone tells the answer's prior (yes/no, a colour, a count), and a VLM trained from
+    scratch on questions only sits at that prior for thousands of steps before it learns to look. A caption has no
+    such shortcut: every word needs the image, so the vision tower gets a useful gradient from the first step.
+    """
+    parts = [
+        f"{item.colour} box {item.word}" if item.word is not None else f"{item.colour} {item.shape}"
+        for item in sorted(example.objects, key=lambda item: (item.box[0] + item.box[2], item.box[1]))
+    ]
+    return {
+        "images": [example.image],
+        "conversations": [
+            {"from": "human", "value": "<image>\n" + CAPTION_PROMPT},
+            {"from": "gpt", "value": " ".join(parts)},
+        ],
+    }
+
+
+class GeneratedRecords(torch.utils.data.Dataset):
+    """`n` records of a split, generated on demand from consecutive seeds (nothing is held in memory).
+
+    Every `caption_every`-th record (0: none) is a caption (`caption_record`) instead of the example's question.
+    """
+
+    def __init__(self, split: str, n: int, caption_every: int = 0, first_record: int = 0) -> None:
+        from .tasks import make_split
+
+        self.first_seed = make_split(split, 1)[0].seed + first_record
+        self.n = n
+        self.caption_every = caption_every
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        from .tasks import make_example
+
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        example = make_example(self.first_seed + index)
+        if self.caption_every and index % self.caption_every == 0:
+            return caption_record(example)
+        return example_record(example)
+
+
+# ----------------------------------------------------------------------------------------- stage 1: the vision tower
+def token_labels(example) -> torch.Tensor:
+    """(tokens, 3) labels of each visual token's 28 px cell, raster order: colour, shape and word of the object that
+    covers at least a fifth of the cell or whose centre lies in it (0 = background; shape 6 = word box)."""
+    from .tasks import COLOURS, SHAPES, WORDS, token_grid
+
+    width, height = example.image.size
+    rows, cols = token_grid(width, height)
+    scale_x, scale_y = cols / width, rows / height  # pixels -> cells
+    labels = torch.zeros(rows, cols, 3, dtype=torch.long)
+    for item in example.objects:
+        x0, y0, x1, y1 = item.box[0] * scale_x, item.box[1] * scale_y, item.box[2] * scale_x, item.box[3] * scale_y
+        label = torch.tensor(
+            [
+                COLOURS.index(item.colour) + 1,
+                len(SHAPES) + 1 if item.word is not None else SHAPES.index(item.shape) + 1,
+                WORDS.index(item.word) + 1 if item.word is not None else 0,
+            ]
+        )
+        centre = (int((y0 + y1) / 2), int((x0 + x1) / 2))
+        for row in range(int(y0), min(rows, int(y1) + 1)):
+            for col in range(int(x0), min(cols, int(x1) + 1)):
+                overlap = max(0.0, min(x1, col + 1) - max(x0, col)) * max(0.0, min(y1, row + 1) - max(y0, row))
+                if overlap >= 0.2 or (row, col) == centre:
+                    labels[row, col] = label
+    return labels.reshape(-1, 3)
+
+
+class VisionPretraining(torch.nn.Module):
+    """The VLM's vision tower with a temporary linear head that names what each visual token shows.
+
+    Why: language-model loss alone reaches the vision tower of a VLM trained from scratch only through attention
+    that does not yet know where to look; on 2 CPU cores that plateau outlasts the training budget. Dense per-token
+    labels (which the task generator knows exactly) teach the tower colours, shapes and words in a few hundred steps;
+    the head is discarded and the stock architecture is trained on as usual.
+    """
+
+    def __init__(self, vlm) -> None:
+        from .tasks import COLOURS, SHAPES, WORDS
+
+        super().__init__()
+        self.visual = vlm.model.visual
+        self.sizes = (len(COLOURS) + 1, len(SHAPES) + 2, len(WORDS) + 1)
+        self.head = torch.nn.Linear(vlm.config.text_config.hidden_size, sum(self.sizes))
+
+    def forward(self, pixel_values, image_grid_thw, token_labels):
+        features = self.visual(pixel_values, grid_thw=image_grid_thw).pooler_output
+        logits = self.head(features).split(self.sizes, dim=-1)
+        loss = sum(torch.nn.functional.cross_entropy(part, token_labels[:, i]) for i, part in enumerate(logits))
+        return {"loss": loss}
+
+
+class VisionPretrainingCollator:
+    def __init__(self, processor) -> None:
+        self.image_processor = processor.image_processor
+
+    def __call__(self, examples) -> dict:
+        batch = self.image_processor([example.image for example in examples], return_tensors="pt")
+        labels = torch.cat([token_labels(example) for example in examples])
+        return {
+            "pixel_values": batch["pixel_values"],
+            "image_grid_thw": batch["image_grid_thw"],
+            "token_labels": labels,
+        }
+
+
+class GeneratedExamples(torch.utils.data.Dataset):
+    def __init__(self, split: str, n: int) -> None:
+        from .tasks import make_split
+
+        self.first_seed, self.n = make_split(split, 1)[0].seed, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int):
+        from .tasks import make_example
+
+        return make_example(self.first_seed + index)
+
+
+def pretrain_vision(model, processor, output_dir: Path, steps: int, batch_size: int, learning_rate: float, seed: int):
+    """Stage 1: train `model`'s vision tower on per-token labels with the stock Trainer (in place)."""
+    wrapper = VisionPretraining(model)
+    args = TrainingArguments(
+        output_dir=str(output_dir / "vision-trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 20),
+        weight_decay=0.01,
+        logging_steps=max(1, steps // 20),
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+        seed=seed,
+        dataloader_num_workers=1,
+    )
+    # Seeds past the VLM stage's, so the two stages see different images.
+    dataset = GeneratedExamples("train", steps * batch_size)
+    dataset.first_seed += 5_000_000
+    trainer = Trainer(
+        model=wrapper, args=args, train_dataset=dataset, data_collator=VisionPretrainingCollator(processor)
+    )
+    trainer.train()
+    return trainer.state.log_history
+
+
+@dataclass
+class ReproduceArguments:
+    output: str = field(default="runs/testbed", metadata={"help": "Folder for everything the recipe writes."})
+    vision_steps: int = field(
+        default=600, metadata={"help": "Stage 1: steps of the vision tower on per-token labels (0: skip)."}
+    )
+    vlm_steps: int = field(default=1300, metadata={"help": "Stage 2: optimiser steps of the whole VLM."})
+    vlm_batch_size: int = field(default=16, metadata={"help": "VLM training batch size."})
+    vlm_learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of the VLM (cosine)."})
+    vlm_caption_every: int = field(
+        default=2, metadata={"help": "Every n-th VLM training record is a caption instead of a question (0: none)."}
+    )
+    selector_records: int = field(default=2400, metadata={"help": "Train-split records written for the selectors."})
+    selector_steps: int = field(default=300, metadata={"help": "Optimiser steps per selector."})
+    selector_batch_size: int = field(default=8, metadata={"help": "Selector training batch size."})
+    train_budget: float = field(default=0.1, metadata={"help": "Budget the selectors are trained at."})
+    eval_limit: int = field(default=500, metadata={"help": "Test examples for the eval table."})
+    budgets: str = field(default="0.1,0.2,0.3,0.5", metadata={"help": "Budgets of the eval table."})
+    seed: int = field(default=0, metadata={"help": "Seed of every stage."})
+    threads: int = field(default=2, metadata={"help": "torch threads."})
+    skip_vlm: bool = field(default=False, metadata={"help": "Reuse OUTPUT/base instead of training the VLM."})
+    bundle: bool = field(default=False, metadata={"help": "Copy base + adapters into hf_tokenprune/default_model."})
+
+
+def train_vlm(
+    output_dir: Path,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    caption_every: int = 2,
+    init_from: str | None = None,
+    first_record: int = 0,
+    vision_steps: int = 0,
+):
+    """Train the testbed VLM from scratch (or on from `init_from`) with the stock Trainer; saves model + processor."""
+    if init_from is not None:
+        from .model import load_testbed
+
+        model, processor = load_testbed(init_from)
+    else:
+        model, processor = new_testbed_model(seed)
+        if vision_steps:
+            vision_log = pretrain_vision(model, processor, output_dir, vision_steps, batch_size, 2e-3, seed)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / "vision_log.json").write_text(json.dumps(vision_log, indent=1) + "\n")
+    args = TrainingArguments(
+        output_dir=str(output_dir / "trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 20),
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        logging_steps=max(1, steps // 60),
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+        seed=seed,
+        dataloader_num_workers=1,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=GeneratedRecords("train", steps * batch_size, caption_every, first_record),
+        data_collator=TokenPruneDataCollator(processor),
+    )
+    trainer.train()
+    model.eval()
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    (output_dir / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+    return model, processor
+
+
+def accuracy(model, processor, examples, batch_size: int = 32, **generate_kwargs) -> float:
+    answers, _, _ = predict(
+        model, processor, [e.image for e in examples], [e.question for e in examples], batch_size, **generate_kwargs
+    )
+    return sum(first_word(a) == e.answer for a, e in zip(answers, examples, strict=True)) / len(examples)
+
+
+def write_records(split: str, n: int, folder: Path) -> Path:
+    """`n` examples of `split` as JPEG images + a records JSON (the format `hf-tokenprune train` reads)."""
+    from .tasks import make_split
+
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    records = []
+    for example in make_split(split, n):
+        name = f"{split}-{example.seed}.jpg"
+        example.image.save(images / name, quality=92)
+        records.append(
+            {
+                "image": name,
+                "kind": example.kind,
+                "conversations": [
+                    {"from": "human", "value": "<image>\n" + example.question},
+                    {"from": "gpt", "value": example.answer},
+                ],
+            }
+        )
+    path = folder / f"{split}.json"
+    path.write_text(json.dumps(records) + "\n")
+    return path
+
+
+def train_selector(method: str, base_dir: Path, records: Path, output_dir: Path, args: ReproduceArguments) -> Path:
+    """Train one selector through `hf-tokenprune train --config` and save it as an adapter repo next to the base."""
+    from .. import get_pruned_model
+    from ..cli import main as cli_main
+    from .model import load_testbed
+
+    recipe = {
+        "model_name_or_path": str(base_dir),
+        "method": method,
+        "budget": 0.2,
+        "train_file": str(records),
+        "image_folder": str(records.parent / "images"),
+        "output_dir": str(output_dir / f"{method}-run"),
+        "train_budget": args.train_budget,
+        # The methods' default widths (min(D, 1024) / min(D, 512) of 512-wide vision features) would make the
+        # bundled adapters 26 and 50 MB; the testbed VLM is 128 wide, so are its scorers.
+        **({"scorer_hidden_size": 128} if method in ("autoselect", "reconstruction") else {}),
+        "max_steps": args.selector_steps,
+        "per_device_train_batch_size": args.selector_batch_size,
+        "learning_rate": {"visionselector": 3e-3, "autoselect": 1e-3, "reconstruction": 1e-3}[method],
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": max(1, args.selector_steps // 20),
+        "logging_steps": max(1, args.selector_steps // 25),
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": args.seed,
+    }
+    config = output_dir / f"{method}.yaml"
+    config.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    cli_main(["train", "--config", str(config)])
+    base, _ = load_testbed(base_dir)
+    pruned = get_pruned_model(base, output_dir / f"{method}-run")
+    adapter = output_dir / method
+    pruned.save_pretrained(adapter, base_model_name_or_path="../base")
+    return adapter
+
+
+def run_reproduce(args: ReproduceArguments) -> dict:
+    """The whole recipe; returns the eval results. Times of every stage go to OUTPUT/timings.json."""
+    from ..evaluate import EvalArguments, format_table, run_eval
+    from ..hub import write_model_card
+
+    torch.set_num_threads(args.threads)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "reproduce_args.json").write_text(json.dumps(asdict(args), indent=2) + "\n")
+    timings = {}
+    start = time.perf_counter()
+    base_dir = output / "base"
+    if not args.skip_vlm:
+        train_vlm(
+            base_dir,
+            args.vlm_steps,
+            args.vlm_batch_size,
+            args.vlm_learning_rate,
+            args.seed,
+            args.vlm_caption_every,
+            vision_steps=args.vision_steps,
+        )
+    timings["vlm_seconds"] = time.perf_counter() - start
+
+    stage = time.perf_counter()
+    records = write_records("train", args.selector_records, output / "selector_data")
+    timings["records_seconds"] = time.perf_counter() - stage
+    adapters = {}
+    for method in LEARNED_METHODS:
+        stage = time.perf_counter()
+        adapters[method] = train_selector(method, base_dir, records, output, args)
+        timings[f"{method}_seconds"] = time.perf_counter() - stage
+
+    stage = time.perf_counter()
+    results = run_eval(
+        EvalArguments(
+            model=str(base_dir),
+            adapters=",".join(f"{method}={path}" for method, path in adapters.items()),
+            budgets=args.budgets,
+            limit=args.eval_limit,
+            seed=args.seed,
+            output=str(output / "eval_results.json"),
+        )
+    )
+    timings["eval_seconds"] = time.perf_counter() - stage
+    (output / "eval_table.md").write_text(format_table(results) + "\n")
+    for adapter in adapters.values():  # the adapters' model cards show the table
+        shutil.copy(output / "eval_results.json", adapter / "eval_results.json")
+        write_model_card(adapter)
+    timings["total_seconds"] = time.perf_counter() - start
+    timings["threads"] = args.threads
+    (output / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    if args.bundle:
+        bundle(output, adapters)
+    return results
+
+
+def bundle(output: Path, adapters: dict[str, Path]) -> None:
+    """Copy the trained base and adapters (with their eval results) into the package's `default_model/`."""
+    staging = DEFAULT_DIR.with_name(DEFAULT_DIR.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(
+        output / "base", staging / "base", ignore=shutil.ignore_patterns("trainer", "vision-trainer", "*_log.json")
+    )
+    for method, adapter in adapters.items():
+        shutil.copytree(adapter, staging / method)
+    shutil.rmtree(DEFAULT_DIR, ignore_errors=True)
+    staging.rename(DEFAULT_DIR)

@@ -1,0 +1,206 @@
+"""The testbed VLM, its processor, the end-to-end recipe at toy scale, and the bundled trained model + demo.
+
+Oracles: the task generator's own answers and geometry, the processor before saving, the library path
+(`get_pruned_model` + `generate`) for what the demo prints, `tokens_to_keep` for kept counts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from hf_tokenprune import get_pruned_model
+from hf_tokenprune.cli import main
+from hf_tokenprune.modeling.pruning import tokens_to_keep
+from hf_tokenprune.testbed.model import (
+    DEFAULT_ADAPTERS,
+    DEFAULT_DIR,
+    DEFAULT_MODEL_DIR,
+    LEARNED_METHODS,
+    MERGE_SIZE,
+    build_batch,
+    load_processor,
+    load_testbed,
+    predict,
+    testbed_processor,
+)
+from hf_tokenprune.testbed.pipeline import ReproduceArguments, run_reproduce
+from hf_tokenprune.testbed.tasks import VOCABULARY, make_split, token_grid
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return make_split("validation", 12)
+
+
+def test_tokenizer_knows_every_task_word_and_round_trips(examples):
+    tokenizer = testbed_processor().tokenizer
+    ids = tokenizer(list(VOCABULARY), add_special_tokens=False)["input_ids"]
+    assert all(len(word_ids) == 1 and word_ids[0] != tokenizer.unk_token_id for word_ids in ids)
+    for example in examples:
+        encoded = tokenizer(example.question, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(encoded) == example.question
+
+
+def test_processor_geometry_matches_the_task_token_grid(examples):
+    processor = testbed_processor()
+    batch = build_batch(processor, [e.image for e in examples], [e.question for e in examples])
+    for row, example in enumerate(examples):
+        _, height, width = batch["image_grid_thw"][row].tolist()
+        assert (height // MERGE_SIZE, width // MERGE_SIZE) == token_grid(*example.image.size)
+        visual = int((batch["input_ids"][row] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+        assert visual == (height // MERGE_SIZE) * (width // MERGE_SIZE)
+
+
+def test_processor_saves_and_loads_without_torchvision(tmp_path, examples):
+    processor = testbed_processor()
+    processor.save_pretrained(tmp_path)
+    loaded = load_processor(tmp_path)
+    images, questions = [e.image for e in examples[:3]], [e.question for e in examples[:3]]
+    expected, got = build_batch(processor, images, questions), build_batch(loaded, images, questions)
+    assert set(expected) == set(got)
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_recipe_end_to_end_at_toy_scale(tmp_path, monkeypatch):
+    """Data -> VLM -> three selectors through `hf-tokenprune train` -> eval JSON, all stages wired together.
+
+    A VLM trained for two steps answers nothing right, and retention is undefined then; so the test examples'
+    answers are set to what that model says (the real `evaluate` runs on them) to make unpruned accuracy 1.
+    """
+    import dataclasses
+
+    import hf_tokenprune.evaluate as evaluate_module
+
+    real_evaluate = evaluate_module.evaluate
+
+    def evaluate_on_own_answers(base, processor, examples, *args, **kwargs):
+        said, _, _ = predict(base, processor, [e.image for e in examples], [e.question for e in examples])
+        examples = [dataclasses.replace(e, answer=a) for e, a in zip(examples, said, strict=True)]
+        return real_evaluate(base, processor, examples, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", evaluate_on_own_answers)
+    args = ReproduceArguments(
+        output=str(tmp_path / "run"),
+        vision_steps=2,
+        vlm_steps=2,
+        vlm_batch_size=2,
+        selector_records=4,
+        selector_steps=1,
+        selector_batch_size=2,
+        eval_limit=4,
+        budgets="0.5",
+        threads=1,
+    )
+    results = run_reproduce(args)
+    run = tmp_path / "run"
+    saved = json.loads((run / "eval_results.json").read_text())
+    assert saved == {key: results[key] for key in ("unpruned_accuracy", "results")}
+    methods = {row["method"] for row in results["results"]}
+    assert set(LEARNED_METHODS) <= methods
+    timings = json.loads((run / "timings.json").read_text())
+    assert timings["total_seconds"] >= timings["vlm_seconds"] > 0
+    assert results["unpruned_accuracy"] == 1.0
+    base, processor = load_testbed(run / "base")
+    for method in LEARNED_METHODS:
+        adapter = run / method
+        assert (adapter / "token_selector.safetensors").is_file() and (adapter / "README.md").is_file()
+        assert "## Results" in (adapter / "README.md").read_text()
+        get_pruned_model(base, adapter)  # loads: names, shapes and widths match the base
+
+
+# ----------------------------------------------------------------------------- the bundled default
+def test_bundle_is_small_and_in_hub_layout():
+    files = [path for path in DEFAULT_DIR.rglob("*") if path.is_file()]
+    assert sum(path.stat().st_size for path in files) <= 30 * 1024 * 1024
+    assert (DEFAULT_MODEL_DIR / "model.safetensors").is_file()
+    for method, adapter in DEFAULT_ADAPTERS.items():
+        config = json.loads((adapter / "token_prune_config.json").read_text())
+        assert config["method"] == method and config["base_model_name_or_path"] == "../base"
+        assert not list(adapter.glob("model*.safetensors")), "adapters store no base weights"
+
+
+def test_bundled_model_answers_better_than_the_answer_prior():
+    """The bundled VLM uses the image: it beats the best guess from the question alone (each kind's answers are
+    exactly balanced, so that guess scores the mean of 1 / number of answers). Issue 5 aims at 90%; the VLM trained
+    here is far from it (docs/testbed.md), so this guards only that the bundle is the trained model."""
+    from hf_tokenprune.testbed.tasks import COLOURS, COUNT_WORDS, KINDS, SHAPES, WORDS
+
+    answers_per_kind = {"attribute": COLOURS, "identity": SHAPES, "count": COUNT_WORDS, "existence": ("yes", "no")}
+    answers_per_kind["reading"] = WORDS
+    prior = sum(1 / len(answers_per_kind[kind]) for kind in KINDS) / len(KINDS)
+    base, processor = load_testbed()
+    examples = make_split("test", 300)
+    answers, _, _ = predict(base, processor, [e.image for e in examples], [e.question for e in examples])
+    accuracy = sum(a == e.answer for a, e in zip(answers, examples, strict=True)) / len(examples)
+    assert accuracy > prior + 0.02, (accuracy, prior)
+
+
+def test_demo_matches_the_library_path_and_draws_the_kept_tokens(tmp_path, capsys):
+    output = tmp_path / "demo.png"
+    assert main(["demo", "--budget", "0.2", "--seed", "3", "--output", str(output), "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    lines = dict(line.split(": ", 1) for line in printed.splitlines() if ": " in line)
+
+    example = make_split("test", 4)[3]
+    base, processor = load_testbed()
+    pruned = get_pruned_model(base, DEFAULT_ADAPTERS["visionselector"])
+    answers, kept, total = predict(pruned, processor, [example.image], [example.question], prune_budget=0.2)
+    unpruned, _, _ = predict(base, processor, [example.image], [example.question])
+    assert lines["question (" + example.kind + ")"] == example.question
+    assert lines["visionselector at budget 0.2"] == answers[0]
+    assert lines["unpruned answer"] == unpruned[0]
+    assert lines["visual tokens kept"] == f"{tokens_to_keep(0.2, total[0])} of {total[0]}" == f"{kept[0]} of {total[0]}"
+    rows, cols = token_grid(*example.image.size)
+    with Image.open(output) as image:
+        assert image.size == (cols * 28, rows * 28)
+    assert "speed-up" in lines["time to first token"]
+
+
+def test_demo_rejects_bad_arguments_before_loading(monkeypatch):
+    monkeypatch.setattr("hf_tokenprune.testbed.demo.load_testbed", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ValueError, match="budget"):
+        main(["demo", "--budget", "0"])
+    with pytest.raises(ValueError, match="method"):
+        main(["demo", "--method", "nope"])
+    with pytest.raises(ValueError, match="kind"):
+        main(["demo", "--kind", "nope"])
+
+
+def test_bundled_adapter_loads_by_path_through_remote_code():
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(DEFAULT_ADAPTERS["autoselect"], trust_remote_code=True)
+    base, _ = load_testbed()
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    assert Path(model.token_prune_config.base_model_name_or_path) == Path("../base")
+
+
+def test_vision_pretraining_labels_name_the_object_under_each_cell(examples):
+    """Oracle: the resized image's pixel at each labelled cell's object centre, and the scene's own objects."""
+    from hf_tokenprune.testbed.pipeline import token_labels
+    from hf_tokenprune.testbed.tasks import COLOURS, SHAPES, WORDS
+
+    for example in examples:
+        width, height = example.image.size
+        rows, cols = token_grid(width, height)
+        labels = token_labels(example).reshape(rows, cols, 3)
+        assert int((labels[..., 0] > 0).sum()) >= len(example.objects)  # every object labels at least its centre cell
+        for item in example.objects:
+            centre_x, centre_y = (item.box[0] + item.box[2]) / 2, (item.box[1] + item.box[3]) / 2
+            row, col = int(centre_y * rows / height), int(centre_x * cols / width)
+            colour, shape, word = labels[row, col].tolist()
+            assert COLOURS[colour - 1] == item.colour
+            assert shape == (len(SHAPES) + 1 if item.word else SHAPES.index(item.shape) + 1)
+            assert word == (WORDS.index(item.word) + 1 if item.word else 0)
+        covered = torch.zeros(rows, cols, dtype=torch.bool)
+        for item in example.objects:
+            x0, y0 = int(item.box[0] * cols / width), int(item.box[1] * rows / height)
+            x1, y1 = int((item.box[2] - 1) * cols / width), int((item.box[3] - 1) * rows / height)
+            covered[y0 : y1 + 1, x0 : x1 + 1] = True
+        assert not (labels[..., 0] > 0)[~covered].any(), "a label outside every object's cells"
