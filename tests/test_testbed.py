@@ -204,3 +204,11 @@ def test_vision_pretraining_labels_name_the_object_under_each_cell(examples):
             x1, y1 = int((item.box[2] - 1) * cols / width), int((item.box[3] - 1) * rows / height)
             covered[y0 : y1 + 1, x0 : x1 + 1] = True
         assert not (labels[..., 0] > 0)[~covered].any(), "a label outside every object's cells"
+
+
+def test_bundled_remote_code_is_the_current_modeling_code():
+    """Each bundled adapter carries the remote code; a change to modeling/ must be copied in (re-run the bundle)."""
+    modeling = Path(__file__).resolve().parents[1] / "modeling"
+    for adapter in DEFAULT_ADAPTERS.values():
+        for path in adapter.glob("*.py"):
+            assert path.read_bytes() == (modeling / path.name).read_bytes(), f"{path} is stale"
