@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from transformers.utils import cached_file
 
 from .model import get_pruned_model
 from .modeling.configuration_token_prune import CONFIG_NAME, TokenPruneConfig, check_budget
-from .modeling.repo_io import EXTRA_FILES, SELECTOR_WEIGHTS_NAME, check_eval_results, write_json
+from .modeling.repo_io import EXTRA_FILES, SELECTOR_WEIGHTS_NAME, check_eval_results, replace_atomically, write_json
 from .modeling.token_selectors import available_selectors, get_selector_class
 from .testbed.model import DEFAULT_ADAPTERS, DEFAULT_MODEL_DIR, predict
 
@@ -380,17 +379,6 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """Call `write(temporary_path)` on a file beside `path`, then rename it onto `path` in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.partial"
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def plot_retention(results: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Retention (% of unpruned accuracy) against budget, one line per method, unpruned as the 100% line."""
     import matplotlib
@@ -416,7 +404,7 @@ def plot_retention(results: Mapping[str, Any], path: str | os.PathLike) -> None:
     axes.legend(fontsize=8)
     figure.tight_layout()
     try:
-        _replace_atomically(Path(path), lambda temporary: figure.savefig(temporary, format="png", dpi=110))
+        replace_atomically(Path(path), lambda temporary: figure.savefig(temporary, format="png", dpi=110))
     finally:
         plt.close(figure)
 
@@ -426,7 +414,7 @@ def write_outputs(results: Mapping[str, Any], output: str | os.PathLike) -> tupl
     output = Path(output)
     plot = output.with_suffix(".png")
     data = eval_results_json(results, str(output))
-    _replace_atomically(output, lambda temporary: write_json(data, temporary))
+    replace_atomically(output, lambda temporary: write_json(data, temporary))
     plot_retention(data, plot)
     return output, plot
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from .modeling.repo_io import (
     check_training_recipe,
     load_json_argument,
     read_json,
+    replace_atomically,
 )
 from .modeling.token_selectors import get_selector_class
 
@@ -276,16 +276,7 @@ def write_model_card(
     """
     branch = revision if revision and revision != "main" and not revision.startswith("refs/") else None
     data = card_bytes(render_model_card(folder, repo_id, model_path=model_path, revision=branch))
-    path = Path(folder) / MODEL_CARD_NAME
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{MODEL_CARD_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return replace_atomically(Path(folder) / MODEL_CARD_NAME, lambda temporary: temporary.write_bytes(data))
 
 
 # Every `save_pretrained` through the library ends with the card (remote code never imports hf_tokenprune).

@@ -27,7 +27,7 @@ from transformers import Trainer, TrainingArguments
 
 from ..model import load_selector_weights
 from ..modeling.pruning import TokenPruningMixin
-from ..modeling.repo_io import SELECTOR_WEIGHTS_NAME, TRAINING_RECIPE_NAME
+from ..modeling.repo_io import SELECTOR_WEIGHTS_NAME, TRAINING_RECIPE_NAME, replace_atomically
 from .arguments import TokenPruneTrainingArguments
 from .callbacks import recipe_callbacks
 from .data import TokenPruneDataCollator
@@ -84,18 +84,16 @@ def training_recipe(args: TokenPruneTrainingArguments, method: str, global_step:
 
 def atomic_write_json(data: dict[str, Any], path: Path) -> None:
     """JSON under a temporary name, then rename: a reader never sees half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    replace_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors save under a temporary name, then rename: a reader never sees half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    safetensors.torch.save_file(
-        {k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata={"format": "pt"}
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    replace_atomically(
+        path, lambda temporary: safetensors.torch.save_file(tensors, str(temporary), metadata={"format": "pt"})
     )
-    os.replace(temporary, path)
 
 
 class TokenPruneTrainer(Trainer):

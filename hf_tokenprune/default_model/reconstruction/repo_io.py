@@ -23,7 +23,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,20 @@ def load_json_argument(value: Any, argument: str) -> Any:
     if isinstance(value, dict):
         return json.loads(json.dumps(value))  # a JSON-able deep copy
     raise TypeError(f"`{argument}` must be a dict or a path to a JSON file, got {type(value).__name__}")
+
+
+def replace_atomically(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call `write(temporary)` on a file beside `path`, then rename it onto `path`: a reader never sees half a file,
+    and a failed write leaves `path` as it was and no temporary behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
 
 
 def write_json(data: Any, path: Path) -> None:
