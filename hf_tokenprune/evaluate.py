@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.utils import cached_file
 
+from .hub import is_hub_id
 from .model import get_pruned_model
 from .modeling.configuration_token_prune import CONFIG_NAME, TokenPruneConfig, check_budget
 from .modeling.repo_io import EXTRA_FILES, SELECTOR_WEIGHTS_NAME, check_eval_results, replace_atomically, write_json
@@ -124,14 +124,6 @@ def parse_adapters(value: str, name: str = "adapters") -> dict[str, str]:
     return adapters
 
 
-def _is_hub_id(value: str) -> bool:
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        return False
-    return True
-
-
 def resolve_adapter(method: str, source: str | os.PathLike, name: str = "adapters") -> Path:
     """Local folder holding `method`'s adapter files: `source` itself, or the Hub cache snapshot of repo `source`.
 
@@ -144,7 +136,7 @@ def resolve_adapter(method: str, source: str | os.PathLike, name: str = "adapter
             raise ValueError(f"`{name}`: {method}={str(source)!r} has no {CONFIG_NAME} (not a selector adapter)")
     elif path.exists():
         raise ValueError(f"`{name}`: {method}={str(source)!r} is a file; give an adapter folder or a Hub repo id")
-    elif isinstance(source, str) and _is_hub_id(source):
+    elif isinstance(source, str) and is_hub_id(source):
         try:
             config_file = cached_file(source, CONFIG_NAME, _raise_exceptions_for_missing_entries=False)
             if config_file is None:
@@ -192,7 +184,7 @@ def check_eval_arguments(args: EvalArguments) -> dict[str, Any]:
     if model.exists():
         if not (model / "config.json").is_file():
             raise ValueError(f"`--model` {args.model!r} must be a saved model folder (with config.json)")
-    elif not _is_hub_id(args.model):
+    elif not is_hub_id(args.model):
         raise ValueError(f"`--model` {args.model!r} is neither an existing folder nor a Hub repo id")
     if args.adapters is not None:
         sources = parse_adapters(args.adapters, "--adapters")

@@ -101,8 +101,6 @@ def _load_prune_config(folder: Path, model_type: str) -> TokenPruneConfig:
 
 def load_eval_results(source: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
     """Read (a path) or take (a dict) evaluation results and validate them; errors name the file and field."""
-    if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
-        raise FileNotFoundError(f"eval results file {str(source)!r} does not exist")
     return check_eval_results(load_json_argument(source, "eval_results"), argument_name("eval_results", source))
 
 
@@ -116,7 +114,8 @@ def is_merged(folder: str | os.PathLike) -> bool:
     return any((Path(folder) / name).is_file() for name in BASE_WEIGHTS_NAMES)
 
 
-def _is_hub_id(name: str | None) -> bool:
+def is_hub_id(name: str | None) -> bool:
+    """Whether `name` is a valid Hub repo id (not a local path, not empty)."""
     if not name:
         return False
     try:
@@ -169,7 +168,7 @@ def render_model_card(
     when config.json or token_prune_config.json is missing or bad, or eval_results.json / training_recipe.json
     breaks its schema; the error names the file and field.
     """
-    if repo_id is not None and not _is_hub_id(repo_id):
+    if repo_id is not None and not is_hub_id(repo_id):
         raise ValueError(f"`repo_id` {repo_id!r} is not a valid Hub repo id ('namespace/name')")
     folder = _check_folder(folder)
     model_config = _load_model_config(folder)
@@ -205,7 +204,7 @@ def render_model_card(
         metadata["base_model"] = base
         if not merged:
             metadata["base_model_relation"] = "adapter"
-    if base and _is_hub_id(base):
+    if base and is_hub_id(base):
         base_display = f"[`{base}`](https://huggingface.co/{base})"
     else:
         base_display = f"`{base}`" if base else "an unrecorded base model"
@@ -325,7 +324,7 @@ def check_pushable(folder: str | os.PathLike) -> TokenPruneConfig:
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} is missing: the learned {prune_config.method!r} selector needs it")
     base = prune_config.base_model_name_or_path
-    if not _is_hub_id(base):
+    if not is_hub_id(base):
         raise ValueError(
             f"{folder / CONFIG_NAME}: `base_model_name_or_path` is {base!r}, not a Hub model id; others could not "
             "load the base model or its processor. Save again with base_model_name_or_path='namespace/name'"
@@ -351,7 +350,7 @@ def push_folder(
     a Hub id as base model) and `eval_results` (a path or a dict) holds valid results; it is uploaded as
     eval_results.json. The folder itself is not modified: README.md is rendered in memory. Returns the CommitInfo.
     """
-    if not _is_hub_id(repo_id) or "/" not in repo_id:
+    if not is_hub_id(repo_id) or "/" not in repo_id:
         raise ValueError(f"`repo_id` must be a Hub repo id 'namespace/name', got {repo_id!r}")
     folder = _check_folder(folder)
     prune_config = check_pushable(folder)
