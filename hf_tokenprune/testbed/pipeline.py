@@ -25,18 +25,20 @@ import yaml
 from transformers import Trainer, TrainingArguments
 
 from ..training.data import TokenPruneDataCollator
-from .model import CAPTION_PROMPT, DEFAULT_DIR, LEARNED_METHODS, first_word, new_testbed_model, predict
+from .model import CAPTION_PROMPT, DEFAULT_DIR, LEARNED_METHODS, new_testbed_model
+
+
+def conversation_record(image, prompt: str, answer: str) -> dict:
+    """A LLaVA-style conversation record: the image (a PIL image or a path) and `prompt` from the user, `answer`."""
+    return {
+        "images": [image],
+        "conversations": [{"from": "human", "value": "<image>\n" + prompt}, {"from": "gpt", "value": answer}],
+    }
 
 
 def example_record(example) -> dict:
-    """An example as a LLaVA-style conversation record holding its PIL image."""
-    return {
-        "images": [example.image],
-        "conversations": [
-            {"from": "human", "value": "<image>\n" + example.question},
-            {"from": "gpt", "value": example.answer},
-        ],
-    }
+    """An example as a conversation record holding its PIL image."""
+    return conversation_record(example.image, example.question, example.answer)
 
 
 def caption_record(example) -> dict:
@@ -44,44 +46,48 @@ def caption_record(example) -> dict:
     and "<colour> box <word>" for a word box.
 
     Why: a question's wording alone tells the answer's prior (yes/no, a colour, a count), and a VLM trained from
-    scratch on questions only sits at that prior for thousands of steps before it learns to look. A caption has no
-    such shortcut: every word needs the image, so the vision tower gets a useful gradient from the first step.
+    scratch on questions only sat at that prior for its whole 2,500-step run here. A caption has no such shortcut:
+    every word needs the image.
     """
     parts = [
         f"{item.colour} box {item.word}" if item.word is not None else f"{item.colour} {item.shape}"
         for item in sorted(example.objects, key=lambda item: (item.box[0] + item.box[2], item.box[1]))
     ]
-    return {
-        "images": [example.image],
-        "conversations": [
-            {"from": "human", "value": "<image>\n" + CAPTION_PROMPT},
-            {"from": "gpt", "value": " ".join(parts)},
-        ],
-    }
+    return conversation_record(example.image, CAPTION_PROMPT, " ".join(parts))
 
 
-class GeneratedRecords(torch.utils.data.Dataset):
-    """`n` records of a split, generated on demand from consecutive seeds (nothing is held in memory).
+class GeneratedExamples(torch.utils.data.Dataset):
+    """`n` examples of a split from consecutive seeds, `first` seeds into it, generated on demand (none held)."""
 
-    Every `caption_every`-th record (0: none) is a caption (`caption_record`) instead of the example's question.
-    """
+    def __init__(self, split: str, n: int, first: int = 0) -> None:
+        from .tasks import SPLIT_SEED_OFFSETS
 
-    def __init__(self, split: str, n: int, caption_every: int = 0, first_record: int = 0) -> None:
-        from .tasks import make_split
-
-        self.first_seed = make_split(split, 1)[0].seed + first_record
+        if split not in SPLIT_SEED_OFFSETS:
+            raise ValueError(f"`split` must be one of {tuple(SPLIT_SEED_OFFSETS)}, got {split!r}")
+        self.first_seed = SPLIT_SEED_OFFSETS[split] + first
         self.n = n
-        self.caption_every = caption_every
 
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int):
         from .tasks import make_example
 
         if not 0 <= index < self.n:
             raise IndexError(index)
-        example = make_example(self.first_seed + index)
+        return make_example(self.first_seed + index)
+
+
+class GeneratedRecords(GeneratedExamples):
+    """Conversation records of `GeneratedExamples`; every `caption_every`-th one (0: none) is a caption
+    (`caption_record`) instead of the example's question."""
+
+    def __init__(self, split: str, n: int, caption_every: int = 0, first: int = 0) -> None:
+        super().__init__(split, n, first)
+        self.caption_every = caption_every
+
+    def __getitem__(self, index: int) -> dict:
+        example = super().__getitem__(index)
         if self.caption_every and index % self.caption_every == 0:
             return caption_record(example)
         return example_record(example)
@@ -153,42 +159,31 @@ class VisionPretrainingCollator:
         }
 
 
-class GeneratedExamples(torch.utils.data.Dataset):
-    def __init__(self, split: str, n: int) -> None:
-        from .tasks import make_split
-
-        self.first_seed, self.n = make_split(split, 1)[0].seed, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int):
-        from .tasks import make_example
-
-        return make_example(self.first_seed + index)
-
-
-def pretrain_vision(model, processor, output_dir: Path, steps: int, batch_size: int, learning_rate: float, seed: int):
-    """Stage 1: train `model`'s vision tower on per-token labels with the stock Trainer (in place)."""
-    wrapper = VisionPretraining(model)
-    args = TrainingArguments(
-        output_dir=str(output_dir / "vision-trainer"),
+def _training_arguments(output_dir: Path, steps: int, batch_size: int, learning_rate: float, seed: int, logs: int):
+    """The testbed VLM's two training stages: cosine schedule, 5% warm-up, `logs` log lines, no checkpoints."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
         max_steps=steps,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=max(1, steps // 20),
         weight_decay=0.01,
-        logging_steps=max(1, steps // 20),
+        logging_steps=max(1, steps // logs),
         save_strategy="no",
         report_to=[],
         remove_unused_columns=False,
         seed=seed,
         dataloader_num_workers=1,
     )
+
+
+def pretrain_vision(model, processor, output_dir: Path, steps: int, batch_size: int, learning_rate: float, seed: int):
+    """Stage 1: train `model`'s vision tower on per-token labels with the stock Trainer (in place)."""
+    wrapper = VisionPretraining(model)
+    args = _training_arguments(output_dir / "vision-trainer", steps, batch_size, learning_rate, seed, logs=20)
     # Seeds past the VLM stage's, so the two stages see different images.
-    dataset = GeneratedExamples("train", steps * batch_size)
-    dataset.first_seed += 5_000_000
+    dataset = GeneratedExamples("train", steps * batch_size, first=5_000_000)
     trainer = Trainer(
         model=wrapper, args=args, train_dataset=dataset, data_collator=VisionPretrainingCollator(processor)
     )
@@ -242,26 +237,11 @@ def train_vlm(
             vision_log = pretrain_vision(model, processor, output_dir, vision_steps, batch_size, 2e-3, seed)
             output_dir.mkdir(parents=True, exist_ok=True)
             (output_dir / "vision_log.json").write_text(json.dumps(vision_log, indent=1) + "\n")
-    args = TrainingArguments(
-        output_dir=str(output_dir / "trainer"),
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, steps // 20),
-        weight_decay=0.01,
-        max_grad_norm=1.0,
-        logging_steps=max(1, steps // 60),
-        save_strategy="no",
-        report_to=[],
-        remove_unused_columns=False,
-        seed=seed,
-        dataloader_num_workers=1,
-    )
+    args = _training_arguments(output_dir / "trainer", steps, batch_size, learning_rate, seed, logs=60)
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=GeneratedRecords("train", steps * batch_size, caption_every, first_record),
+        train_dataset=GeneratedRecords("train", steps * batch_size, caption_every, first=first_record),
         data_collator=TokenPruneDataCollator(processor),
     )
     trainer.train()
@@ -272,33 +252,15 @@ def train_vlm(
     return model, processor
 
 
-def accuracy(model, processor, examples, batch_size: int = 32, **generate_kwargs) -> float:
-    answers, _, _ = predict(
-        model, processor, [e.image for e in examples], [e.question for e in examples], batch_size, **generate_kwargs
-    )
-    return sum(first_word(a) == e.answer for a, e in zip(answers, examples, strict=True)) / len(examples)
-
-
 def write_records(split: str, n: int, folder: Path) -> Path:
     """`n` examples of `split` as JPEG images + a records JSON (the format `hf-tokenprune train` reads)."""
-    from .tasks import make_split
-
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
     records = []
-    for example in make_split(split, n):
+    for example in GeneratedExamples(split, n):  # one image in memory at a time
         name = f"{split}-{example.seed}.jpg"
         example.image.save(images / name, quality=92)
-        records.append(
-            {
-                "image": name,
-                "kind": example.kind,
-                "conversations": [
-                    {"from": "human", "value": "<image>\n" + example.question},
-                    {"from": "gpt", "value": example.answer},
-                ],
-            }
-        )
+        records.append({**conversation_record(name, example.question, example.answer), "kind": example.kind})
     path = folder / f"{split}.json"
     path.write_text(json.dumps(records) + "\n")
     return path
