@@ -23,6 +23,7 @@ from transformers import (
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.utils import cached_file
 
+from ..modeling.repo_io import HUB_KWARGS
 from ..testing import _CHAT_TEMPLATE, IMAGE_PLACEHOLDER, ImageOnlyQwen2_5_VLProcessor, word_level_tokenizer
 
 PATCH_SIZE = 14
@@ -140,7 +141,7 @@ def load_processor(path_or_repo_id: str | os.PathLike, **hub_kwargs) -> Processo
 def load_testbed(path_or_repo_id: str | os.PathLike = DEFAULT_MODEL_DIR, **kwargs):
     """(testbed base model in eval mode, processor) from a saved folder or Hub id (default: the bundled model)."""
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path_or_repo_id, **kwargs).eval()
-    hub_kwargs = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
+    hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
     return model, load_processor(path_or_repo_id, **hub_kwargs)
 
 

@@ -288,9 +288,6 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
             destination = target / path.name
             if destination.is_dir() and not path.is_dir():
                 raise IsADirectoryError(f"cannot write {path.name}: {str(destination)!r} is a directory")
-            if path.is_dir():
-                # No writer stages folders today; keep the rule "replace what we wrote" if one ever does.
-                shutil.rmtree(destination, ignore_errors=True)
             os.replace(path, destination)
     finally:
         if staging.exists():
