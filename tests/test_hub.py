@@ -386,39 +386,18 @@ def test_resave_replaces_our_files_and_keeps_others(tmp_path):
 
 
 # ----------------------------------------------------------------------------- push_to_hub: one commit
-@pytest.fixture
-def recorded_hub(monkeypatch):
-    import huggingface_hub
-
-    calls = {"create_repo": [], "create_commit": [], "create_branch": []}
-
-    def create_repo(self, repo_id, **kwargs):
-        calls["create_repo"].append((repo_id, kwargs))
-        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        files = {}
-        for operation in operations:
-            source = operation.path_or_fileobj
-            files[operation.path_in_repo] = Path(source).read_bytes() if isinstance(source, (str, Path)) else source
-        calls["create_commit"].append((repo_id, files, kwargs))
-        return f"https://huggingface.co/{repo_id}/commit/0"
-
-    def create_branch(self, repo_id, branch, **kwargs):
-        calls["create_branch"].append((repo_id, branch))
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", create_branch)
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
-    return calls
+def only_commit(hub_calls) -> tuple[str, dict[str, bytes], dict]:
+    """(repo id, uploaded files, commit kwargs) of the single commit recorded by the `hub_calls` fixture."""
+    ((_, repo_id, kwargs),) = [call for call in hub_calls if call[0] == "create_commit"]
+    return repo_id, kwargs["uploaded"], kwargs
 
 
-def test_push_to_hub_uploads_card_and_files_in_one_commit(tmp_path, recorded_hub):
+def test_push_to_hub_uploads_card_and_files_in_one_commit(tmp_path, hub_calls):
     base, pruned = randomized_pruned("llava")
     pruned.push_to_hub("tiny-org/pushed", base_model_name_or_path="tiny-org/base", private=True)
-    assert [repo for repo, _ in recorded_hub["create_repo"]] == ["tiny-org/pushed"]
-    assert recorded_hub["create_repo"][0][1]["private"] is True
-    ((repo_id, files, _),) = recorded_hub["create_commit"]
+    assert [call[:2] for call in hub_calls if call[0] == "create_repo"] == [("create_repo", "tiny-org/pushed")]
+    assert hub_calls[0][2]["private"] is True
+    repo_id, files, _ = only_commit(hub_calls)
     pruned.save_pretrained(tmp_path / "local", base_model_name_or_path="tiny-org/base", repo_id="tiny-org/pushed")
     local = {path.name: path.read_bytes() for path in (tmp_path / "local").iterdir()}
     assert repo_id == "tiny-org/pushed" and set(files) == set(local)
@@ -426,35 +405,36 @@ def test_push_to_hub_uploads_card_and_files_in_one_commit(tmp_path, recorded_hub
     assert files["README.md"] == local["README.md"] and b"tiny-org/pushed" in files["README.md"]
 
 
-def test_save_pretrained_push_to_hub_route(tmp_path, recorded_hub):
+def test_save_pretrained_push_to_hub_route(tmp_path, hub_calls):
     base, pruned = randomized_pruned("llava")
     pruned.save_pretrained(tmp_path / "repo", base_model_name_or_path="tiny-org/base", push_to_hub=True, repo_id="o/r")
-    ((repo_id, files, _),) = recorded_hub["create_commit"]
+    repo_id, files, _ = only_commit(hub_calls)
     assert repo_id == "o/r" and set(files) == {path.name for path in (tmp_path / "repo").iterdir()}
 
 
-def test_push_to_hub_checks_before_creating_the_repo(recorded_hub):
+def test_push_to_hub_checks_before_creating_the_repo(hub_calls):
     _, pruned = randomized_pruned("llava")
     with pytest.raises(ValueError, match="eval_results"):
         pruned.push_to_hub("o/r", base_model_name_or_path="o/base", eval_results={"results": []})
-    assert recorded_hub["create_repo"] == [] and recorded_hub["create_commit"] == []
+    assert hub_calls == []
 
 
-def test_push_to_hub_to_a_branch_names_it_in_the_card(recorded_hub):
+def test_push_to_hub_to_a_branch_names_it_in_the_card(hub_calls):
     _, pruned = randomized_pruned("llava")
     pruned.push_to_hub("o/r", base_model_name_or_path="o/base", revision="dev", tags=["extra-tag"])
-    ((_, files, kwargs),) = recorded_hub["create_commit"]
-    assert kwargs["revision"] == "dev" and recorded_hub["create_branch"] == [("o/r", "dev")]
+    _, files, kwargs = only_commit(hub_calls)
+    branches = [(call[1], call[2]["branch"]) for call in hub_calls if call[0] == "create_branch"]
+    assert kwargs["revision"] == "dev" and branches == [("o/r", "dev")]
     card = files["README.md"].decode()
     assert 'revision="dev"' in card and "extra-tag" in card and "hf-tokenprune" in card
 
 
-def test_push_to_hub_refuses_an_adapter_of_a_local_base(tmp_path, recorded_hub):
+def test_push_to_hub_refuses_an_adapter_of_a_local_base(tmp_path, hub_calls):
     _, pruned = randomized_pruned("llava")
     (tmp_path / "base").mkdir()
     with pytest.raises(ValueError, match="local folder"):
         pruned.push_to_hub("o/r", base_model_name_or_path=str(tmp_path / "base"))
-    assert recorded_hub["create_repo"] == []
+    assert hub_calls == []
 
 
 def test_adapter_next_to_its_base_names_it_relative_to_its_folder(tmp_path, monkeypatch):

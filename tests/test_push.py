@@ -6,9 +6,7 @@ import json
 import re
 from pathlib import Path
 
-import huggingface_hub
 import pytest
-from huggingface_hub import CommitInfo
 
 from hf_tokenprune import TokenPruneConfig, get_pruned_model, push_folder, render_model_card
 from hf_tokenprune.cli import main
@@ -21,33 +19,6 @@ EVAL_RESULTS = {
     "unpruned_accuracy": 0.5,
     "results": [{"method": "visionselector", "budget": 0.25, "accuracy": 0.375, "retention": 0.75, "kept_tokens": 4}],
 }
-
-
-@pytest.fixture
-def hub_calls(monkeypatch):
-    """Record HfApi calls instead of making them."""
-    calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        calls.append(("create_repo", repo_id, kwargs))
-        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def create_branch(self, repo_id, **kwargs):
-        calls.append(("create_branch", repo_id, kwargs))
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        calls.append(("create_commit", repo_id, {"operations": list(operations), **kwargs}))
-        return CommitInfo(
-            commit_url=f"https://huggingface.co/{repo_id}/commit/abc123",
-            commit_message=kwargs["commit_message"],
-            commit_description="",
-            oid="abc123",
-        )
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", create_branch)
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
-    return calls
 
 
 def saved(folder: Path, method: str = "visionselector") -> Path:
