@@ -307,7 +307,7 @@ class TokenPruningMixin:
                 f"are {input_dim} wide: the selector does not match this model"
             )
         prune_config = dataclasses.replace(prune_config, input_dim=input_dim, base_model_type=model_type)
-        llm_hidden_size = model_config.get_text_config().hidden_size
+        llm_hidden_size = cls._llm_hidden_size(model_config)
         selector = selector_cls(prune_config, input_dim=input_dim, llm_hidden_size=llm_hidden_size)
         return prune_config, (selector if any(True for _ in selector.parameters()) else None)
 
@@ -325,13 +325,14 @@ class TokenPruningMixin:
         self.token_prune_config = prune_config
         self._transient_selectors: dict[str, TokenSelector] = {}
 
-    def _llm_hidden_size(self) -> int:
-        return self.config.get_text_config().hidden_size
+    @staticmethod
+    def _llm_hidden_size(model_config) -> int:
+        return model_config.get_text_config().hidden_size
 
     @classmethod
     def _selector_input_dim(cls, model_config, feature_source: str) -> int:
         if feature_source == "projector_output":
-            return model_config.get_text_config().hidden_size
+            return cls._llm_hidden_size(model_config)
         return cls.prune_hooks.vision_feature_dim(model_config)
 
     # ----------------------------------------------------------------- Hub: save, load, push
@@ -583,7 +584,7 @@ class TokenPruningMixin:
             cache[prune_method] = selector_cls(
                 transient_config,
                 input_dim=self._selector_input_dim(self.config, feature_source),
-                llm_hidden_size=self._llm_hidden_size(),
+                llm_hidden_size=self._llm_hidden_size(self.config),
             )
         return budget, cache[prune_method]
 
