@@ -125,4 +125,30 @@ def run_train(
     trainer.save_model(training_args.output_dir)
     if trainer.args.should_save:
         print(f"selector saved to {Path(training_args.output_dir).resolve()}")
+    release_process_group(trainer)
     return trainer
+
+
+def release_process_group(trainer) -> None:
+    """Tear down `accelerate launch`'s process group in an order that cannot deadlock; a no-op in one process.
+
+    Works around a torch bug (pytorch/pytorch#56297): freeing the DDP wrapper frees its Reducer, and if that drops
+    the last reference to a gloo process group, the group's destructor joins gloo's worker threads while holding the
+    GIL; a worker still freeing the last collective's tensors needs the GIL, so the rank hangs (or, at interpreter
+    exit, aborts with "terminate called without an active exception") after a complete save. Here the DDP wrapper
+    is freed while this function still holds the group, and the group's last reference is then dropped through its
+    Python binding, whose destructor releases the GIL.
+    """
+    import gc
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    trainer.accelerator.wait_for_everyone()
+    group = dist.group.WORLD
+    trainer.accelerator.free_memory()
+    trainer.model_wrapped = trainer.model
+    gc.collect()  # DDP's hooks form reference cycles
+    trainer.accelerator.end_training()  # destroy_process_group: `group` is now the last reference
+    del group
