@@ -87,7 +87,7 @@ def test_recipe_end_to_end_at_toy_scale(tmp_path, monkeypatch):
     args = ReproduceArguments(
         output=str(tmp_path / "run"),
         vision_steps=2,
-        vlm_steps=2,
+        vlm_schedule="2:1e-3,2:1e-2",  # the first step of a round warms up from lr 0
         vlm_batch_size=2,
         selector_records=4,
         selector_steps=1,
@@ -106,6 +106,9 @@ def test_recipe_end_to_end_at_toy_scale(tmp_path, monkeypatch):
     assert timings["total_seconds"] >= timings["vlm_seconds"] > 0
     assert results["unpruned_accuracy"] == 1.0
     base, processor = load_testbed(run / "base")
+    round_one, _ = load_testbed(run / "vlm-round-1")  # the second round went on from the first
+    assert json.loads((run / "base" / "training_log.json").read_text())[-1]["step"] == 2
+    assert any(not torch.equal(p, q) for p, q in zip(round_one.parameters(), base.parameters(), strict=True))
     for method in LEARNED_METHODS:
         adapter = run / method
         assert (adapter / "token_selector.safetensors").is_file() and (adapter / "README.md").is_file()
@@ -212,3 +215,83 @@ def test_bundled_remote_code_is_the_current_modeling_code():
     for adapter in DEFAULT_ADAPTERS.values():
         for path in adapter.glob("*.py"):
             assert path.read_bytes() == (modeling / path.name).read_bytes(), f"{path} is stale"
+
+
+# ----------------------------------------------------------------------------- VLM training stages
+def test_prompts_put_the_question_before_the_image_in_training_and_inference(examples):
+    """The inference prompt (`build_batch`) and the training record (rendered by the training collator) agree:
+    question tokens, then the visual tokens; the training sequence is the inference prompt plus the answer."""
+    from hf_tokenprune.testbed.pipeline import example_record
+    from hf_tokenprune.training.data import TokenPruneDataCollator
+
+    processor = testbed_processor()
+    example = examples[0]
+    prompt = build_batch(processor, [example.image], [example.question])["input_ids"][0]
+    trained = TokenPruneDataCollator(processor)([example_record(example)])
+    ids = trained["input_ids"][0]
+    assert torch.equal(ids[: len(prompt)], prompt)
+    answer = ids[len(prompt) :][trained["labels"][0][len(prompt) :] != -100]
+    assert processor.tokenizer.decode(answer, skip_special_tokens=True).split() == [example.answer]
+    image_positions = (prompt == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).nonzero()
+    question_ids = processor.tokenizer(example.question, add_special_tokens=False)["input_ids"]
+    start = next(i for i in range(len(prompt)) if prompt[i : i + len(question_ids)].tolist() == question_ids)
+    assert start + len(question_ids) <= int(image_positions.min())
+
+
+def test_match_feature_scale_rescales_visual_features_to_the_word_embedding_norm(examples):
+    """Oracle: the tower's features before the call, times the returned factor; norms against the embeddings."""
+    from hf_tokenprune.testbed.model import new_testbed_model
+    from hf_tokenprune.testbed.pipeline import match_feature_scale
+
+    model, processor = new_testbed_model(0)
+    batch = processor.image_processor([e.image for e in examples], return_tensors="pt")
+    with torch.no_grad():
+        model.model.visual.merger.mlp[-1].weight.mul_(50)  # as stage 1 leaves them: far longer than words
+        before = model.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
+        factor = match_feature_scale(model, processor)
+        after = model.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
+    torch.testing.assert_close(after, before * factor, rtol=1e-4, atol=1e-6)
+    words = model.get_input_embeddings().weight.norm(dim=-1).mean()
+    assert after.norm(dim=-1).mean() == pytest.approx(words.item(), rel=0.25)  # other images than the call's
+
+
+def test_vision_pretraining_loss_weights_object_cells_on_their_own(examples):
+    """Oracle: cross-entropy recomputed per label group as (all cells) + (cells that show something)."""
+    from hf_tokenprune.testbed.model import new_testbed_model
+    from hf_tokenprune.testbed.pipeline import VisionPretraining, VisionPretrainingCollator
+
+    model, processor = new_testbed_model(0)
+    wrapper = VisionPretraining(model)
+    batch = VisionPretrainingCollator(processor)(examples[:3])
+    loss = wrapper(**batch)["loss"]
+    with torch.no_grad():
+        features = model.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
+    expected = 0.0
+    for group, logits in enumerate(wrapper.head(features).split(wrapper.sizes, dim=-1)):
+        labels = batch["token_labels"][:, group]
+        shown = labels > 0
+        expected += torch.nn.functional.cross_entropy(logits, labels)
+        expected += torch.nn.functional.cross_entropy(logits[shown], labels[shown])
+    torch.testing.assert_close(loss.detach(), expected.detach())
+
+
+def test_train_vlm_with_a_frozen_vision_tower_trains_only_its_merger(tmp_path):
+    from hf_tokenprune.testbed.model import new_testbed_model
+    from hf_tokenprune.testbed.pipeline import train_vlm
+
+    start, _ = new_testbed_model(0)
+    model, _ = train_vlm(tmp_path / "vlm", steps=2, batch_size=2, learning_rate=1e-2, seed=0, freeze_vision=True)
+    before, after = start.state_dict(), model.state_dict()
+    for name in before:
+        changed = not torch.equal(before[name], after[name])
+        if name.startswith("model.visual.") and ".merger." not in name:
+            assert not changed, name
+    assert any(not torch.equal(before[n], after[n]) for n in before if ".merger." in n)
+    assert any(not torch.equal(before[n], after[n]) for n in before if "language_model" in n)
+
+
+@pytest.mark.parametrize("schedule", ["1000", "1000:", "x:1e-3", "0:1e-3", "10:-1", "10:1e-3,"])
+def test_reproduce_rejects_a_bad_vlm_schedule_before_training(tmp_path, schedule):
+    with pytest.raises(ValueError, match="vlm_schedule"):
+        run_reproduce(ReproduceArguments(output=str(tmp_path / "run"), vlm_schedule=schedule, threads=1))
+    assert not (tmp_path / "run").exists()
