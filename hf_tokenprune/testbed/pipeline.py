@@ -250,7 +250,7 @@ class ReproduceArguments:
     vlm_schedule: str = field(
         default="1000:1e-3,2000:2e-3,2500:2e-3",
         metadata={
-            "help": "Stage 2 as rounds `steps:peak_lr`, comma-separated; each round is a cosine run (5% warm-up) "
+            "help": "Stage 2 as rounds `steps:peak_lr`, comma-separated; each round is a cosine run (warm-up: a twentieth of its steps) "
             "that goes on from the previous one on records it has not seen."
         },
     )
