@@ -89,6 +89,7 @@ def test_recipe_end_to_end_at_toy_scale(tmp_path, monkeypatch):
         vision_steps=2,
         vlm_schedule="2:1e-3,2:1e-2",  # the first step of a round warms up from lr 0
         vlm_batch_size=2,
+        vlm_cached_records=3,  # rounds of 2 steps over 3 records: epochs, a short last batch
         selector_records=4,
         selector_steps=1,
         selector_batch_size=2,
@@ -129,8 +130,9 @@ def test_bundle_is_small_and_in_hub_layout():
 
 def test_bundled_model_answers_better_than_the_answer_prior():
     """The bundled VLM uses the image: it beats the best guess from the question alone (each kind's answers are
-    exactly balanced, so that guess scores the mean of 1 / number of answers). Issue 5 aims at 90%; the VLM trained
-    here is far from it (docs/testbed.md), so this guards only that the bundle is the trained model."""
+    exactly balanced, so that guess scores the mean of 1 / number of answers) by a wide margin. Issue 5 aims at 90%;
+    the VLM trained here answers about half (docs/testbed.md), so the bound is 15 points over the prior: a bundle
+    that lost its training (or a processor or template that no longer matches it) falls below it."""
     from hf_tokenprune.testbed.tasks import COLOURS, COUNT_WORDS, KINDS, SHAPES, WORDS
 
     answers_per_kind = {"attribute": COLOURS, "identity": SHAPES, "count": COUNT_WORDS, "existence": ("yes", "no")}
@@ -140,7 +142,7 @@ def test_bundled_model_answers_better_than_the_answer_prior():
     examples = make_split("test", 300)
     answers, _, _ = predict(base, processor, [e.image for e in examples], [e.question for e in examples])
     accuracy = sum(a == e.answer for a, e in zip(answers, examples, strict=True)) / len(examples)
-    assert accuracy > prior + 0.02, (accuracy, prior)
+    assert accuracy > prior + 0.15, (accuracy, prior)
 
 
 def test_demo_matches_the_library_path_and_draws_the_kept_tokens(tmp_path, capsys):
@@ -261,18 +263,88 @@ def test_vision_pretraining_loss_weights_object_cells_on_their_own(examples):
     from hf_tokenprune.testbed.pipeline import VisionPretraining, VisionPretrainingCollator
 
     model, processor = new_testbed_model(0)
-    wrapper = VisionPretraining(model)
+    wrapper = VisionPretraining(model, processor.tokenizer)
     batch = VisionPretrainingCollator(processor)(examples[:3])
     loss = wrapper(**batch)["loss"]
     with torch.no_grad():
         features = model.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
     expected = 0.0
-    for group, logits in enumerate(wrapper.head(features).split(wrapper.sizes, dim=-1)):
+    for group, logits in enumerate(wrapper.group_logits(features)):
         labels = batch["token_labels"][:, group]
         shown = labels > 0
         expected += torch.nn.functional.cross_entropy(logits, labels)
         expected += torch.nn.functional.cross_entropy(logits[shown], labels[shown])
     torch.testing.assert_close(loss.detach(), expected.detach())
+
+
+def test_vision_pretraining_classes_are_the_language_models_word_embeddings(examples):
+    """Oracle: cosines against the embedding rows of the class names, looked up through the tokenizer by hand; one
+    optimiser step moves exactly those rows of the embedding table (and the tower), nothing else of the LM."""
+    from hf_tokenprune.testbed.model import new_testbed_model
+    from hf_tokenprune.testbed.pipeline import VisionPretraining, VisionPretrainingCollator
+    from hf_tokenprune.testbed.tasks import COLOURS, SHAPES, WORDS
+
+    model, processor = new_testbed_model(0)
+    wrapper = VisionPretraining(model, processor.tokenizer)
+    batch = VisionPretrainingCollator(processor)(examples)
+    table = model.get_input_embeddings().weight.detach().clone()
+    with torch.no_grad():
+        features = model.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
+        logits = wrapper.group_logits(features)
+    unit = torch.nn.functional.normalize(features, dim=-1)
+    names = (COLOURS, (*SHAPES, "box"), WORDS)
+    for group, words in enumerate(names):
+        assert logits[group].shape == (len(features), len(words) + 1)
+        for k, word in enumerate(words, start=1):
+            row = table[processor.tokenizer.encode(word, add_special_tokens=False)[0]]
+            expected = wrapper.scale.detach() * unit @ (row / row.norm())
+            torch.testing.assert_close(logits[group][:, k], expected, rtol=1e-4, atol=1e-5)
+
+    others = model.model.language_model.layers[0].mlp.down_proj.weight.detach().clone()
+    optimiser = torch.optim.SGD(wrapper.parameters(), lr=1.0)
+    wrapper(**batch)["loss"].backward()
+    optimiser.step()
+    moved = (model.get_input_embeddings().weight.detach() != table).any(dim=-1).nonzero().flatten().tolist()
+    class_ids = {processor.tokenizer.convert_tokens_to_ids(word) for words in names for word in words}
+    assert set(moved) <= class_ids and len(moved) > len(COLOURS)  # not every word occurs in 4 images
+    assert torch.equal(model.model.language_model.layers[0].mlp.down_proj.weight, others)
+
+
+def test_cached_visual_tokens_give_the_stock_forward_the_same_loss_and_gradients():
+    """Oracle: the stock forward on the records' pixels through the training collator."""
+    from hf_tokenprune.testbed.model import new_testbed_model
+    from hf_tokenprune.testbed.pipeline import CachedVisualTokens, GeneratedRecords, collate_cached
+    from hf_tokenprune.training.data import TokenPruneDataCollator
+
+    model, processor = new_testbed_model(0)
+    records = GeneratedRecords("train", 5, caption_every=2)  # captions and questions: different lengths, padding
+    items = CachedVisualTokens(model, processor, records, batch_size=2, num_workers=0)
+    assert len(items) == 5
+    cached = collate_cached([items[i] for i in range(5)], processor.tokenizer.pad_token_id)
+    stock = TokenPruneDataCollator(processor)([records[i] for i in range(5)])
+    gradients = []
+    for batch in (cached, stock):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        gradients.append((loss.detach(), model.model.language_model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    torch.testing.assert_close(gradients[0][0], gradients[1][0])
+    torch.testing.assert_close(gradients[0][1], gradients[1][1])
+
+
+def test_train_vlm_on_cached_visual_tokens_trains_the_language_model_only_for_epochs(tmp_path):
+    from hf_tokenprune.testbed.model import new_testbed_model
+    from hf_tokenprune.testbed.pipeline import train_vlm
+
+    start, _ = new_testbed_model(0)
+    model, _ = train_vlm(tmp_path / "vlm", steps=3, batch_size=2, learning_rate=1e-2, seed=0, cached_records=2)
+    log = json.loads((tmp_path / "vlm" / "training_log.json").read_text())
+    assert log[-1]["step"] == 3 and log[-1]["epoch"] == pytest.approx(3.0)  # 2 records, 1 per epoch of batch 2
+    before, after = start.state_dict(), model.state_dict()
+    for name in before:
+        if name.startswith("model.visual."):
+            assert torch.equal(before[name], after[name]), name
+    assert any(not torch.equal(before[n], after[n]) for n in before if "language_model" in n)
 
 
 def test_train_vlm_with_a_frozen_vision_tower_trains_only_its_merger(tmp_path):
@@ -294,4 +366,10 @@ def test_train_vlm_with_a_frozen_vision_tower_trains_only_its_merger(tmp_path):
 def test_reproduce_rejects_a_bad_vlm_schedule_before_training(tmp_path, schedule):
     with pytest.raises(ValueError, match="vlm_schedule"):
         run_reproduce(ReproduceArguments(output=str(tmp_path / "run"), vlm_schedule=schedule, threads=1))
+    assert not (tmp_path / "run").exists()
+
+
+def test_reproduce_rejects_a_negative_cache_size_before_training(tmp_path):
+    with pytest.raises(ValueError, match="vlm_cached_records"):
+        run_reproduce(ReproduceArguments(output=str(tmp_path / "run"), vlm_cached_records=-1, threads=1))
     assert not (tmp_path / "run").exists()

@@ -3,10 +3,11 @@
     hf-tokenprune reproduce --output runs/testbed
 
 1. The VLM (stock Qwen2.5-VL class, `model.new_testbed_model`) is trained from scratch with the stock `Trainer` on
-   examples generated on the fly (seeds of the train split): first its vision tower alone on per-token labels
-   (`VisionPretraining`); then, with the tower's blocks frozen and its output rescaled to the word embeddings' norm
-   (`match_feature_scale`), the merger and the language model on questions (asked before the image) and captions,
-   labels on the answers only.
+   examples generated from seeds of the train split: first its vision tower alone on per-token labels named in the
+   language model's own word embeddings (`VisionPretraining`); then, with the whole tower frozen and its output
+   rescaled to the word embeddings' norm (`match_feature_scale`), the language model on questions (asked before the
+   image) and captions, labels on the answers only, over records whose visual tokens are computed once
+   (`CachedVisualTokens`).
 2. Selector training data: train-split records written to disk (JPEG + LLaVA-style JSON), because the selectors are
    trained through the library's own entry point, `hf-tokenprune train --config recipe.yaml`, like any user's.
 3. Each learned selector is trained with its recipe and saved as an adapter repo next to the base.
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -101,6 +103,65 @@ class GeneratedRecords(GeneratedExamples):
         return example_record(example)
 
 
+class CachedVisualTokens(torch.utils.data.Dataset):
+    """Training items of conversation `records` for a VLM whose whole vision tower (merger included) is frozen: each
+    record's model inputs, its visual tokens computed once by the tower instead of on every step of every epoch.
+
+    Why: with the tower frozen, its forward pass is still most of a stage-2 step on CPU (the language model here is
+    tiny), yet the tokens it gives an image never change. `collate_cached` hands them to the stock forward through
+    its `mm_encoder_outputs` argument, so the language model sees exactly what `pixel_values` would give it (a test
+    checks that the losses match). Records must hold one image each.
+    """
+
+    def __init__(self, model, processor, records, batch_size: int = 32, num_workers: int = 1) -> None:
+        from tqdm.auto import tqdm
+
+        visual = model.model.visual
+        loader = torch.utils.data.DataLoader(
+            records, batch_size=batch_size, collate_fn=TokenPruneDataCollator(processor), num_workers=num_workers
+        )
+        self.items = []
+        for batch in tqdm(loader, desc="visual tokens", unit="batch"):
+            grid = batch["image_grid_thw"]
+            if len(grid) != len(batch["input_ids"]):
+                raise ValueError("`records` must hold exactly one image each")
+            with torch.no_grad():
+                tokens = visual(batch["pixel_values"].to(visual.dtype), grid_thw=grid).pooler_output
+            sizes = (grid.prod(-1) // visual.spatial_merge_size**2).tolist()
+            for row, row_tokens in enumerate(tokens.split(sizes)):
+                real = batch["attention_mask"][row].bool()
+                item = {key: batch[key][row][real] for key in ("input_ids", "labels", "mm_token_type_ids")}
+                self.items.append({**item, "image_grid_thw": grid[row : row + 1], "visual_tokens": row_tokens.clone()})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+def collate_cached(items: list[dict], pad_token_id: int) -> dict:
+    """A batch of `CachedVisualTokens` items as keyword arguments of the stock Qwen2.5-VL forward (right padding)."""
+    from torch.nn.utils.rnn import pad_sequence
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    def pad(key, value):
+        return pad_sequence([item[key] for item in items], batch_first=True, padding_value=value)
+
+    input_ids = pad("input_ids", pad_token_id)
+    lengths = torch.tensor([len(item["input_ids"]) for item in items])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": (torch.arange(input_ids.shape[1]) < lengths[:, None]).long(),
+        "labels": pad("labels", -100),
+        "mm_token_type_ids": pad("mm_token_type_ids", 0),
+        "image_grid_thw": torch.cat([item["image_grid_thw"] for item in items]),
+        "mm_encoder_outputs": {
+            "image": BaseModelOutputWithPooling(pooler_output=[item["visual_tokens"] for item in items])
+        },
+    }
+
+
 # ----------------------------------------------------------------------------------------- stage 1: the vision tower
 def token_labels(example) -> torch.Tensor:
     """(tokens, 3) labels of each visual token's 28 px cell, raster order: colour, shape and word of the object that
@@ -130,27 +191,57 @@ def token_labels(example) -> torch.Tensor:
 
 
 class VisionPretraining(torch.nn.Module):
-    """The VLM's vision tower with a temporary linear head that names what each visual token shows.
+    """The VLM's vision tower with a temporary head that names what each visual token shows, in the language model's
+    own words.
 
-    Why: language-model loss alone reaches the vision tower of a VLM trained from scratch only through attention
-    that does not yet know where to look; on 2 CPU cores that plateau outlasts the training budget. Dense per-token
-    labels (which the task generator knows exactly) teach the tower colours, shapes and words in a few hundred steps;
-    the head is discarded and the stock architecture is trained on as usual.
+    Why dense labels: language-model loss alone reaches the vision tower of a VLM trained from scratch only through
+    attention that does not yet know where to look; on 2 CPU cores that plateau outlasts the training budget. Dense
+    per-token labels (which the task generator knows exactly) teach the tower colours, shapes and words directly.
+
+    Why the language model's words: a class's weight is the word embedding of its name ("red", "star", "box",
+    "cat"), and the logits are cosines times a learned scale, so a token that shows a red star comes out pointing
+    along embed("red") + embed("star"). The language model then finds the evidence for "which shape is red" by
+    matching a question word against the same vector in a visual token, and answers by copying it (the output layer
+    is tied to the embeddings), instead of learning a map between two unrelated bases first. Each group's background
+    class has a vector of its own. Only the tower, its merger, the class words' embeddings, the background vectors
+    and the scale train; the head is then discarded and the stock architecture trained on as usual.
     """
 
-    def __init__(self, vlm) -> None:
+    def __init__(self, vlm, tokenizer) -> None:
         from .tasks import COLOURS, SHAPES, WORDS
 
         super().__init__()
         self.visual = vlm.model.visual
-        self.sizes = (len(COLOURS) + 1, len(SHAPES) + 2, len(WORDS) + 1)
-        self.head = torch.nn.Linear(vlm.config.text_config.hidden_size, sum(self.sizes))
+        self.embeddings = vlm.get_input_embeddings()
+        # Label groups as `token_labels` numbers them, class 0 (background) first; a word box's shape is "box".
+        names = (COLOURS, (*SHAPES, "box"), WORDS)
+        ids = [tokenizer.convert_tokens_to_ids(list(group)) for group in names]
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in sum(ids, []):
+            raise ValueError("every colour, shape and word of the task must be a word of the tokenizer")
+        for group, group_ids in enumerate(ids):
+            self.register_buffer(f"class_ids_{group}", torch.tensor(group_ids), persistent=False)
+        self.sizes = tuple(len(group) + 1 for group in names)
+        hidden_size = vlm.config.text_config.hidden_size
+        self.background = torch.nn.Parameter(
+            torch.randn(len(names), hidden_size) * vlm.config.text_config.initializer_range
+        )
+        self.scale = torch.nn.Parameter(torch.tensor(10.0))
+
+    def group_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """Per label group, (tokens, classes) logits: scale x cosine(feature, class vector)."""
+        features = torch.nn.functional.normalize(features, dim=-1)
+        logits = []
+        for group in range(len(self.sizes)):
+            classes = torch.cat(
+                [self.background[group : group + 1], self.embeddings(getattr(self, f"class_ids_{group}"))]
+            )
+            logits.append(self.scale * features @ torch.nn.functional.normalize(classes, dim=-1).T)
+        return logits
 
     def forward(self, pixel_values, image_grid_thw, token_labels):
         features = self.visual(pixel_values, grid_thw=image_grid_thw).pooler_output
-        logits = self.head(features).split(self.sizes, dim=-1)
         loss = 0.0
-        for group, part in enumerate(logits):
+        for group, part in enumerate(self.group_logits(features)):
             labels = token_labels[:, group]
             losses = torch.nn.functional.cross_entropy(part, labels, reduction="none")
             # Background cells are most of an image: without a term of their own the cells that show an object
@@ -196,7 +287,7 @@ def _training_arguments(output_dir: Path, steps: int, batch_size: int, learning_
 
 def pretrain_vision(model, processor, output_dir: Path, steps: int, batch_size: int, learning_rate: float, seed: int):
     """Stage 1: train `model`'s vision tower on per-token labels with the stock Trainer (in place)."""
-    wrapper = VisionPretraining(model)
+    wrapper = VisionPretraining(model, processor.tokenizer)
     args = _training_arguments(output_dir / "vision-trainer", steps, batch_size, learning_rate, seed, logs=20)
     # Seeds past the VLM stage's, so the two stages see different images.
     dataset = GeneratedExamples("train", steps * batch_size, first=5_000_000)
@@ -245,10 +336,10 @@ def parse_schedule(schedule: str) -> list[tuple[int, float]]:
 class ReproduceArguments:
     output: str = field(default="runs/testbed", metadata={"help": "Folder for everything the recipe writes."})
     vision_steps: int = field(
-        default=900, metadata={"help": "Stage 1: steps of the vision tower on per-token labels (0: skip)."}
+        default=3000, metadata={"help": "Stage 1: steps of the vision tower on per-token labels (0: skip)."}
     )
     vlm_schedule: str = field(
-        default="1000:1e-3,2000:2e-3,2500:2e-3",
+        default="6000:2e-3,10000:2e-3",
         metadata={
             "help": "Stage 2 as rounds `steps:peak_lr`, comma-separated; each round is a cosine run (warm-up: a twentieth of its steps) "
             "that goes on from the previous one on records it has not seen."
@@ -261,8 +352,16 @@ class ReproduceArguments:
     vlm_freeze_vision: bool = field(
         default=True, metadata={"help": "Stage 2 keeps the vision tower's blocks from stage 1 (its merger trains)."}
     )
+    vlm_cached_records: int = field(
+        default=16000,
+        metadata={
+            "help": "Stage 2 trains each round on this many fresh records whose visual tokens the frozen tower "
+            "(merger too) computes once, for as many epochs as the round's steps take (0: stream fresh records "
+            "through the whole model every step, --vlm_freeze_vision deciding what trains)."
+        },
+    )
     selector_records: int = field(default=2400, metadata={"help": "Train-split records written for the selectors."})
-    selector_steps: int = field(default=300, metadata={"help": "Optimiser steps per selector."})
+    selector_steps: int = field(default=600, metadata={"help": "Optimiser steps per selector."})
     selector_batch_size: int = field(default=8, metadata={"help": "Selector training batch size."})
     train_budget: float = field(default=0.1, metadata={"help": "Budget the selectors are trained at."})
     eval_limit: int = field(default=500, metadata={"help": "Test examples for the eval table."})
@@ -284,11 +383,14 @@ def train_vlm(
     first_record: int = 0,
     vision_steps: int = 0,
     freeze_vision: bool = False,
+    cached_records: int = 0,
 ):
     """Train the testbed VLM from scratch (or on from `init_from`) with the stock Trainer; saves model + processor.
 
     `freeze_vision` keeps the vision tower's patch embedding and blocks as they are (the merger still trains): stage 1
     has already taught them what each cell shows, and the backward pass through them is most of a step's time.
+    `cached_records` > 0 freezes the merger too and trains on that many records whose visual tokens are computed once
+    (`CachedVisualTokens`), for as many epochs as `steps` takes; 0 streams fresh records through the whole model.
     """
     if init_from is not None:
         from .model import load_testbed
@@ -301,16 +403,20 @@ def train_vlm(
             output_dir.mkdir(parents=True, exist_ok=True)
             (output_dir / "vision_log.json").write_text(json.dumps(vision_log, indent=1) + "\n")
             match_feature_scale(model, processor)
-    if freeze_vision:
+    if freeze_vision or cached_records:
         model.model.visual.requires_grad_(False)
-        model.model.visual.merger.requires_grad_(True)
+        model.model.visual.merger.requires_grad_(not cached_records)
     args = _training_arguments(output_dir / "trainer", steps, batch_size, learning_rate, seed, logs=60)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=GeneratedRecords("train", steps * batch_size, caption_every, first=first_record),
-        data_collator=TokenPruneDataCollator(processor),
-    )
+    if cached_records:
+        model.eval()  # the tower's pass (no dropout here either way), then the Trainer switches to train mode
+        records = GeneratedRecords("train", cached_records, caption_every, first=first_record)
+        dataset = CachedVisualTokens(model, processor, records)
+        collator = functools.partial(collate_cached, pad_token_id=processor.tokenizer.pad_token_id)
+        args.dataloader_num_workers = 0  # the items are in this process's memory already
+    else:
+        dataset = GeneratedRecords("train", steps * batch_size, caption_every, first=first_record)
+        collator = TokenPruneDataCollator(processor)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     trainer.train()
     model.eval()
     model.save_pretrained(output_dir)
@@ -376,6 +482,8 @@ def run_reproduce(args: ReproduceArguments) -> dict:
     from ..hub import write_model_card
 
     rounds = parse_schedule(args.vlm_schedule)  # before anything is written: a typo fails at once
+    if args.vlm_cached_records < 0:
+        raise ValueError(f"`vlm_cached_records` must be >= 0 (0: no cache), got {args.vlm_cached_records}")
     torch.set_num_threads(args.threads)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -398,8 +506,10 @@ def run_reproduce(args: ReproduceArguments) -> dict:
                 first_record=first_record,
                 vision_steps=args.vision_steps if index == 0 else 0,
                 freeze_vision=args.vlm_freeze_vision,
+                cached_records=args.vlm_cached_records,
             )
-            init_from, first_record = str(round_dir), first_record + steps * args.vlm_batch_size
+            seen = args.vlm_cached_records or steps * args.vlm_batch_size
+            init_from, first_record = str(round_dir), first_record + seen
     timings["vlm_seconds"] = time.perf_counter() - start
 
     stage = time.perf_counter()
