@@ -116,7 +116,6 @@ class CachedVisualTokens(torch.utils.data.Dataset):
     def __init__(self, model, processor, records, batch_size: int = 32, num_workers: int = 1) -> None:
         from tqdm.auto import tqdm
 
-        visual = model.model.visual
         loader = torch.utils.data.DataLoader(
             records, batch_size=batch_size, collate_fn=TokenPruneDataCollator(processor), num_workers=num_workers
         )
@@ -125,10 +124,9 @@ class CachedVisualTokens(torch.utils.data.Dataset):
             grid = batch["image_grid_thw"]
             if len(grid) != len(batch["input_ids"]):
                 raise ValueError("`records` must hold exactly one image each")
-            with torch.no_grad():
-                tokens = visual(batch["pixel_values"].to(visual.dtype), grid_thw=grid).pooler_output
-            sizes = (grid.prod(-1) // visual.spatial_merge_size**2).tolist()
-            for row, row_tokens in enumerate(tokens.split(sizes)):
+            with torch.no_grad():  # the stock method: the tower's tokens, split per image
+                tokens = model.model.get_image_features(batch["pixel_values"], grid).pooler_output
+            for row, row_tokens in enumerate(tokens):
                 real = batch["attention_mask"][row].bool()
                 item = {key: batch[key][row][real] for key in ("input_ids", "labels", "mm_token_type_ids")}
                 self.items.append({**item, "image_grid_thw": grid[row : row + 1], "visual_tokens": row_tokens.clone()})
@@ -218,8 +216,7 @@ class VisionPretraining(torch.nn.Module):
         ids = [tokenizer.convert_tokens_to_ids(list(group)) for group in names]
         if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in sum(ids, []):
             raise ValueError("every colour, shape and word of the task must be a word of the tokenizer")
-        for group, group_ids in enumerate(ids):
-            self.register_buffer(f"class_ids_{group}", torch.tensor(group_ids), persistent=False)
+        self.register_buffer("class_ids", torch.tensor(sum(ids, [])), persistent=False)
         self.sizes = tuple(len(group) + 1 for group in names)
         hidden_size = vlm.config.text_config.hidden_size
         self.background = torch.nn.Parameter(
@@ -230,11 +227,10 @@ class VisionPretraining(torch.nn.Module):
     def group_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
         """Per label group, (tokens, classes) logits: scale x cosine(feature, class vector)."""
         features = torch.nn.functional.normalize(features, dim=-1)
+        words = self.embeddings(self.class_ids).split([size - 1 for size in self.sizes])
         logits = []
-        for group in range(len(self.sizes)):
-            classes = torch.cat(
-                [self.background[group : group + 1], self.embeddings(getattr(self, f"class_ids_{group}"))]
-            )
+        for background, group_words in zip(self.background, words, strict=True):
+            classes = torch.cat([background[None], group_words])
             logits.append(self.scale * features @ torch.nn.functional.normalize(classes, dim=-1).T)
         return logits
 
@@ -303,7 +299,7 @@ def match_feature_scale(model, processor, images: int = 32) -> float:
     """Scale the vision merger's output layer so visual tokens enter the language model at the mean norm of its word
     embeddings; returns the factor applied.
 
-    Why: stage 1's linear head is indifferent to scale and leaves visual features ~100x longer than word embeddings.
+    Why: stage 1's cosine head is indifferent to scale and leaves visual features ~30x longer than word embeddings.
     In a pre-norm transformer a token's residual stream then hardly moves under attention, so a visual token cannot
     take in the question it follows. A linear rescale keeps everything stage 1 taught the tower.
     """
@@ -350,7 +346,11 @@ class ReproduceArguments:
         default=4, metadata={"help": "Every n-th VLM training record is a caption instead of a question (0: none)."}
     )
     vlm_freeze_vision: bool = field(
-        default=True, metadata={"help": "Stage 2 keeps the vision tower's blocks from stage 1 (its merger trains)."}
+        default=True,
+        metadata={
+            "help": "With --vlm_cached_records 0: stage 2 keeps the vision tower's blocks from stage 1 (its merger "
+            "trains)."
+        },
     )
     vlm_cached_records: int = field(
         default=16000,
