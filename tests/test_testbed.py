@@ -131,8 +131,9 @@ def test_bundle_is_small_and_in_hub_layout():
 def test_bundled_model_answers_better_than_the_answer_prior():
     """The bundled VLM uses the image: it beats the best guess from the question alone (each kind's answers are
     exactly balanced, so that guess scores the mean of 1 / number of answers) by a wide margin. Issue 5 aims at 90%;
-    the VLM trained here answers about half (docs/testbed.md), so the bound is 15 points over the prior: a bundle
-    that lost its training (or a processor or template that no longer matches it) falls below it."""
+    the VLM trained here answers 57% of 500 test questions (55% of these 300; docs/testbed.md), so the bound is 20
+    points over the prior: a bundle that lost its training (or a processor or template that no longer matches it)
+    falls below it."""
     from hf_tokenprune.testbed.tasks import COLOURS, COUNT_WORDS, KINDS, SHAPES, WORDS
 
     answers_per_kind = {"attribute": COLOURS, "identity": SHAPES, "count": COUNT_WORDS, "existence": ("yes", "no")}
@@ -142,7 +143,7 @@ def test_bundled_model_answers_better_than_the_answer_prior():
     examples = make_split("test", 300)
     answers, _, _ = predict(base, processor, [e.image for e in examples], [e.question for e in examples])
     accuracy = sum(a == e.answer for a, e in zip(answers, examples, strict=True)) / len(examples)
-    assert accuracy > prior + 0.15, (accuracy, prior)
+    assert accuracy > prior + 0.20, (accuracy, prior)
 
 
 def test_demo_matches_the_library_path_and_draws_the_kept_tokens(tmp_path, capsys):

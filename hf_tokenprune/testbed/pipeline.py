@@ -335,7 +335,7 @@ class ReproduceArguments:
         default=3000, metadata={"help": "Stage 1: steps of the vision tower on per-token labels (0: skip)."}
     )
     vlm_schedule: str = field(
-        default="6000:2e-3,10000:2e-3",
+        default="6000:2e-3,10000:2e-3,10000:2e-3,10000:2e-3",
         metadata={
             "help": "Stage 2 as rounds `steps:peak_lr`, comma-separated; each round is a cosine run (warm-up: a twentieth of its steps) "
             "that goes on from the previous one on records it has not seen."
