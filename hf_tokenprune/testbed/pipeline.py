@@ -213,10 +213,10 @@ class VisionPretraining(torch.nn.Module):
         self.embeddings = vlm.get_input_embeddings()
         # Label groups as `token_labels` numbers them, class 0 (background) first; a word box's shape is "box".
         names = (COLOURS, (*SHAPES, "box"), WORDS)
-        ids = [tokenizer.convert_tokens_to_ids(list(group)) for group in names]
-        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in sum(ids, []):
+        class_ids = [token for group in names for token in tokenizer.convert_tokens_to_ids(list(group))]
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in class_ids:
             raise ValueError("every colour, shape and word of the task must be a word of the tokenizer")
-        self.register_buffer("class_ids", torch.tensor(sum(ids, [])), persistent=False)
+        self.register_buffer("class_ids", torch.tensor(class_ids), persistent=False)
         self.sizes = tuple(len(group) + 1 for group in names)
         hidden_size = vlm.config.text_config.hidden_size
         self.background = torch.nn.Parameter(
@@ -262,8 +262,11 @@ class VisionPretrainingCollator:
         }
 
 
-def _training_arguments(output_dir: Path, steps: int, batch_size: int, learning_rate: float, seed: int, logs: int):
-    """The testbed VLM's two training stages: cosine schedule, 5% warm-up, `logs` log lines, no checkpoints."""
+def _training_arguments(
+    output_dir: Path, steps: int, batch_size: int, learning_rate: float, seed: int, logs: int, num_workers: int = 1
+):
+    """The testbed VLM's two training stages: cosine schedule, 5% warm-up, `logs` log lines, no checkpoints;
+    `num_workers` data-loader processes (0 when the items are in this process's memory already)."""
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=steps,
@@ -277,7 +280,7 @@ def _training_arguments(output_dir: Path, steps: int, batch_size: int, learning_
         report_to=[],
         remove_unused_columns=False,
         seed=seed,
-        dataloader_num_workers=1,
+        dataloader_num_workers=num_workers,
     )
 
 
@@ -406,16 +409,17 @@ def train_vlm(
     if freeze_vision or cached_records:
         model.model.visual.requires_grad_(False)
         model.model.visual.merger.requires_grad_(not cached_records)
-    args = _training_arguments(output_dir / "trainer", steps, batch_size, learning_rate, seed, logs=60)
     if cached_records:
         model.eval()  # the tower's pass (no dropout here either way), then the Trainer switches to train mode
         records = GeneratedRecords("train", cached_records, caption_every, first=first_record)
         dataset = CachedVisualTokens(model, processor, records)
         collator = functools.partial(collate_cached, pad_token_id=processor.tokenizer.pad_token_id)
-        args.dataloader_num_workers = 0  # the items are in this process's memory already
     else:
         dataset = GeneratedRecords("train", steps * batch_size, caption_every, first=first_record)
         collator = TokenPruneDataCollator(processor)
+    args = _training_arguments(
+        output_dir / "trainer", steps, batch_size, learning_rate, seed, logs=60, num_workers=0 if cached_records else 1
+    )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     trainer.train()
     model.eval()
