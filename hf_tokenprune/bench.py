@@ -1055,8 +1055,8 @@ def run_preset(
 
 
 def _selector(model: PreTrainedModel, budget: float) -> nn.Module:
-    # `_resolve_pruning` returns the selector instance `generate` will call (attached or transient).
-    return model._resolve_pruning(budget, None)[1]
+    # `resolve_pruning` returns the selector instance `generate` will call (attached or transient).
+    return model.resolve_pruning(budget, None)[1]
 
 
 def _rows(preset, configurations, depth: DepthMap, base, full_config, inputs, args) -> list[dict[str, Any]]:

@@ -551,8 +551,12 @@ class TokenPruningMixin:
             )
 
     # ----------------------------------------------------------------- call-time resolution
-    def _resolve_pruning(self, prune_budget: Any, prune_method: Any) -> tuple[float | int | None, TokenSelector | None]:
-        """Validate the call-time arguments (before any compute) and return (budget, selector)."""
+    def resolve_pruning(self, prune_budget: Any, prune_method: Any) -> tuple[float | int | None, TokenSelector | None]:
+        """Validate the call-time arguments (before any compute) and return (budget, selector).
+
+        The selector is the one `forward` / `generate` would call for these arguments (attached or transient);
+        (None, None) when the call keeps every token.
+        """
         check_budget(prune_budget, "prune_budget")
         config = getattr(self, "token_prune_config", None)
         budget = prune_budget if prune_budget is not None else (config.budget if config is not None else None)
@@ -683,16 +687,20 @@ class TokenPruningMixin:
             plan.labels[torch.arange(len(lengths)), compact_length - lengths] = -100
         return plan
 
-    def _split_vision_inputs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(inputs that feed only the vision side, everything else)."""
+    def split_vision_inputs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(inputs that feed only the vision side, everything else). Public: trainers and probes use it."""
         names = self.prune_hooks.vision_input_names
         vision = {name: value for name, value in kwargs.items() if name in names}
         return vision, {name: value for name, value in kwargs.items() if name not in names}
 
+    def base_forward(self, **kwargs):
+        """The stock class's forward, never pruned (e.g. a trainer's forward on embeddings it built itself)."""
+        return super().forward(**kwargs)
+
     # ----------------------------------------------------------------- forward
     def forward(self, input_ids=None, attention_mask=None, prune_budget=None, prune_method=None, **kwargs):
         """Stock forward plus `prune_budget` / `prune_method`; the output carries `keep_mask` (B, L)."""
-        budget, selector = self._resolve_pruning(prune_budget, prune_method)
+        budget, selector = self.resolve_pruning(prune_budget, prune_method)
         past = kwargs.get("past_key_values")
         prefill = past is None or past.get_seq_length() == 0
         if budget is None or input_ids is None or not prefill or not self.prune_hooks.has_visual_inputs(kwargs):
@@ -702,7 +710,7 @@ class TokenPruningMixin:
             return outputs
         if kwargs.pop("inputs_embeds", None) is not None:  # an explicit None (PEFT passes one) is dropped
             raise ValueError("`inputs_embeds` cannot be combined with `prune_budget`: pruning needs `input_ids`")
-        vision_inputs, language_kwargs = self._split_vision_inputs(kwargs)
+        vision_inputs, language_kwargs = self.split_vision_inputs(kwargs)
         plan = self.plan_pruning(
             input_ids,
             attention_mask,
@@ -734,7 +742,7 @@ class TokenPruningMixin:
         Returns the caller's `input_ids` followed by the new tokens, as the stock model does; a dict-style
         output (`return_dict_in_generate=True`) also carries `keep_mask` (B, L).
         """
-        budget, selector = self._resolve_pruning(prune_budget, prune_method)
+        budget, selector = self.resolve_pruning(prune_budget, prune_method)
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         if budget is None or input_ids is None or not self.prune_hooks.has_visual_inputs(kwargs) or args:
             # prune_budget=1.0 keeps the forward passes of this call unpruned even when the config sets a default.
@@ -747,7 +755,7 @@ class TokenPruningMixin:
         if kwargs.get("past_key_values") is not None:
             raise ValueError("`past_key_values` cannot be combined with `prune_budget`: pruning happens at prefill")
         kwargs.pop("input_ids", None)
-        vision_inputs, generate_kwargs = self._split_vision_inputs(kwargs)
+        vision_inputs, generate_kwargs = self.split_vision_inputs(kwargs)
         plan = self.plan_pruning(
             input_ids,
             generate_kwargs.pop("attention_mask", None),

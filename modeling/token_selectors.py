@@ -90,3 +90,13 @@ def get_selector_class(name: str, argument: str = "prune_method") -> type[TokenS
 
 def available_selectors() -> list[str]:
     return sorted(_SELECTORS)
+
+
+def learned_selectors() -> list[str]:
+    """Registered methods with trained weights (`trainable`), sorted: the one list of learned methods."""
+    return sorted(name for name, selector_cls in _SELECTORS.items() if selector_cls.trainable)
+
+
+def training_free_selectors() -> list[str]:
+    """Registered methods without weights, sorted."""
+    return sorted(name for name, selector_cls in _SELECTORS.items() if not selector_cls.trainable)

@@ -232,7 +232,7 @@ def test_project_features_reproduces_the_stock_projector_output(arch):
 
     model = get_pruned_model(BUILDERS[arch](), TokenPruneConfig(method="autoselect"))
     inputs = build_inputs(arch, make_samples([1, 2], IMAGE_SIZES[arch][:2] * 2))
-    vision_inputs, _ = model._split_vision_inputs(inputs)
+    vision_inputs, _ = model.split_vision_inputs(inputs)
     placed = model.place_visual_segments(inputs["input_ids"], vision_inputs, need_features=True)
     assert placed
     for segment, _, _ in placed:
@@ -275,7 +275,7 @@ def test_visionselector_loss_is_task_loss_plus_lambda_times_bce(tmp_path):
         outputs = trainer.model(**batch)
     # Independent BCE over each image's 16 tokens, k = 4: -mean(h log m + (1 - h) log(1 - m)).
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    placed = model.place_visual_segments(inputs["input_ids"], model._split_vision_inputs(inputs)[0], False)
+    placed = model.place_visual_segments(inputs["input_ids"], model.split_vision_inputs(inputs)[0], False)
     expected_bce = 0.0
     for segment, _, _ in placed:
         scores = model.token_selector.score(segment.embeds)
@@ -370,7 +370,7 @@ def test_token_pixels_are_the_pixels_under_each_token(arch):
     pixels[2 * side : 3 * side, side : 2 * side] = 255  # token (row 2, col 1) of the 4 x 4 grid
     text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}]}], tokenize=False)
     inputs = processor(text=[text], images=[Image.fromarray(pixels)], return_tensors="pt")
-    vision_inputs, _ = model._split_vision_inputs(dict(inputs))
+    vision_inputs, _ = model.split_vision_inputs(dict(inputs))
     (rows,) = model.prune_hooks.token_pixels(model, vision_inputs)
     assert rows.shape == (16, model.prune_hooks.token_pixel_dim(model))
     brightness = rows.mean(-1)

@@ -82,7 +82,7 @@ class Recipe(nn.Module):
         labels = batch.pop("labels", None)
         if labels is None:
             raise ValueError("the batch has no `labels`: the language-model recipes need the answer tokens")
-        vision_inputs, language_kwargs = model._split_vision_inputs(batch)
+        vision_inputs, language_kwargs = model.split_vision_inputs(batch)
         selector = model.token_selector
         with torch.no_grad():
             placed = model.place_visual_segments(input_ids, vision_inputs, selector.feature_source == "vision_features")
@@ -102,7 +102,7 @@ class Recipe(nn.Module):
             # Out of place, so autograd sees the selector's contribution.
             inputs_embeds = inputs_embeds.index_put((rows, cols), torch.cat(new_embeds))
         position_ids = model.prune_hooks.position_ids(model, input_ids, attention_mask, vision_inputs)
-        outputs = super(TokenPruningMixin, model).forward(
+        outputs = model.base_forward(
             input_ids=None,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -272,7 +272,7 @@ class ReconstructionRecipe(Recipe):
     def forward(self, model, batch):
         selector = model.token_selector
         input_ids = batch["input_ids"]
-        vision_inputs, _ = model._split_vision_inputs(batch)
+        vision_inputs, _ = model.split_vision_inputs(batch)
         with torch.no_grad():
             placed = model.place_visual_segments(input_ids, vision_inputs, need_features=True)
         if not placed:
