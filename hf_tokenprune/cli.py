@@ -3,75 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
-import yaml
-from transformers import HfArgumentParser
-
-from .bench import BenchArguments, run_bench
-from .evaluate import EvalArguments, run_eval
-from .testbed.demo import DemoArguments, run_demo
-from .testbed.pipeline import ReproduceArguments, run_reproduce
-from .training.entry import TRAIN_ARGUMENTS
-
-
-def run_train(*arguments):
-    from .training.entry import run_train as train
-
-    train(*arguments)
-
-
-@dataclass
-class PushArguments:
-    """Upload a saved pruned folder to the Hub in one commit, with a model card rendered for the repo id.
-
-    `hf-tokenprune push DIR --repo-id user/name`: the folder may come first without its flag.
-    """
-
-    positional: ClassVar[tuple[str, ...]] = ("folder",)
-
-    folder: str = field(metadata={"help": "Folder written by save_pretrained (adapter or merged form)."})
-    repo_id: str = field(metadata={"help": "Hub repo id, 'namespace/name'; created when missing."})
-    eval_results: str | None = field(
-        default=None, metadata={"help": "JSON file of evaluation results, uploaded as eval_results.json."}
-    )
-    private: bool = field(default=False, metadata={"help": "Create the repo private (an existing repo is unchanged)."})
-    revision: str | None = field(default=None, metadata={"help": "Branch to commit to (created when missing)."})
-    token: str | None = field(default=None, metadata={"help": "Hub token; default: the logged-in one."})
-    commit_message: str | None = field(default=None, metadata={"help": "Commit message."})
-    create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing directly."})
-
-
-def run_push(args: PushArguments):
-    from .hub import push_folder
-
-    commit = push_folder(
-        args.folder,
-        args.repo_id,
-        token=args.token,
-        private=True if args.private else None,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        create_pr=args.create_pr,
-        eval_results=args.eval_results,
-    )
-    print(commit.commit_url)
-    if commit.pr_url:
-        print(commit.pr_url)
-    return commit
-
-
-COMMANDS = {
-    "demo": (DemoArguments, run_demo),
-    "bench": (BenchArguments, run_bench),
-    "train": (TRAIN_ARGUMENTS, run_train),
-    "push": (PushArguments, run_push),
-    "reproduce": (ReproduceArguments, run_reproduce),
-    "eval": (EvalArguments, run_eval),
+#: command -> (module, its arguments dataclass (or tuple of them), its run function). Imported only when the
+#: command runs, so `hf-tokenprune push` never loads the Trainer and no command imports another's code.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "demo": ("hf_tokenprune.testbed.demo", "DemoArguments", "run_demo"),
+    "eval": ("hf_tokenprune.evaluate", "EvalArguments", "run_eval"),
+    "reproduce": ("hf_tokenprune.testbed.pipeline", "ReproduceArguments", "run_reproduce"),
+    "bench": ("hf_tokenprune.bench", "BenchArguments", "run_bench"),
+    "train": ("hf_tokenprune.training.entry", "TRAIN_ARGUMENTS", "run_train"),
+    "push": ("hf_tokenprune.commands.push", "PushArguments", "run_push"),
 }
+
+
+def load_command(name: str) -> tuple[type | tuple[type, ...], object]:
+    """(arguments dataclass or tuple of them, run function) of command `name`, importing its module now."""
+    module_name, arguments_name, run_name = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    return getattr(module, arguments_name), getattr(module, run_name)
 
 
 def parse_arguments(arguments_classes, argv: list[str], prog: str) -> tuple:
@@ -80,6 +32,9 @@ def parse_arguments(arguments_classes, argv: list[str], prog: str) -> tuple:
     Fields a class lists in its `positional` class attribute may be given first, in that order, without their flag.
     """
     classes = arguments_classes if isinstance(arguments_classes, tuple) else (arguments_classes,)
+    import yaml
+    from transformers import HfArgumentParser
+
     parser = HfArgumentParser(classes, prog=prog)
     leading = []
     for name in (name for cls in classes for name in getattr(cls, "positional", ())):
@@ -112,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(f"usage: hf-tokenprune {{{','.join(COMMANDS)}}} [--help] [options]", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    arguments_classes, command = COMMANDS[argv[0]]
+    arguments_classes, command = load_command(argv[0])
     command(*parse_arguments(arguments_classes, argv[1:], prog=f"hf-tokenprune {argv[0]}"))
     return 0
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from hf_tokenprune.cli import COMMANDS, main
+from hf_tokenprune.cli import COMMANDS, load_command, main
 
 
 def test_unknown_command_exits_2(capsys):
@@ -17,7 +17,7 @@ def test_unknown_command_exits_2(capsys):
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_help_renders_and_lists_every_field(command, capsys):
     """Oracle: the command's own dataclass fields. argparse %-formats help strings, so a bare '%' breaks --help."""
-    classes, _ = COMMANDS[command]
+    classes, _ = load_command(command)
     classes = classes if isinstance(classes, (list, tuple)) else (classes,)
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
