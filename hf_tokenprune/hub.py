@@ -3,8 +3,9 @@
 A saved repo is the folder `save_pretrained` writes (config.json with `auto_map`, token_prune_config.json, the
 selector weights, the remote-code files and, in the merged form, the base weights). The card is rendered from
 `hub_cards/model_card.md` with nothing but that folder's files and the repo id, so the same folder always gives the
-same card. Importing this module registers `write_model_card` as `TokenPruningMixin.model_card_writer`, so every
-`save_pretrained` made through the library ends with a README.md.
+same card. `save_pretrained` of a pruned model uses `write_model_card` when this module is loaded (its default
+`model_card_writer="auto"`), so every save made through the library ends with a README.md; pass it explicitly to
+choose.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
+from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.dynamic_module_utils import get_relative_imports
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, logging
 
 from .modeling.configuration_token_prune import CONFIG_NAME, TokenPruneConfig
-from .modeling.pruning import TokenPruningMixin
+from .modeling.hub_io import upload_folder
 from .modeling.repo_io import (
     EVAL_RESULTS_NAME,
     SELECTOR_WEIGHTS_NAME,
@@ -41,8 +42,6 @@ MODEL_CARD_NAME = "README.md"
 MODEL_CONFIG_NAME = "config.json"
 # Any of these in the folder means the base weights are stored too: the merged form.
 BASE_WEIGHTS_NAMES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
-# Folder entries never uploaded: version control, caches, bytecode.
-SKIPPED_PARTS = frozenset({".git", ".cache", "__pycache__"})
 DEFAULT_SNIPPET_BUDGET = 0.2
 
 # Papers by method, cited by title. `autoselect` is one method written up twice (DiffPrune, then AutoSelect).
@@ -278,10 +277,6 @@ def write_model_card(
     return replace_atomically(Path(folder) / MODEL_CARD_NAME, lambda temporary: temporary.write_bytes(data))
 
 
-# Every `save_pretrained` through the library ends with the card (remote code never imports hf_tokenprune).
-TokenPruningMixin.model_card_writer = staticmethod(write_model_card)
-
-
 # ---------------------------------------------------------------------------------------------- pushing
 def _remote_code_files(folder: Path, auto_map: dict[str, Any]) -> list[Path]:
     """The module files `auto_map` names, then everything they import relatively; raises naming a missing one."""
@@ -363,33 +358,22 @@ def push_folder(
             results_bytes = Path(eval_results).read_bytes()
     branch = revision if revision and not revision.startswith("refs/") else None
     card = render_model_card(folder, repo_id, revision=branch if branch != "main" else None, eval_results=eval_results)
-    replaced = {MODEL_CARD_NAME} | ({EVAL_RESULTS_NAME} if results_bytes is not None else set())
-    operations = [
-        CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-        and not SKIPPED_PARTS.intersection(path.relative_to(folder).parts)
-        and path.relative_to(folder).as_posix() not in replaced
-    ]
-    operations.append(CommitOperationAdd(path_in_repo=MODEL_CARD_NAME, path_or_fileobj=card_bytes(card)))
+    replaced = {MODEL_CARD_NAME: card_bytes(card)}
     if results_bytes is not None:
-        operations.append(CommitOperationAdd(path_in_repo=EVAL_RESULTS_NAME, path_or_fileobj=results_bytes))
+        replaced[EVAL_RESULTS_NAME] = results_bytes
     form = "merged" if is_merged(folder) else "adapter"
     if commit_message is None:
         commit_message = (
             f"Upload {prune_config.method} token pruning for {prune_config.base_model_name_or_path} ({form})"
         )
 
-    api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True, token=token)
-    if branch is not None and branch != "main":
-        api.create_branch(repo_id, branch=branch, token=token, exist_ok=True)
-    logger.info(f"Uploading {len(operations)} files from {folder} to {repo_id}")
-    return api.create_commit(
+    HfApi().create_repo(repo_id, private=private, exist_ok=True, token=token)
+    return upload_folder(
+        folder,
         repo_id,
-        operations,
-        commit_message=commit_message,
+        replaced_files=replaced,
         token=token,
         revision=revision,
         create_pr=create_pr,
+        commit_message=commit_message,
     )

@@ -10,6 +10,7 @@ import math
 import torch
 from transformers import InternVLForConditionalGeneration
 
+from .hub_io import PrunedHubMixin
 from .modeling_pruned_llava import LlavaPruneHooks
 from .pruning import TokenPruningMixin, VisualSegment
 
@@ -51,7 +52,7 @@ class InternVLPruneHooks(LlavaPruneHooks):
         return segments
 
 
-class PrunedInternVLForConditionalGeneration(TokenPruningMixin, InternVLForConditionalGeneration):
+class PrunedInternVLForConditionalGeneration(TokenPruningMixin, PrunedHubMixin, InternVLForConditionalGeneration):
     prune_hooks = InternVLPruneHooks()
 
 

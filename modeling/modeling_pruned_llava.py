@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import LlavaForConditionalGeneration
 
+from .hub_io import PrunedHubMixin
 from .pruning import ArchitectureHooks, CaptureProjectorInput, TokenPruningMixin, VisualSegment
 
 
@@ -64,7 +65,7 @@ class LlavaPruneHooks(ArchitectureHooks):
         return segments
 
 
-class PrunedLlavaForConditionalGeneration(TokenPruningMixin, LlavaForConditionalGeneration):
+class PrunedLlavaForConditionalGeneration(TokenPruningMixin, PrunedHubMixin, LlavaForConditionalGeneration):
     prune_hooks = LlavaPruneHooks()
 
 

@@ -9,6 +9,7 @@ import torch
 from transformers import LlavaNextForConditionalGeneration
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
+from .hub_io import PrunedHubMixin
 from .modeling_pruned_llava import LlavaPruneHooks
 from .pruning import TokenPruningMixin, VisualSegment
 
@@ -59,7 +60,7 @@ class LlavaNextPruneHooks(LlavaPruneHooks):
         )
 
 
-class PrunedLlavaNextForConditionalGeneration(TokenPruningMixin, LlavaNextForConditionalGeneration):
+class PrunedLlavaNextForConditionalGeneration(TokenPruningMixin, PrunedHubMixin, LlavaNextForConditionalGeneration):
     prune_hooks = LlavaNextPruneHooks()
 
 

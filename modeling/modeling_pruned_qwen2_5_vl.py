@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from transformers import Qwen2_5_VLForConditionalGeneration
 
+from .hub_io import PrunedHubMixin
 from .pruning import ArchitectureHooks, CaptureProjectorInput, PrunePlan, TokenPruningMixin, VisualSegment
 
 
@@ -108,7 +109,7 @@ class Qwen2_5_VLPruneHooks(ArchitectureHooks):
         model.model.rope_deltas = (last_position + 1 - real.sum(-1))[:, None]
 
 
-class PrunedQwen2_5_VLForConditionalGeneration(TokenPruningMixin, Qwen2_5_VLForConditionalGeneration):
+class PrunedQwen2_5_VLForConditionalGeneration(TokenPruningMixin, PrunedHubMixin, Qwen2_5_VLForConditionalGeneration):
     prune_hooks = Qwen2_5_VLPruneHooks()
 
 

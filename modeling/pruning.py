@@ -9,51 +9,21 @@ from, how positions are computed) lives in a small `ArchitectureHooks` object pe
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from huggingface_hub import ModelCard
-from transformers import PreTrainedConfig
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.dynamic_module_utils import custom_object_save
-from transformers.models.auto import modeling_auto
-from transformers.models.auto.auto_factory import _BaseAutoModelClass
 from transformers.utils import logging
-from transformers.utils.hub import create_and_tag_model_card, hf_api, resolve_revision
 
 from .builtin_selectors import VisionSelectorScorer  # noqa: F401  (importing the module registers every built-in)
 from .configuration_token_prune import TokenPruneConfig, check_budget
-from .repo_io import (
-    EVAL_RESULTS_NAME,
-    HUB_KWARGS,
-    SELECTOR_WEIGHTS_NAME,
-    TRAINING_RECIPE_NAME,
-    PrunedRepo,
-    argument_name,
-    atomic_directory,
-    check_eval_results,
-    check_training_recipe,
-    copy_into,
-    load_json_argument,
-    read_selector_weights,
-    save_selector_weights,
-    write_json,
-)
 from .token_selectors import TokenSelector, get_selector_class
 
 logger = logging.get_logger(__name__)
-
-#: keyword arguments of `save_pretrained(..., push_to_hub=True)` that concern the upload, as in transformers.
-PUSH_OPTIONS = ("commit_message", "commit_description", "private", "create_pr", "revision", "tags")
 
 
 @dataclass
@@ -334,221 +304,6 @@ class TokenPruningMixin:
         if feature_source == "projector_output":
             return cls._llm_hidden_size(model_config)
         return cls.prune_hooks.vision_feature_dim(model_config)
-
-    # ----------------------------------------------------------------- Hub: save, load, push
-    #: Called as `model_card_writer(folder, repo_id, model_path=..., revision=...)` once every other file of a save
-    #: is in `folder` (a staging folder that becomes `model_path`); writes `folder / "README.md"`. `hf_tokenprune` registers its template-based writer on import; remote code has none.
-    model_card_writer: ClassVar[Callable[[Path, str | None], Any] | None] = None
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Load a pruned repo (adapter or merged form) or a plain checkpoint (then no selector is attached).
-
-        An adapter repo holds only the selector; the base weights come from its `base_model_name_or_path` at
-        `base_model_revision`, fetched with the same `cache_dir` / `token` / offline settings. The token-prune
-        config and the selector weights are checked against the model config before any weight is loaded.
-        """
-        hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
-        repo = PrunedRepo.find(pretrained_model_name_or_path, hub_kwargs)
-        if repo is None:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        source, source_kwargs = repo.base_source(hub_kwargs)
-        # Checked against the config of the weights that will be loaded: an adapter's base may have changed since.
-        model_config = kwargs.get("config") if repo.has_base_weights else None
-        if not isinstance(model_config, PreTrainedConfig):
-            model_config = repo.base_config(cls.config_class, source, source_kwargs)
-        try:
-            prune_config, selector = cls.build_token_selector(model_config, repo.prune_config)
-        except ValueError as error:
-            raise ValueError(f"{repo.config_file!r} does not fit the base model {source!s}: {error}") from error
-        if selector is not None:
-            if repo.selector_file is None:
-                raise FileNotFoundError(
-                    f"{pretrained_model_name_or_path!s} has no {SELECTOR_WEIGHTS_NAME}, which the learned "
-                    f"{prune_config.method!r} selector of {repo.config_file!r} needs"
-                )
-            copy_into(selector, read_selector_weights(repo.selector_file, selector, prune_config.method))
-        model = super().from_pretrained(source, *model_args, **{**kwargs, **source_kwargs})
-        model.attach_token_selector(prune_config, selector)
-        model.token_prune_extra_files = dict(repo.extra_files)
-        return model
-
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        *,
-        merged: bool = False,
-        base_model_name_or_path: str | None = None,
-        base_model_revision: str | None = None,
-        eval_results: dict | str | os.PathLike | None = None,
-        training_recipe: dict | str | os.PathLike | None = None,
-        repo_id: str | None = None,
-        push_to_hub: bool = False,
-        **kwargs,
-    ):
-        """Write a Hub-ready repo: adapter form by default (selector only), `merged=True` adds the base weights.
-
-        `base_model_name_or_path` / `base_model_revision` default to the attached config's, then to the path this
-        model was loaded from; an adapter needs one (a Hub base's commit is pinned from the local cache).
-        `eval_results` (results of `hf-tokenprune eval`) and `training_recipe` (a flat mapping) are dicts or JSON
-        files copied into the repo for its model card; `repo_id` is the Hub id the card's usage snippet loads. The
-        save is atomic: an interrupted one never leaves a directory that looks complete.
-
-        `push_to_hub=True` then uploads the folder in one commit to `repo_id` (default: the folder's name), taking
-        `private`, `token`, `revision`, `commit_message`, `commit_description`, `create_pr` and `tags` as the stock
-        method does. Other keyword arguments go to the stock `save_pretrained` (merged form).
-        """
-        hub_options = {name: kwargs.pop(name) for name in PUSH_OPTIONS if name in kwargs}
-        if hub_options and not push_to_hub:
-            raise TypeError(f"{sorted(hub_options)} only apply with push_to_hub=True")
-        prune_config = getattr(self, "token_prune_config", None)
-        if prune_config is None:
-            raise ValueError("this model has no token selector to save; attach one with hf_tokenprune.get_pruned_model")
-        if not isinstance(merged, bool):
-            raise TypeError(f"`merged` must be a bool, got {type(merged).__name__}")
-        extras = dict(getattr(self, "token_prune_extra_files", None) or {})
-        if eval_results is not None:
-            results = load_json_argument(eval_results, "eval_results")
-            extras[EVAL_RESULTS_NAME] = check_eval_results(results, argument_name("eval_results", eval_results))
-        if training_recipe is not None:
-            recipe = load_json_argument(training_recipe, "training_recipe")
-            extras[TRAINING_RECIPE_NAME] = check_training_recipe(
-                recipe, argument_name("training_recipe", training_recipe)
-            )
-        base = base_model_name_or_path or prune_config.base_model_name_or_path or self.config._name_or_path or None
-        if base is None and not merged:
-            raise ValueError(
-                "`base_model_name_or_path` is needed for the adapter form: this model was not loaded from a path or "
-                "repo id, so pass the base model's Hub id (or pass merged=True to store the base weights)"
-            )
-        if push_to_hub and not merged and os.path.isdir(base):
-            raise ValueError(
-                f"`base_model_name_or_path` {base!r} is a local folder, which nobody loading this adapter from the Hub "
-                "has: pass the base model's Hub id, or push the merged form"
-            )
-        revision = base_model_revision or (None if base_model_name_or_path else prune_config.base_model_revision)
-        if revision is None and base is not None and not os.path.isdir(base) and not base.startswith(("./", "../")):
-            # Pin the commit of a Hub base when the local cache knows it (it does when the base was loaded from it).
-            revision = getattr(resolve_revision(base, None, local_files_only=True), "resolved", None)
-        prune_config = dataclasses.replace(prune_config, base_model_name_or_path=base, base_model_revision=revision)
-        if merged and getattr(self, "peft_config", None):
-            raise ValueError(
-                "`merged=True` on a model with PEFT adapters injected would store PEFT's layer names, which the stock "
-                "classes cannot load: call `merge_and_unload()` first, or save the adapter form (merged=False) and "
-                "the PEFT adapter with its own `save_pretrained`"
-            )
-        if push_to_hub:  # everything above is checked before the first network call
-            repo_id = (
-                hf_api()
-                .create_repo(
-                    repo_id or Path(save_directory).name,
-                    private=hub_options.get("private"),
-                    token=kwargs.get("token"),
-                    exist_ok=True,
-                )
-                .repo_id
-            )
-
-        with atomic_directory(save_directory) as staging:
-            if merged:
-                selector, self.token_selector = self.token_selector, None  # base weights only in model.safetensors
-                try:
-                    super().save_pretrained(staging, **kwargs)
-                finally:
-                    self.token_selector = selector
-            config = copy.deepcopy(self.config)
-            config.architectures = [type(self).__name__]
-            config.auto_map = self.auto_map()
-            config.save_pretrained(staging)
-            if self.token_selector is not None:
-                save_selector_weights(self.token_selector, staging / SELECTOR_WEIGHTS_NAME)
-            custom_object_save(self, staging)  # this class's file and every sibling it imports
-            for name, data in extras.items():
-                write_json(data, staging / name)
-            prune_config.save_pretrained(staging)  # the file that marks a save complete; it lands last
-            if type(self).model_card_writer is not None:
-                type(self).model_card_writer(
-                    staging,
-                    repo_id,
-                    model_path=Path(save_directory).resolve(),
-                    revision=hub_options.get("revision"),
-                )
-        if push_to_hub:
-            return self._push_saved_folder(Path(save_directory), repo_id, token=kwargs.get("token"), **hub_options)
-
-    def _push_saved_folder(self, folder: Path, repo_id: str, *, token=None, tags=None, private=None, **options):
-        """Upload a folder this class just saved, card included, in one commit (through transformers' uploader)."""
-        card_path = folder / "README.md"
-        if tags or not card_path.exists():
-            # No card writer here (remote code without hf_tokenprune): tag the repo's existing card as the stock
-            # `push_to_hub` does.
-            card = ModelCard.load(card_path) if card_path.exists() else create_and_tag_model_card(repo_id, tags, token)
-            card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *(tags or [])]))
-            card.save(card_path)
-        if options.get("commit_message") is None:
-            options["commit_message"] = f"Upload {type(self).__name__} ({self.token_prune_config.method})"
-        return self._upload_modified_files(folder, repo_id, files_timestamps={}, token=token, **options)
-
-    @classmethod
-    def auto_map(cls) -> dict[str, str]:
-        """`config.json`'s auto_map: every transformers Auto class whose stock choice for this config is our base class."""
-        stock = cls._stock_class()
-        reference = f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
-        auto_map = {}
-        for name in dir(modeling_auto):
-            auto_class = getattr(modeling_auto, name)
-            if not (isinstance(auto_class, type) and issubclass(auto_class, _BaseAutoModelClass)):
-                continue
-            if getattr(auto_class, "_model_mapping", None) is None:
-                continue
-            try:
-                choice = auto_class._model_mapping[stock.config_class]
-            except (KeyError, ValueError):
-                continue
-            if choice is stock:
-                auto_map[name] = reference
-        return dict(sorted(auto_map.items()))
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        merged: bool = False,
-        eval_results: dict | str | os.PathLike | None = None,
-        training_recipe: dict | str | os.PathLike | None = None,
-        base_model_name_or_path: str | None = None,
-        base_model_revision: str | None = None,
-        commit_message: str | None = None,
-        commit_description: str | None = None,
-        private: bool | None = None,
-        token: bool | str | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-        max_shard_size: int | str | None = "50GB",
-        tags: list[str] | None = None,
-    ):
-        """`save_pretrained` into a temporary folder (card included), then upload it to `repo_id` in one commit."""
-        if not isinstance(repo_id, str) or not repo_id:
-            raise ValueError(f"`repo_id` must be a non-empty string such as 'user/name', got {repo_id!r}")
-        with tempfile.TemporaryDirectory() as work_dir:
-            return self.save_pretrained(
-                Path(work_dir) / "repo",
-                merged=merged,
-                base_model_name_or_path=base_model_name_or_path,
-                base_model_revision=base_model_revision,
-                eval_results=eval_results,
-                training_recipe=training_recipe,
-                repo_id=repo_id,
-                push_to_hub=True,
-                commit_message=commit_message,
-                commit_description=commit_description,
-                private=private,
-                token=token,
-                revision=revision,
-                create_pr=create_pr,
-                tags=tags,
-                **({"max_shard_size": max_shard_size} if merged and max_shard_size is not None else {}),
-            )
 
     # ----------------------------------------------------------------- call-time resolution
     def resolve_pruning(self, prune_budget: Any, prune_method: Any) -> tuple[float | int | None, TokenSelector | None]:

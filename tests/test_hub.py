@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
 from transformers.dynamic_module_utils import get_relative_import_files
 
-import hf_tokenprune.modeling.pruning as pruning_module
+import hf_tokenprune.modeling.hub_io as hub_io_module
 from hf_tokenprune import TokenPruneConfig, get_pruned_model
 from hf_tokenprune.testing import BUILDERS, IMAGE_SIZES, build_inputs, make_samples, place_in_hf_cache
 
@@ -325,7 +325,7 @@ def test_hub_base_revision_is_pinned_from_the_local_cache(tmp_path, monkeypatch)
 
     asked = []
     monkeypatch.setattr(
-        pruning_module, "resolve_revision", lambda repo, rev, **kw: asked.append((repo, kw)) or Resolved()
+        hub_io_module, "resolve_revision", lambda repo, rev, **kw: asked.append((repo, kw)) or Resolved()
     )
     _, pruned = randomized_pruned("llava")
     pruned.save_pretrained(tmp_path / "repo", base_model_name_or_path="org/base")
@@ -351,7 +351,7 @@ def boom(*args, **kwargs):
 
 def test_failed_save_leaves_no_directory(tmp_path, monkeypatch):
     base, pruned = randomized_pruned("llava")
-    monkeypatch.setattr(pruning_module, "save_selector_weights", boom)
+    monkeypatch.setattr(hub_io_module, "save_selector_weights", boom)
     with pytest.raises(OSError, match="disk full"):
         pruned.save_pretrained(tmp_path / "repo", base_model_name_or_path="org/base")
     assert list(tmp_path.iterdir()) == [], "no repo and no staging leftovers"
@@ -362,7 +362,7 @@ def test_failed_resave_keeps_the_previous_complete_save(tmp_path, monkeypatch):
     before = {path.name: path.read_bytes() for path in repo.iterdir()}
     with torch.no_grad():
         next(pruned.token_selector.parameters()).add_(1.0)
-    monkeypatch.setattr(pruning_module, "save_selector_weights", boom)
+    monkeypatch.setattr(hub_io_module, "save_selector_weights", boom)
     with pytest.raises(OSError, match="disk full"):
         pruned.save_pretrained(repo, base_model_name_or_path=str(tmp_path / "base"))
     assert {path.name: path.read_bytes() for path in repo.iterdir()} == before
