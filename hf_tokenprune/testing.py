@@ -10,6 +10,7 @@ of the right shape, and the per-model extras (`image_grid_thw`, `mm_token_type_i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextProcessor,
     LlavaProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     ProcessorMixin,
     Qwen2_5_VLConfig,
@@ -150,12 +152,15 @@ def tiny_llava(attn_implementation: str = "eager") -> LlavaForConditionalGenerat
     return _build(LlavaForConditionalGeneration, config, attn_implementation)
 
 
+LLAVA_NEXT_PINPOINTS = [[8, 8], [8, 16], [16, 8], [16, 16]]
+
+
 def tiny_llava_next(attn_implementation: str = "eager") -> LlavaNextForConditionalGeneration:
     config = LlavaNextConfig(
         text_config=dict(TEXT_CONFIG, model_type="llama"),
         vision_config=dict(CLIP_VISION_CONFIG),
         image_token_index=IMAGE_ID,
-        image_grid_pinpoints=[[8, 8], [8, 16], [16, 8], [16, 16]],
+        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
@@ -228,13 +233,16 @@ def make_samples(image_counts: list[int], sizes: list[tuple[int, int]], seed: in
 
 def build_inputs(arch: str, samples: list[Sample], seed: int = 0) -> dict[str, torch.Tensor]:
     """Left-padded batch of `samples` in the layout the stock processor of `arch` produces."""
-    rows, pixel_values, extras = [], [], {"image_grid_thw": [], "image_sizes": []}
+    tiny = TINY_ARCHITECTURES[arch]
+    rows, pixel_values, image_extras = [], [], []
     for sample in samples:
         row = [BOS] + sample.prefix
         for image_index, (height, width) in enumerate(sample.images):
             generator = torch.Generator().manual_seed(seed + 1000 * sample.seed + image_index)
-            row += _image_block(arch, height, width, generator, pixel_values, extras)
-            row += sample.suffix[:1]
+            tokens, pixels, extra = tiny.image_block(height, width, generator)
+            pixel_values.append(pixels)
+            image_extras.append(extra)
+            row += tokens + sample.suffix[:1]
         row += sample.suffix
         rows.append(row)
     length = max(len(row) for row in rows)
@@ -242,48 +250,57 @@ def build_inputs(arch: str, samples: list[Sample], seed: int = 0) -> dict[str, t
     attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if pixel_values:
-        if arch == "llava_next":
-            inputs["pixel_values"] = torch.stack(_pad_crops(pixel_values))
-            inputs["image_sizes"] = torch.tensor(extras["image_sizes"])
-        elif arch == "qwen2_5_vl":
-            inputs["pixel_values"] = torch.cat(pixel_values)
-            inputs["image_grid_thw"] = torch.tensor(extras["image_grid_thw"])
-        else:
-            inputs["pixel_values"] = torch.cat(pixel_values)
-    if arch == "qwen2_5_vl":
-        inputs["mm_token_type_ids"] = (input_ids == IMAGE_ID).int()
+        inputs.update(tiny.batch_images(pixel_values, image_extras))
+    inputs.update(tiny.text_inputs(input_ids))
     return inputs
 
 
-def _image_block(arch, height, width, generator, pixel_values, extras) -> list[int]:
-    if arch == "qwen2_5_vl":
-        # (height, width) in patches of 2 px; 2 x 2 patches merge into one LLM token.
-        pixel_values.append(torch.randn(height * width, 3 * 2 * 2 * 2, generator=generator))
-        extras["image_grid_thw"].append([1, height, width])
-        return [VSTART] + [IMAGE_ID] * (height * width // 4) + [VEND]
-    if arch == "llava":
-        pixel_values.append(torch.randn(1, 3, 8, 8, generator=generator))
-        return [IMAGE_ID] * 16
-    if arch == "internvl":
-        # `height` tiles of 8 x 8 px, each 4 tokens after the 2 x 2 pixel shuffle.
-        pixel_values.append(torch.randn(height, 3, 8, 8, generator=generator))
-        return [VSTART] + [IMAGE_ID] * (4 * height) + [VEND]
-    if arch == "llava_next":
-        # (height, width) in pixels; anyres tiles of 8 px; base view + crops, unpadded, with row newlines.
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+def _qwen2_5_vl_image(height, width, generator):
+    # (height, width) in patches of 2 px; 2 x 2 patches merge into one LLM token.
+    pixels = torch.randn(height * width, 3 * 2 * 2 * 2, generator=generator)
+    return [VSTART] + [IMAGE_ID] * (height * width // 4) + [VEND], pixels, {"image_grid_thw": [1, height, width]}
 
-        pinpoints = [[8, 8], [8, 16], [16, 8], [16, 16]]
-        num_crops = image_size_to_num_patches((height, width), pinpoints, 8)
-        pixel_values.append(torch.randn(num_crops, 3, 8, 8, generator=generator))
-        extras["image_sizes"].append([height, width])
-        return [IMAGE_ID] * llava_next_token_count(height, width)
-    raise ValueError(arch)
+
+def _qwen2_5_vl_batch(pixel_values, extras):
+    return {
+        "pixel_values": torch.cat(pixel_values),
+        "image_grid_thw": torch.tensor([extra["image_grid_thw"] for extra in extras]),
+    }
+
+
+def _llava_image(height, width, generator):
+    return [IMAGE_ID] * 16, torch.randn(1, 3, 8, 8, generator=generator), {}
+
+
+def _internvl_image(height, width, generator):
+    # `height` tiles of 8 x 8 px, each 4 tokens after the 2 x 2 pixel shuffle.
+    return [VSTART] + [IMAGE_ID] * (4 * height) + [VEND], torch.randn(height, 3, 8, 8, generator=generator), {}
+
+
+def _concatenated_pixels(pixel_values, extras):
+    return {"pixel_values": torch.cat(pixel_values)}
+
+
+def _llava_next_image(height, width, generator):
+    # (height, width) in pixels; anyres tiles of 8 px; base view + crops, unpadded, with row newlines.
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    num_crops = image_size_to_num_patches((height, width), LLAVA_NEXT_PINPOINTS, 8)
+    pixels = torch.randn(num_crops, 3, 8, 8, generator=generator)
+    return [IMAGE_ID] * llava_next_token_count(height, width), pixels, {"image_size": [height, width]}
+
+
+def _llava_next_batch(pixel_values, extras):
+    return {
+        "pixel_values": torch.stack(_pad_crops(pixel_values)),
+        "image_sizes": torch.tensor([extra["image_size"] for extra in extras]),
+    }
 
 
 def llava_next_token_count(height: int, width: int) -> int:
     from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
-    rows, cols = get_anyres_image_grid_shape((height, width), [[8, 8], [8, 16], [16, 8], [16, 16]], 8)
+    rows, cols = get_anyres_image_grid_shape((height, width), LLAVA_NEXT_PINPOINTS, 8)
     grid = torch.zeros(1, rows * 4, cols * 4)
     unpadded = unpad_image(grid, (height, width))
     return 16 + unpadded.shape[1] * (unpadded.shape[2] + 1)
@@ -311,22 +328,6 @@ def make_video_inputs(frames: int = 4, height: int = 4, width: int = 4, seed: in
     }
 
 
-BUILDERS = {
-    "qwen2_5_vl": tiny_qwen2_5_vl,
-    "llava": tiny_llava,
-    "llava_next": tiny_llava_next,
-    "internvl": tiny_internvl,
-}
-
-# Image sizes per architecture: different sizes within one batch wherever the architecture allows.
-IMAGE_SIZES = {
-    "qwen2_5_vl": [(4, 4), (4, 6), (6, 4)],
-    "llava": [(8, 8)],
-    "internvl": [(1, 1), (2, 2), (3, 3)],
-    "llava_next": [(8, 8), (8, 14), (16, 10)],
-}
-
-
 # --- Tiny processors -------------------------------------------------------------------------------------------
 #
 # The stock Qwen2.5-VL and InternVL processors refuse to build without a video processor, video processors need
@@ -339,28 +340,24 @@ IMAGE_SIZES = {
 IM_START, IM_END = 40, 41
 ROLE_TOKENS = {"system": 42, "user": 43, "assistant": 44}
 
-# Image placeholder strings per architecture, as the stock processor expects them in the rendered text, and the
-# ids 58..61 they occupy in that architecture's tokenizer (IMAGE_ID = 60 is every tiny model's image_token_id).
-_VISION_TOKENS = {
-    "qwen2_5_vl": {
-        "<|vision_start|>": VSTART,
-        "<|vision_end|>": VEND,
-        "<|image_pad|>": IMAGE_ID,
-        "<|video_pad|>": VIDEO_ID,
-    },
-    "llava": {"<|vision_start|>": VSTART, "<|vision_end|>": VEND, "<image>": IMAGE_ID, "<|video_pad|>": VIDEO_ID},
-    "internvl": {"<img>": VSTART, "</img>": VEND, "<IMG_CONTEXT>": IMAGE_ID, "<video>": VIDEO_ID},
+# Image placeholder names per architecture, as the stock processor expects them in the rendered text, and the ids
+# 58..61 they occupy in that architecture's tokenizer (IMAGE_ID = 60 is every tiny model's image_token_id).
+CHATML_VISION_TOKENS = {
+    "<|vision_start|>": VSTART,
+    "<|vision_end|>": VEND,
+    "<|image_pad|>": IMAGE_ID,
+    "<|video_pad|>": VIDEO_ID,
 }
-_VISION_TOKENS["llava_next"] = _VISION_TOKENS["llava"]
-IMAGE_PLACEHOLDER = {
-    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-    "llava": "<image>",
-    "llava_next": "<image>",
-    "internvl": "<IMG_CONTEXT>",
+LLAVA_VISION_TOKENS = {
+    "<|vision_start|>": VSTART,
+    "<|vision_end|>": VEND,
+    "<image>": IMAGE_ID,
+    "<|video_pad|>": VIDEO_ID,
 }
+INTERNVL_VISION_TOKENS = {"<img>": VSTART, "</img>": VEND, "<IMG_CONTEXT>": IMAGE_ID, "<video>": VIDEO_ID}
 
 # ChatML with whitespace between words (the tokenizer splits on whitespace; special tokens split themselves).
-_CHAT_TEMPLATE = (
+CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{{ '<|im_start|> ' + message['role'] + '\n' }}"
@@ -381,17 +378,13 @@ def tiny_chat_tokenizer(arch: str) -> PreTrainedTokenizerFast:
     Chat and vision tokens are registered as special tokens, so `<|image_pad|><|image_pad|>` (how the processors
     expand placeholders, with no spaces) splits into single tokens. Left padding, `<pad>` = 0.
     """
-    vision = _VISION_TOKENS[arch]
+    tiny = TINY_ARCHITECTURES[arch]
+    vision = tiny.vision_tokens
     names = list(vision)
-    named = (
-        dict(start_image_token=names[0], end_image_token=names[1], context_image_token=names[2], video_token=names[3])
-        if arch == "internvl"
-        else dict(image_token=names[2], video_token=names[3])
-    )
     return _word_level_tokenizer(
         {"<|im_start|>": IM_START, "<|im_end|>": IM_END, **ROLE_TOKENS, **vision},
         special_tokens=["<|im_start|>", "<|im_end|>", *names],
-        extra_special_tokens=named,
+        extra_special_tokens=tiny.special_token_names(*names),
     )
 
 
@@ -425,43 +418,140 @@ def tiny_processor(arch: str, **image_processor_kwargs) -> ProcessorMixin:
 
     `image_processor_kwargs` override the image processor's settings above.
     """
-    tokenizer = tiny_chat_tokenizer(arch)
-    chat_template = _CHAT_TEMPLATE.replace("%(image)s", IMAGE_PLACEHOLDER[arch])
-    if arch == "qwen2_5_vl":
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    tiny = TINY_ARCHITECTURES[arch]
+    chat_template = CHAT_TEMPLATE.replace("%(image)s", tiny.placeholder)
+    return tiny.processor(tiny_chat_tokenizer(arch), chat_template, image_processor_kwargs)
 
-        settings = dict(
-            patch_size=2, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 24 * 24}
-        )
-        image_processor = Qwen2VLImageProcessorPil(**{**settings, **image_processor_kwargs})
-        return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=chat_template)
-    # CLIP's CLS is one additional token, dropped again by the "default" strategy.
-    llava_settings = dict(
-        patch_size=2, vision_feature_select_strategy="default", image_token="<image>", num_additional_image_tokens=1
+
+def _qwen2_5_vl_processor(tokenizer, chat_template, overrides) -> ProcessorMixin:
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    settings = dict(
+        patch_size=2, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 24 * 24}
     )
-    if arch == "llava":
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    image_processor = Qwen2VLImageProcessorPil(**{**settings, **overrides})
+    return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=chat_template)
 
-        settings = dict(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
-        image_processor = CLIPImageProcessorPil(**{**settings, **image_processor_kwargs})
-        return LlavaProcessor(image_processor, tokenizer, chat_template=chat_template, **llava_settings)
-    if arch == "llava_next":
-        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-        settings = dict(
-            size={"shortest_edge": 8},
-            crop_size={"height": 8, "width": 8},
-            image_grid_pinpoints=[[8, 8], [8, 16], [16, 8], [16, 16]],
-        )
-        image_processor = LlavaNextImageProcessorPil(**{**settings, **image_processor_kwargs})
-        return LlavaNextProcessor(image_processor, tokenizer, chat_template=chat_template, **llava_settings)
-    if arch == "internvl":
-        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+# CLIP's CLS is one additional token, dropped again by the "default" strategy.
+LLAVA_PROCESSOR_SETTINGS = dict(
+    patch_size=2, vision_feature_select_strategy="default", image_token="<image>", num_additional_image_tokens=1
+)
 
-        settings = dict(size={"height": 8, "width": 8}, crop_to_patches=True, min_patches=1, max_patches=1)
-        image_processor = GotOcr2ImageProcessorPil(**{**settings, **image_processor_kwargs})
-        return ImageOnlyInternVLProcessor(image_processor, tokenizer, image_seq_length=4, chat_template=chat_template)
-    raise ValueError(f"no tiny processor for {arch!r}")
+
+def _llava_processor(tokenizer, chat_template, overrides) -> ProcessorMixin:
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    settings = dict(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+    image_processor = CLIPImageProcessorPil(**{**settings, **overrides})
+    return LlavaProcessor(image_processor, tokenizer, chat_template=chat_template, **LLAVA_PROCESSOR_SETTINGS)
+
+
+def _llava_next_processor(tokenizer, chat_template, overrides) -> ProcessorMixin:
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    settings = dict(
+        size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}, image_grid_pinpoints=LLAVA_NEXT_PINPOINTS
+    )
+    image_processor = LlavaNextImageProcessorPil(**{**settings, **overrides})
+    return LlavaNextProcessor(image_processor, tokenizer, chat_template=chat_template, **LLAVA_PROCESSOR_SETTINGS)
+
+
+def _internvl_processor(tokenizer, chat_template, overrides) -> ProcessorMixin:
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    settings = dict(size={"height": 8, "width": 8}, crop_to_patches=True, min_patches=1, max_patches=1)
+    image_processor = GotOcr2ImageProcessorPil(**{**settings, **overrides})
+    return ImageOnlyInternVLProcessor(image_processor, tokenizer, image_seq_length=4, chat_template=chat_template)
+
+
+def _image_and_video_names(start, end, image, video) -> dict[str, str]:
+    return dict(image_token=image, video_token=video)
+
+
+def _internvl_names(start, end, image, video) -> dict[str, str]:
+    return dict(start_image_token=start, end_image_token=end, context_image_token=image, video_token=video)
+
+
+def _no_text_inputs(input_ids):
+    return {}
+
+
+def _qwen2_5_vl_text_inputs(input_ids):
+    return {"mm_token_type_ids": (input_ids == IMAGE_ID).int()}
+
+
+@dataclass(frozen=True)
+class TinyArchitecture:
+    """Everything the tests need to know about one architecture's tiny model: one entry of `TINY_ARCHITECTURES`.
+
+    build(attn_implementation) -> the tiny stock model.
+    image_sizes: sizes to mix within one batch (arch-specific meaning: patches, pixels or tiles).
+    image_block(height, width, generator) -> (placeholder ids of one image, its pixel values, its extras).
+    batch_images(pixel values, extras per image) -> the batch's vision inputs, as the stock processor stacks them.
+    text_inputs(input_ids) -> per-token extras the processor adds (e.g. Qwen's `mm_token_type_ids`).
+    vision_tokens: {name: id} of (vision start, vision end, image, video) in the chat tokenizer.
+    special_token_names(start, end, image, video) -> the tokenizer's named special tokens.
+    placeholder: the image placeholder as the processor expects it in the rendered chat text.
+    processor(tokenizer, chat_template, image processor overrides) -> the stock-logic processor.
+    """
+
+    build: Callable[[str], PreTrainedModel]
+    image_sizes: list[tuple[int, int]]
+    image_block: Callable[[int, int, torch.Generator], tuple[list[int], torch.Tensor, dict]]
+    batch_images: Callable[[list[torch.Tensor], list[dict]], dict[str, torch.Tensor]]
+    vision_tokens: dict[str, int]
+    placeholder: str
+    processor: Callable[[PreTrainedTokenizerFast, str, dict], ProcessorMixin]
+    text_inputs: Callable[[torch.Tensor], dict[str, torch.Tensor]] = _no_text_inputs
+    special_token_names: Callable[..., dict[str, str]] = _image_and_video_names
+
+
+# Adding an architecture to the test suite is one entry here.
+TINY_ARCHITECTURES: dict[str, TinyArchitecture] = {
+    "qwen2_5_vl": TinyArchitecture(
+        build=tiny_qwen2_5_vl,
+        image_sizes=[(4, 4), (4, 6), (6, 4)],
+        image_block=_qwen2_5_vl_image,
+        batch_images=_qwen2_5_vl_batch,
+        text_inputs=_qwen2_5_vl_text_inputs,
+        vision_tokens=CHATML_VISION_TOKENS,
+        placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        processor=_qwen2_5_vl_processor,
+    ),
+    "llava": TinyArchitecture(
+        build=tiny_llava,
+        image_sizes=[(8, 8)],
+        image_block=_llava_image,
+        batch_images=_concatenated_pixels,
+        vision_tokens=LLAVA_VISION_TOKENS,
+        placeholder="<image>",
+        processor=_llava_processor,
+    ),
+    "llava_next": TinyArchitecture(
+        build=tiny_llava_next,
+        image_sizes=[(8, 8), (8, 14), (16, 10)],
+        image_block=_llava_next_image,
+        batch_images=_llava_next_batch,
+        vision_tokens=LLAVA_VISION_TOKENS,
+        placeholder="<image>",
+        processor=_llava_next_processor,
+    ),
+    "internvl": TinyArchitecture(
+        build=tiny_internvl,
+        image_sizes=[(1, 1), (2, 2), (3, 3)],
+        image_block=_internvl_image,
+        batch_images=_concatenated_pixels,
+        vision_tokens=INTERNVL_VISION_TOKENS,
+        placeholder="<IMG_CONTEXT>",
+        processor=_internvl_processor,
+        special_token_names=_internvl_names,
+    ),
+}
+# Views of the table by what tests ask for.
+BUILDERS = {name: tiny.build for name, tiny in TINY_ARCHITECTURES.items()}
+IMAGE_SIZES = {name: tiny.image_sizes for name, tiny in TINY_ARCHITECTURES.items()}
+IMAGE_PLACEHOLDER = {name: tiny.placeholder for name, tiny in TINY_ARCHITECTURES.items()}
 
 
 def place_in_hf_cache(folder, repo_id: str, cache_dir, commit: str | None = None) -> str:

@@ -24,7 +24,8 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.utils import cached_file
 
 from ..modeling.repo_io import HUB_KWARGS
-from ..testing import _CHAT_TEMPLATE, IMAGE_PLACEHOLDER, ImageOnlyQwen2_5_VLProcessor, word_level_tokenizer
+from ..testing import CHAT_TEMPLATE as TINY_CHAT_TEMPLATE
+from ..testing import IMAGE_PLACEHOLDER, ImageOnlyQwen2_5_VLProcessor, word_level_tokenizer
 
 PATCH_SIZE = 14
 MERGE_SIZE = 2
@@ -40,7 +41,7 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 ROLES = ("system", "user", "assistant")
 CAPTION_PROMPT = "describe the image"  # the VLM's pre-training task besides VQA (see pipeline.caption_record)
-CHAT_TEMPLATE = _CHAT_TEMPLATE.replace("%(image)s", IMAGE_PLACEHOLDER["qwen2_5_vl"])
+CHAT_TEMPLATE = TINY_CHAT_TEMPLATE.replace("%(image)s", IMAGE_PLACEHOLDER["qwen2_5_vl"])
 
 # Sizes of the testbed VLM: small enough to train from scratch on 2 CPU cores, deep enough to read short words.
 VISION_SIZES = dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4)
