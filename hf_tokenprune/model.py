@@ -5,29 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from transformers import (
-    InternVLForConditionalGeneration,
-    LlavaForConditionalGeneration,
-    LlavaNextForConditionalGeneration,
-    PreTrainedModel,
-    Qwen2_5_VLForConditionalGeneration,
-)
+from transformers import PreTrainedModel
 
+from .modeling import builtin_architectures  # noqa: F401  (importing it registers every built-in architecture)
+from .modeling.architectures import get_pruned_class, pruned_classes
 from .modeling.configuration_token_prune import CONFIG_NAME, TokenPruneConfig
-from .modeling.modeling_pruned_internvl import PrunedInternVLForConditionalGeneration
-from .modeling.modeling_pruned_llava import PrunedLlavaForConditionalGeneration
-from .modeling.modeling_pruned_llava_next import PrunedLlavaNextForConditionalGeneration
-from .modeling.modeling_pruned_qwen2_5_vl import PrunedQwen2_5_VLForConditionalGeneration
 from .modeling.pruning import TokenPruningMixin
 from .modeling.repo_io import EXTRA_FILES, SELECTOR_WEIGHTS_NAME, copy_into, read_json, read_selector_weights
 
-# Stock class -> drop-in subclass. Checked most-derived first, so a subclass of a stock class also maps.
-PRUNED_CLASSES: dict[type[PreTrainedModel], type[TokenPruningMixin]] = {
-    Qwen2_5_VLForConditionalGeneration: PrunedQwen2_5_VLForConditionalGeneration,
-    LlavaNextForConditionalGeneration: PrunedLlavaNextForConditionalGeneration,
-    LlavaForConditionalGeneration: PrunedLlavaForConditionalGeneration,
-    InternVLForConditionalGeneration: PrunedInternVLForConditionalGeneration,
-}
+# Stock class -> drop-in subclass of the built-in architectures (a snapshot; `pruned_classes()` is the live registry).
+PRUNED_CLASSES: dict[type[PreTrainedModel], type[TokenPruningMixin]] = pruned_classes()
 
 
 def get_pruned_model(
@@ -50,9 +37,9 @@ def get_pruned_model(
         raise TypeError(f"`config` must be a TokenPruneConfig or a directory, got {type(config).__name__}")
     if isinstance(base_model, TokenPruningMixin):
         raise ValueError("`base_model` is already a pruned model; pass its stock base model instead")
-    pruned_cls = next((pruned for stock, pruned in PRUNED_CLASSES.items() if isinstance(base_model, stock)), None)
+    pruned_cls = get_pruned_class(type(base_model))
     if pruned_cls is None:
-        supported = ", ".join(stock.__name__ for stock in PRUNED_CLASSES)
+        supported = ", ".join(stock.__name__ for stock in pruned_classes())
         raise ValueError(f"`base_model` of type {type(base_model).__name__} is not supported; supported: {supported}")
     # Validate (and read the weights) before building anything, so a bad config or file leaves no half-made model.
     selector, extras = None, {}

@@ -10,6 +10,7 @@ import math
 import torch
 from transformers import InternVLForConditionalGeneration
 
+from .architectures import register_pruned_class
 from .hub_io import PrunedHubMixin
 from .modeling_pruned_llava import LlavaPruneHooks
 from .pruning import TokenPruningMixin, VisualSegment
@@ -55,5 +56,7 @@ class InternVLPruneHooks(LlavaPruneHooks):
 class PrunedInternVLForConditionalGeneration(TokenPruningMixin, PrunedHubMixin, InternVLForConditionalGeneration):
     prune_hooks = InternVLPruneHooks()
 
+
+register_pruned_class(PrunedInternVLForConditionalGeneration)
 
 __all__ = ["InternVLPruneHooks", "PrunedInternVLForConditionalGeneration", "placeholder_runs"]

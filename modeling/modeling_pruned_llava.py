@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import LlavaForConditionalGeneration
 
+from .architectures import register_pruned_class
 from .hub_io import PrunedHubMixin
 from .pruning import ArchitectureHooks, CaptureProjectorInput, TokenPruningMixin, VisualSegment
 
@@ -68,5 +69,7 @@ class LlavaPruneHooks(ArchitectureHooks):
 class PrunedLlavaForConditionalGeneration(TokenPruningMixin, PrunedHubMixin, LlavaForConditionalGeneration):
     prune_hooks = LlavaPruneHooks()
 
+
+register_pruned_class(PrunedLlavaForConditionalGeneration)
 
 __all__ = ["LlavaPruneHooks", "PrunedLlavaForConditionalGeneration"]

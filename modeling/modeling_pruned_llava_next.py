@@ -9,6 +9,7 @@ import torch
 from transformers import LlavaNextForConditionalGeneration
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
+from .architectures import register_pruned_class
 from .hub_io import PrunedHubMixin
 from .modeling_pruned_llava import LlavaPruneHooks
 from .pruning import TokenPruningMixin, VisualSegment
@@ -63,5 +64,7 @@ class LlavaNextPruneHooks(LlavaPruneHooks):
 class PrunedLlavaNextForConditionalGeneration(TokenPruningMixin, PrunedHubMixin, LlavaNextForConditionalGeneration):
     prune_hooks = LlavaNextPruneHooks()
 
+
+register_pruned_class(PrunedLlavaNextForConditionalGeneration)
 
 __all__ = ["LlavaNextPruneHooks", "PrunedLlavaNextForConditionalGeneration"]

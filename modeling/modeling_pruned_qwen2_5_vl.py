@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from transformers import Qwen2_5_VLForConditionalGeneration
 
+from .architectures import register_pruned_class
 from .hub_io import PrunedHubMixin
 from .pruning import ArchitectureHooks, CaptureProjectorInput, PrunePlan, TokenPruningMixin, VisualSegment
 
@@ -112,5 +113,7 @@ class Qwen2_5_VLPruneHooks(ArchitectureHooks):
 class PrunedQwen2_5_VLForConditionalGeneration(TokenPruningMixin, PrunedHubMixin, Qwen2_5_VLForConditionalGeneration):
     prune_hooks = Qwen2_5_VLPruneHooks()
 
+
+register_pruned_class(PrunedQwen2_5_VLForConditionalGeneration)
 
 __all__ = ["PrunedQwen2_5_VLForConditionalGeneration", "Qwen2_5_VLPruneHooks"]
