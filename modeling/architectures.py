@@ -3,12 +3,33 @@
 Each `modeling_pruned_<arch>.py` registers its class with one `register_pruned_class` line, and importing
 `builtin_architectures` imports every built-in file. `hf_tokenprune.get_pruned_model` finds the class here.
 
-Imports only the standard library: it ships to the Hub as remote code.
+Imports only the standard library and transformers: it ships to the Hub as remote code.
 """
 
 from __future__ import annotations
 
+from transformers.models.auto import modeling_auto
+
 _PRUNED_CLASSES: dict[type, type] = {}
+#: Prefix of the keys under which pruned class names are listed in transformers' `*_MAPPING_NAMES` tables. No config
+#: has such a model type, so the Auto classes (which join these tables with the config table) never see the entries.
+LISTING_PREFIX = "hf_tokenprune:"
+
+
+def list_beside_stock_class(pruned_cls: type, stock: type) -> None:
+    """List `pruned_cls` by name wherever transformers lists `stock` by name in a task table.
+
+    Pipelines check the model's class name against those tables (`Pipeline.check_model_type`), so without this
+    `pipeline("image-text-to-text", model=pruned)` logs that the model "is not supported". The Auto classes are
+    unchanged: loading a stock checkpoint still gives the stock class.
+    """
+    for name in dir(modeling_auto):
+        table = getattr(modeling_auto, name)
+        if not (name.endswith("_MAPPING_NAMES") and isinstance(table, dict)):
+            continue
+        listed = any(stock.__name__ == value or stock.__name__ in value for value in table.values() if value)
+        if listed:
+            table[LISTING_PREFIX + pruned_cls.__name__] = pruned_cls.__name__
 
 
 def register_pruned_class(pruned_cls: type, *, overwrite: bool = False) -> type:
@@ -20,6 +41,7 @@ def register_pruned_class(pruned_cls: type, *, overwrite: bool = False) -> type:
             "pass overwrite=True to replace it"
         )
     _PRUNED_CLASSES[stock] = pruned_cls
+    list_beside_stock_class(pruned_cls, stock)
     return pruned_cls
 
 
