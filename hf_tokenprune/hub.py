@@ -43,6 +43,8 @@ MODEL_CONFIG_NAME = "config.json"
 # Any of these in the folder means the base weights are stored too: the merged form.
 BASE_WEIGHTS_NAMES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 DEFAULT_SNIPPET_BUDGET = 0.2
+#: Namespace of the repo id in a card rendered before the repo is pushed (the card never names a local path).
+PLACEHOLDER_NAMESPACE = "your-namespace"
 
 # Papers by method, cited by title. `autoselect` is one method written up twice (DiffPrune, then AutoSelect).
 METHOD_PAPERS: dict[str, tuple[str, ...]] = {
@@ -161,9 +163,11 @@ def render_model_card(
 ) -> ModelCard:
     """The model card of a saved pruned folder, from its files and `repo_id` alone.
 
-    The usage snippet loads `repo_id` (at `revision` when given) or, when no repo id is known, the absolute path of
-    `model_path` (default: `folder`; a save that writes the card in a staging folder passes where the folder will
-    end up). `eval_results` (a path or a dict) replaces the folder's `eval_results.json`. Raises before rendering
+    The card never names a path of this machine: the usage snippet loads `repo_id` (at `revision` when given) or, when
+    no repo id is known yet, a placeholder `your-namespace/<name>` with a comment to replace it (pushing re-renders
+    the card with the repo id). `<name>` is the name of `model_path` (default: `folder`; a save that writes the card in
+    a staging folder passes where the folder will end up). The base model is named (metadata, text, processor) only
+    when it is a Hub id. `eval_results` (a path or a dict) replaces the folder's `eval_results.json`. Raises before rendering
     when config.json or token_prune_config.json is missing or bad, or eval_results.json / training_recipe.json
     breaks its schema; the error names the file and field.
     """
@@ -183,10 +187,11 @@ def render_model_card(
     trainable = get_selector_class(method, argument="method").trainable
     merged = is_merged(folder)
     base = prune_config.base_model_name_or_path
-    local_path = Path(model_path if model_path is not None else folder).resolve()
-    model_ref = repo_id if repo_id is not None else str(local_path)
+    base_on_hub = is_hub_id(base)
+    name = Path(model_path if model_path is not None else folder).resolve().name
+    model_ref = repo_id if repo_id is not None else f"{PLACEHOLDER_NAMESPACE}/{name}"
     processor_unknown = False
-    if base:
+    if base_on_hub:
         processor_ref, processor_revision = base, prune_config.base_model_revision
     elif any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
         processor_ref, processor_revision = model_ref, revision
@@ -199,20 +204,20 @@ def render_model_card(
         pipeline_tag="image-text-to-text",
         tags=list(dict.fromkeys(["hf-tokenprune", "token-pruning", method, model_type])),
     )
-    if base:
+    if base_on_hub:
         metadata["base_model"] = base
         if not merged:
             metadata["base_model_relation"] = "adapter"
-    if base and is_hub_id(base):
         base_display = f"[`{base}`](https://huggingface.co/{base})"
     else:
-        base_display = f"`{base}`" if base else "an unrecorded base model"
+        base_display = "a base model that is not on the Hub" if base else "an unrecorded base model"
     if merged:
         form = "merged. This repository holds the base model's weights as well, so loading needs no other repository."
     else:
-        form = (
-            "adapter. This repository holds only the selector and the model code; the base model's weights are "
+        form = "adapter. This repository holds only the selector and the model code; the base model's weights are " + (
             f"downloaded from `{base}` when the model loads."
+            if base_on_hub
+            else f"loaded from the base model named in `{CONFIG_NAME}` when the model loads."
         )
     titles, no_paper = _citation(method)
     result_rows = []
@@ -229,7 +234,8 @@ def render_model_card(
     return ModelCard.from_template(
         ModelCardData(**metadata),
         template_path=str(MODEL_CARD_TEMPLATE),
-        model_name=repo_id or local_path.name,
+        model_name=repo_id or name,
+        model_placeholder=repo_id is None,
         method=method,
         method_kind=(
             f"learned: its scorer weights are in `{SELECTOR_WEIGHTS_NAME}`"

@@ -19,7 +19,7 @@ import yaml
 from hf_tokenprune import TokenPruneConfig, get_pruned_model, render_model_card
 from hf_tokenprune.hub import card_bytes
 from hf_tokenprune.modeling.pruning import tokens_to_keep
-from hf_tokenprune.testing import BUILDERS, tiny_processor
+from hf_tokenprune.testing import BUILDERS, place_in_hf_cache, tiny_processor
 
 ARCHS = ("qwen2_5_vl", "llava", "llava_next", "internvl")
 EVAL_RESULTS = {
@@ -199,15 +199,29 @@ def test_write_model_card_replaces_readme_atomically(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- the snippet runs
-def tiny_repo(tmp_path: Path, arch: str) -> tuple[Path, Path]:
-    """A base folder (weights + processor) and an adapter repo saved against it, as the brief's recipe says."""
+BASE_ID, REPO_ID = "tiny-org/base", "tiny-org/pruned"
+
+
+def tiny_repo(tmp_path: Path, arch: str, base: str | None = None, repo_id: str | None = None) -> tuple[Path, Path]:
+    """A base folder (weights + processor) and an adapter repo saved against `base` (default: that folder)."""
     base_dir = tmp_path / "base"
     BUILDERS[arch]().save_pretrained(base_dir)
     tiny_processor(arch).save_pretrained(base_dir)
     repo = tmp_path / "pruned"
     model = get_pruned_model(BUILDERS[arch](), TokenPruneConfig(method="visionselector", budget=0.25))
-    model.save_pretrained(repo, base_model_name_or_path=str(base_dir))
+    model.save_pretrained(repo, base_model_name_or_path=base or str(base_dir), repo_id=repo_id)
     return base_dir, repo
+
+
+def test_card_of_an_unpushed_save_names_no_path_of_this_machine(tmp_path):
+    base_dir, repo = tiny_repo(tmp_path, "llava")
+    text = (repo / "README.md").read_text(encoding="utf-8")
+    assert str(tmp_path) not in text and str(base_dir) not in text
+    assert "base_model" not in front_matter(text)  # a local base is not a Hub id
+    code = snippet(text)
+    assert "# Not pushed yet: put the repo id" in code
+    assert '"your-namespace/pruned", trust_remote_code=True' in code
+    assert 'AutoProcessor.from_pretrained("BASE-MODEL-ID")' in code
 
 
 def check_against_library(arch: str, repo: Path, inputs, output, printed: str, budget: float) -> None:
@@ -238,13 +252,24 @@ EPILOGUE = '\ntorch.save({"inputs": dict(inputs), "output": output}, DUMP)\n'
 
 @pytest.mark.parametrize("arch", ["llava", "llava_next"])
 def test_snippet_runs_offline_in_a_fresh_process(tmp_path, arch):
-    base_dir, repo = tiny_repo(tmp_path, arch)
+    """The pushed repo and its base, as a download leaves them in the Hub cache: the card's snippet runs as pasted."""
+    base_dir, repo = tiny_repo(tmp_path, arch, base=BASE_ID, repo_id=REPO_ID)
+    cache = tmp_path / "hub-cache"
+    place_in_hf_cache(base_dir, BASE_ID, cache)
+    place_in_hf_cache(repo, REPO_ID, cache)
     text = (repo / "README.md").read_text(encoding="utf-8")
     code = snippet(text)
-    assert f'from_pretrained(\n    "{repo.resolve()}", trust_remote_code=True' in code
-    assert f'AutoProcessor.from_pretrained("{base_dir}")' in code
+    assert f'from_pretrained(\n    "{REPO_ID}", trust_remote_code=True' in code
+    assert f'AutoProcessor.from_pretrained("{BASE_ID}")' in code
+    assert str(tmp_path) not in text
     dump = tmp_path / "dump.pt"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(cache),
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "OMP_NUM_THREADS": "1",
+    }
     result = subprocess.run(
         [sys.executable, "-c", PROLOGUE + code + EPILOGUE.replace("DUMP", repr(str(dump)))],
         cwd=tmp_path,
@@ -261,8 +286,9 @@ def test_snippet_runs_offline_in_a_fresh_process(tmp_path, arch):
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "internvl"])
 def test_snippet_runs_in_process_with_the_tiny_processor(tmp_path, monkeypatch, arch):
+    """An unpushed local save: the snippet runs once its placeholder is replaced by the folder, as its comment says."""
     base_dir, repo = tiny_repo(tmp_path, arch)
-    code = snippet((repo / "README.md").read_text(encoding="utf-8"))
+    code = snippet((repo / "README.md").read_text(encoding="utf-8")).replace('"your-namespace/pruned"', repr(str(repo)))
     processor_sources = []
 
     def from_pretrained(name, *args, **kwargs):
@@ -273,6 +299,6 @@ def test_snippet_runs_in_process_with_the_tiny_processor(tmp_path, monkeypatch, 
     printed, namespace = io.StringIO(), {}
     with contextlib.redirect_stdout(printed):
         exec(compile(code, "README.md", "exec"), namespace)
-    assert processor_sources == [str(base_dir)]
+    assert processor_sources == ["BASE-MODEL-ID"]  # the base is a local folder, which the card does not name
     assert printed.getvalue().endswith("\n")
     check_against_library(arch, repo, namespace["inputs"], namespace["output"], printed.getvalue()[:-1], 0.25)
