@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from hf_tokenprune import bench, testing
+from hf_tokenprune import testing
+from hf_tokenprune.bench import BenchArguments, runner
+from hf_tokenprune.bench.probes import extrapolate_full_depth
 from hf_tokenprune.cli import main
+from hf_tokenprune.cost import prefill_flops
+from hf_tokenprune.modeling.token_selectors import learned_selectors, training_free_selectors
+
+REPO = Path(__file__).resolve().parents[1]
 
 REQUIRED_KEYS = {
     "preset",
@@ -109,9 +116,9 @@ def test_kv_cache_bytes_equal_the_kept_token_formula(qwen_run):
 
 
 def test_prefill_flops_match_a_hand_computation():
-    assert bench.prefill_flops(10, 4, 8, 2) == (4 * 10 * 16 + 2 * 100 * 4 + 2 * 10 * 4 * 8) * 2 == 4160
+    assert prefill_flops(10, 4, 8, 2) == (4 * 10 * 16 + 2 * 100 * 4 + 2 * 10 * 4 * 8) * 2 == 4160
     # Paper 001 Sec. 5.3's own example, LLaVA-NeXT: n = 2880, d = 4096, m = 11008, l = 32.
-    assert bench.prefill_flops(2880, 4096, 11008, 32) == 16_669_841_817_600
+    assert prefill_flops(2880, 4096, 11008, 32) == 16_669_841_817_600
 
 
 def test_ideal_ratio_is_the_flops_ratio_and_unpruned_ratios_are_one(qwen_run):
@@ -159,8 +166,8 @@ def test_full_depth_is_measured_not_extrapolated(tmp_path):
 
 def test_extrapolation_rule():
     # Outside the blocks: 10 - (2 + 2 + 3) = 3 ms; then 28 windowed blocks of 2 ms and 4 full ones of 3 ms.
-    assert bench.extrapolate_full_depth(10.0, {"window": [2.0, 2.0], "full": [3.0]}, {"window": 28, "full": 4}) == 71.0
-    assert bench.extrapolate_full_depth(10.0, {"window": [2.0, 2.0], "full": [3.0]}, {"window": 2, "full": 1}) == 10.0
+    assert extrapolate_full_depth(10.0, {"window": [2.0, 2.0], "full": [3.0]}, {"window": 28, "full": 4}) == 71.0
+    assert extrapolate_full_depth(10.0, {"window": [2.0, 2.0], "full": [3.0]}, {"window": 2, "full": 1}) == 10.0
 
 
 def test_outputs_doc_and_report_mode(qwen_run):
@@ -228,7 +235,7 @@ def test_bad_input_fails_before_any_compute(monkeypatch, tmp_path, flags, named)
     def no_compute(*args, **kwargs):
         raise AssertionError("a model was built")
 
-    monkeypatch.setattr(bench, "build_model", no_compute)
+    monkeypatch.setattr(runner, "build_model", no_compute)
     arguments = ["bench", "--preset", "tiny-qwen2.5-vl", "--output", str(tmp_path / "b.json")]
     with pytest.raises(ValueError, match=named):
         main(arguments + flags)
@@ -257,3 +264,21 @@ def test_runs_with_different_thread_counts_are_reported_side_by_side(tmp_path):
     text = doc.read_text()
     assert "## tiny-qwen2.5-vl, 1 CPU thread\n" in text and "## tiny-qwen2.5-vl, 2 CPU threads\n" in text
     assert "## Threads on a shared machine" in text
+
+
+def test_default_methods_are_every_registered_selector_learned_first():
+    methods = BenchArguments().methods.split(",")
+    learned = len(learned_selectors())
+    assert sorted(methods[:learned]) == learned_selectors()
+    assert sorted(methods[learned:]) == training_free_selectors()
+
+
+def test_committed_report_regenerates_byte_identical(monkeypatch, tmp_path):
+    """docs/benchmarks.md is the report of the committed results: regenerating it from them changes no byte."""
+    committed = (REPO / "docs" / "benchmarks.md").read_bytes()
+    command = next(line for line in committed.decode().splitlines() if line.startswith("hf-tokenprune bench --report "))
+    sources = command.split()[3]
+    monkeypatch.chdir(REPO)  # the report names its sources as given: the repo-relative paths of the committed doc
+    doc = tmp_path / "benchmarks.md"
+    assert main(["bench", "--report", sources, "--doc", str(doc)]) == 0
+    assert doc.read_bytes() == committed

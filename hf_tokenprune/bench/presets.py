@@ -1,0 +1,376 @@
+"""Benchmark presets: stock `transformers` VLMs at the published widths of real checkpoints (random weights).
+
+Every preset is built from a config (no download); language-model and vision depth are arguments, so a
+shallower copy can be timed and extrapolated. The tiny presets reuse the test suite's configs
+(`hf_tokenprune.testing`) for tests of the benchmark itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import (
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
+
+from .. import testing
+from .inputs import internvl_inputs, llava_inputs, llava_next_inputs, qwen2_5_vl_inputs
+
+
+def vision_depth(vision_config: PretrainedConfig) -> int:
+    """Blocks of a vision tower: Qwen2.5-VL calls it `depth`, the others `num_hidden_layers`."""
+    return getattr(vision_config, "depth", None) or vision_config.num_hidden_layers
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A benchmark model: published widths, an input of realistic size, and where its parts live.
+
+    make_config: (layers, vision_layers) -> config with that depth and the published widths.
+    make_inputs: (config, text_tokens, generator) -> inputs of a batch of one, as the stock processor lays them out.
+    vision_modules: submodules of `model.model` whose forwards together are vision encoding (tower + projector).
+    vision_blocks: path under `model.model` of the vision tower's list of blocks.
+    block_kinds: vision config -> kind of every vision block; kinds are extrapolated separately.
+    """
+
+    name: str
+    description: str
+    source: str
+    model_cls: type[PreTrainedModel]
+    make_config: Callable[[int, int], PretrainedConfig]
+    make_inputs: Callable[[PretrainedConfig, int, torch.Generator], dict[str, torch.Tensor]]
+    full_layers: int
+    full_vision_layers: int
+    vision_modules: tuple[str, ...]
+    vision_blocks: str
+    block_kinds: Callable[[PretrainedConfig], list[str]] = lambda vision_config: ["block"] * vision_depth(vision_config)
+
+
+def _qwen_block_kinds(vision_config: PretrainedConfig) -> list[str]:
+    full_attention = set(vision_config.fullatt_block_indexes)
+    return ["full_attention" if i in full_attention else "window" for i in range(vision_config.depth)]
+
+
+def _qwen_full_attention(vision_layers: int, published: tuple[int, ...]) -> list[int]:
+    """The published full-attention blocks that fit, else the last block: a reduced tower keeps both block kinds."""
+    return [index for index in published if index < vision_layers] or [vision_layers - 1]
+
+
+# Qwen2.5-VL-7B-Instruct config.json: LLM 3584 / 18944 / 28 layers / 28 heads, 4 KV heads, vocab 152064, rope
+# theta 1e6, M-RoPE sections 16/24/24; ViT depth 32, width 1280, MLP 3420, 16 heads, patch 14, 2 x 2 merge,
+# window 112 px, full attention in blocks 7/15/23/31, merger to 3584 (paper 000 Sec. 4.2 uses this model).
+def _qwen2_5_vl_7b_config(layers: int, vision_layers: int) -> Qwen2_5_VLConfig:
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=152064,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=layers,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            max_position_embeddings=128000,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            depth=vision_layers,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            out_hidden_size=3584,
+            tokens_per_second=2,
+            fullatt_block_indexes=_qwen_full_attention(vision_layers, (7, 15, 23, 31)),
+        ),
+        image_token_id=151655,
+        video_token_id=151656,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+        tie_word_embeddings=False,
+    )
+
+
+# LLaVA-1.5-7B (llava-hf/llava-1.5-7b-hf): Vicuna-7B = Llama-7B 4096 / 11008 / 32 layers / 32 heads (no GQA),
+# vocab 32064; CLIP ViT-L/14-336: 1024 / 4096 / 24 layers / 16 heads, 576 tokens from layer -2; MLP projector.
+_VICUNA_7B = dict(
+    model_type="llama",
+    vocab_size=32064,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
+_CLIP_VIT_L_336 = dict(
+    model_type="clip_vision_model",
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_attention_heads=16,
+    image_size=336,
+    patch_size=14,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+)
+
+
+def _llava_1_5_7b_config(layers: int, vision_layers: int) -> LlavaConfig:
+    return LlavaConfig(
+        text_config=dict(_VICUNA_7B, num_hidden_layers=layers),
+        vision_config=dict(_CLIP_VIT_L_336, num_hidden_layers=vision_layers),
+        image_token_index=32000,
+        image_seq_length=576,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
+
+
+# LLaVA-NeXT-7B (llava-hf/llava-v1.6-vicuna-7b-hf): the LLaVA-1.5 towers with anyres tiling over these pinpoints;
+# a 672 x 672 image is a base view + 2 x 2 crops = 5 x 576 tokens + 48 row newlines = 2,928 tokens
+# (papers 001/002 quote 2,880 = 5 x 576, without the newline tokens).
+def _llava_next_7b_config(layers: int, vision_layers: int) -> LlavaNextConfig:
+    return LlavaNextConfig(
+        text_config=dict(_VICUNA_7B, num_hidden_layers=layers),
+        vision_config=dict(_CLIP_VIT_L_336, num_hidden_layers=vision_layers),
+        image_token_index=32000,
+        image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
+
+
+# InternVL3-8B (OpenGVLab/InternVL3-8B-hf): InternViT-300M-448px (1024 / 4096 / 24 layers / 16 heads, patch 14,
+# 448 px tiles, 2 x 2 pixel shuffle -> 256 tokens per tile) + Qwen2.5-7B (3584 / 18944 / 28 layers / 28 heads,
+# 4 KV heads, vocab 151674, qkv bias); <img> 151665, </img> 151666, <IMG_CONTEXT> 151667.
+def _internvl3_8b_config(layers: int, vision_layers: int) -> InternVLConfig:
+    return InternVLConfig(
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=151674,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=layers,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=16,
+            image_size=[448, 448],
+            patch_size=[14, 14],
+            attention_bias=True,
+        ),
+        image_token_id=151667,
+        image_seq_length=256,
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+
+
+# Tiny presets: the test suite's models (hf_tokenprune.testing, hidden size 32) at full depth 4 / 4, for tests. The text
+# and CLIP configs and the token ids are testing's; testing exposes the Qwen2.5-VL and InternVL vision configs and the
+# LLaVA-NeXT pinpoints only inside its tiny_* model builders, so those few values mirror the builders here.
+def _tiny_text(layers: int, model_type: str | None = None) -> dict[str, Any]:
+    text = dict(testing.TEXT_CONFIG, num_hidden_layers=layers)
+    return text if model_type is None else dict(text, model_type=model_type)
+
+
+def _tiny_qwen2_5_vl_config(layers: int, vision_layers: int) -> Qwen2_5_VLConfig:
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            _tiny_text(layers),
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
+        ),
+        vision_config=dict(
+            depth=vision_layers,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            patch_size=2,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=8,
+            out_hidden_size=32,
+            fullatt_block_indexes=_qwen_full_attention(vision_layers, (1, 3)),
+        ),
+        image_token_id=testing.IMAGE_ID,
+        video_token_id=testing.VIDEO_ID,
+        vision_start_token_id=testing.VSTART,
+        vision_end_token_id=testing.VEND,
+    )
+
+
+def _tiny_llava_config(layers: int, vision_layers: int) -> LlavaConfig:
+    return LlavaConfig(
+        text_config=_tiny_text(layers, "llama"),
+        vision_config=dict(testing.CLIP_VISION_CONFIG, num_hidden_layers=vision_layers),
+        image_token_index=testing.IMAGE_ID,
+        image_seq_length=16,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+
+
+def _tiny_llava_next_config(layers: int, vision_layers: int) -> LlavaNextConfig:
+    return LlavaNextConfig(
+        text_config=_tiny_text(layers, "llama"),
+        vision_config=dict(testing.CLIP_VISION_CONFIG, num_hidden_layers=vision_layers),
+        image_token_index=testing.IMAGE_ID,
+        image_grid_pinpoints=[[8, 8], [8, 16], [16, 8], [16, 16]],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+
+
+def _tiny_internvl_config(layers: int, vision_layers: int) -> InternVLConfig:
+    return InternVLConfig(
+        text_config=_tiny_text(layers, "qwen2"),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=2,
+            image_size=[8, 8],
+            patch_size=[2, 2],
+        ),
+        image_token_id=testing.IMAGE_ID,
+        image_seq_length=4,
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+
+
+_QWEN_TOKENS = (1000, 150000)
+_LLAMA_TOKENS = (1000, 31000)
+_TINY_TOKENS = (testing.TEXT_TOKENS.start, testing.TEXT_TOKENS.stop)
+_CLIP_PARTS = dict(
+    vision_modules=("vision_tower", "multi_modal_projector"), vision_blocks="vision_tower.encoder.layers"
+)
+_INTERNVL_PARTS = dict(
+    vision_modules=("vision_tower", "multi_modal_projector"), vision_blocks="vision_tower.encoder.layer"
+)
+_QWEN_PARTS = dict(vision_modules=("visual",), vision_blocks="visual.blocks", block_kinds=_qwen_block_kinds)
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset(
+            "qwen2.5-vl-7b",
+            "Qwen2.5-VL-7B widths; one 896 x 896 image = 64 x 64 patches = 1,024 visual tokens",
+            "Qwen/Qwen2.5-VL-7B-Instruct config.json; paper 000 Sec. 4.2",
+            Qwen2_5_VLForConditionalGeneration,
+            _qwen2_5_vl_7b_config,
+            qwen2_5_vl_inputs((64, 64), _QWEN_TOKENS),
+            full_layers=28,
+            full_vision_layers=32,
+            **_QWEN_PARTS,
+        ),
+        Preset(
+            "llava-1.5-7b",
+            "LLaVA-1.5-7B widths; one 336 x 336 image = 576 visual tokens",
+            "llava-hf/llava-1.5-7b-hf config.json; papers 002/004 (N = 576)",
+            LlavaForConditionalGeneration,
+            _llava_1_5_7b_config,
+            llava_inputs(_LLAMA_TOKENS),
+            full_layers=32,
+            full_vision_layers=24,
+            **_CLIP_PARTS,
+        ),
+        Preset(
+            "llava-next-7b",
+            "LLaVA-NeXT-7B widths; one 672 x 672 image = base + 2 x 2 crops = 2,928 visual tokens (with row newlines)",
+            "llava-hf/llava-v1.6-vicuna-7b-hf config.json; papers 001/002 (N = 2,880 without newlines)",
+            LlavaNextForConditionalGeneration,
+            _llava_next_7b_config,
+            llava_next_inputs((672, 672), _LLAMA_TOKENS),
+            full_layers=32,
+            full_vision_layers=24,
+            **_CLIP_PARTS,
+        ),
+        Preset(
+            "internvl3-8b",
+            "InternVL3-8B widths; one image as 4 tiles + thumbnail of 448 px = 5 x 256 = 1,280 visual tokens",
+            "OpenGVLab/InternVL3-8B-hf config.json (InternViT-300M-448px + Qwen2.5-7B)",
+            InternVLForConditionalGeneration,
+            _internvl3_8b_config,
+            internvl_inputs(5, (151665, 151666), _QWEN_TOKENS),
+            full_layers=28,
+            full_vision_layers=24,
+            **_INTERNVL_PARTS,
+        ),
+        Preset(
+            "tiny-qwen2.5-vl",
+            "tiny random Qwen2.5-VL (hidden 32), one 16 x 16-patch image = 64 visual tokens",
+            "hf_tokenprune.testing",
+            Qwen2_5_VLForConditionalGeneration,
+            _tiny_qwen2_5_vl_config,
+            qwen2_5_vl_inputs((16, 16), _TINY_TOKENS),
+            full_layers=4,
+            full_vision_layers=4,
+            **_QWEN_PARTS,
+        ),
+        Preset(
+            "tiny-llava",
+            "tiny random LLaVA (hidden 32), 16 visual tokens",
+            "hf_tokenprune.testing",
+            LlavaForConditionalGeneration,
+            _tiny_llava_config,
+            llava_inputs(_TINY_TOKENS),
+            full_layers=4,
+            full_vision_layers=4,
+            **_CLIP_PARTS,
+        ),
+        Preset(
+            "tiny-llava-next",
+            "tiny random LLaVA-NeXT (hidden 32), one 16 x 16 px anyres image",
+            "hf_tokenprune.testing",
+            LlavaNextForConditionalGeneration,
+            _tiny_llava_next_config,
+            llava_next_inputs((16, 16), _TINY_TOKENS),
+            full_layers=4,
+            full_vision_layers=4,
+            **_CLIP_PARTS,
+        ),
+        Preset(
+            "tiny-internvl",
+            "tiny random InternVL (hidden 32), one image of 3 tiles = 12 visual tokens",
+            "hf_tokenprune.testing",
+            InternVLForConditionalGeneration,
+            _tiny_internvl_config,
+            internvl_inputs(3, (testing.VSTART, testing.VEND), _TINY_TOKENS),
+            full_layers=4,
+            full_vision_layers=4,
+            **_INTERNVL_PARTS,
+        ),
+    )
+}

@@ -1,0 +1,295 @@
+"""Timing probes and one measurement: where the time of a `generate` call goes.
+
+Forward hooks on the stock vision modules, the language model and every block mark spans on one clock
+(`time.perf_counter` on CPU, CUDA events on CUDA, or a FLOP counter); a wrapper around the selector's
+`select` marks selection. `measure_ttft` / `measure_decode` run one `generate` and split it by those spans;
+`DepthMap` extrapolates a shallower model's spans to full depth.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from .presets import Preset
+
+
+def extrapolate_full_depth(
+    measured_ms: float, block_ms: dict[str, list[float]], full_block_counts: dict[str, int]
+) -> float:
+    """Full-depth time of a stack from one run of a shallower copy.
+
+    The part outside the blocks (embeddings, rotary tables, masks, final norm, projector) is kept as measured;
+    each block kind is charged its mean measured time per block times its count at full depth. With every
+    block present it returns `measured_ms` unchanged.
+    """
+    fixed = measured_ms - sum(sum(times) for times in block_ms.values())
+    return fixed + sum(count * statistics.fmean(block_ms[kind]) for kind, count in full_block_counts.items() if count)
+
+
+class Clock:
+    """Marks on one timeline: `time.perf_counter` on CPU, CUDA events on CUDA (read after one synchronize)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def ms(self, start: Any, end: Any) -> float:
+        return start.elapsed_time(end) if self.cuda else (end - start) * 1e3
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+class FlopClock:
+    """A clock whose marks are the FLOPs a `FlopCounterMode` has counted so far: spans measure FLOPs, not time."""
+
+    def __init__(self, counter: Any) -> None:
+        self.counter = counter
+
+    def mark(self) -> int:
+        return self.counter.get_total_flops()
+
+    def ms(self, start: int, end: int) -> float:
+        return float(end - start)
+
+    def synchronize(self) -> None:
+        pass
+
+
+@dataclass
+class Span:
+    kind: str  # vision | vision_block | selection | llm | llm_layer
+    index: int  # block index within its stack
+    call: int  # language-model call (0 = prefill, then one per decode step) that was running or last started
+    start: Any
+    end: Any
+
+
+class PipelineProbe:
+    """Forward hooks on the stock vision modules, language model and every block, and a timed `select` wrapper.
+
+    Hooks go on the base model's submodules, which every pruned model made from it shares.
+    """
+
+    def __init__(self, model: PreTrainedModel, preset: Preset, clock: Clock) -> None:
+        self.clock, self.spans, self.handles, self.llm_calls = clock, [], [], 0
+        self.llm_starts: list[Any] = []
+        self.selectors: list[nn.Module] = []
+        inner = model.model
+        for name in preset.vision_modules:
+            self._watch(inner.get_submodule(name), "vision")
+        for index, block in enumerate(inner.get_submodule(preset.vision_blocks)):
+            self._watch(block, "vision_block", index)
+        language_model = inner.language_model
+        self._watch(language_model, "llm")
+        for index, layer in enumerate(language_model.layers):
+            self._watch(layer, "llm_layer", index)
+
+    def _watch(self, module: nn.Module, kind: str, index: int = 0) -> None:
+        starts: list[Any] = []
+
+        def before(_module, _args):
+            if kind == "llm":
+                self.llm_calls += 1
+                self.llm_starts.append(self.clock.mark())
+                starts.append(self.llm_starts[-1])
+            else:
+                starts.append(self.clock.mark())
+
+        def after(_module, _args, _output):
+            self.spans.append(Span(kind, index, self.llm_calls - 1, starts.pop(), self.clock.mark()))
+
+        self.handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+
+    def time_selector(self, selector: nn.Module) -> None:
+        """Wrap `selector.select` through an instance attribute (replacing another probe's wrapper)."""
+        select = selector.__dict__.setdefault("_unprobed_select", selector.select)
+
+        def timed_select(*args, **kwargs):
+            start = self.clock.mark()
+            keep_indices = select(*args, **kwargs)
+            self.spans.append(Span("selection", 0, self.llm_calls - 1, start, self.clock.mark()))
+            return keep_indices
+
+        selector.select = timed_select
+        self.selectors.append(selector)
+
+    def reset(self) -> None:
+        self.spans, self.llm_calls, self.llm_starts = [], 0, []
+
+    def total(self, kind: str, call: int | None = None) -> float:
+        return sum(self.clock.ms(s.start, s.end) for s in self.spans if s.kind == kind and call in (None, s.call))
+
+    def blocks(self, kind: str, call: int | None = None) -> list[tuple[int, float]]:
+        return [
+            (s.index, self.clock.ms(s.start, s.end)) for s in self.spans if s.kind == kind and call in (None, s.call)
+        ]
+
+    def remove(self) -> None:
+        """Remove the hooks and restore every wrapped `select`."""
+        for handle in self.handles:
+            handle.remove()
+        for selector in self.selectors:
+            selector.__dict__.pop("select", None)
+            selector.__dict__.pop("_unprobed_select", None)
+        self.handles, self.selectors = [], []
+
+
+class PeakMemory:
+    """Peak memory during a block: CUDA `max_memory_allocated`, or on CPU the process RSS sampled every 2 ms (psutil)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.kind = "cuda_max_memory_allocated" if self.cuda else "cpu_process_rss_peak"
+        self.start = self.peak = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+            return self
+        import psutil
+
+        process, self._stop = psutil.Process(), threading.Event()
+        self.start = self.peak = process.memory_info().rss
+
+        def sample():
+            while not self._stop.wait(0.002):
+                self.peak = max(self.peak, process.memory_info().rss)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+            return
+        self._stop.set()
+        self._thread.join()
+
+
+def cache_bytes(cache: Any) -> tuple[int, int]:
+    """(bytes of every key and value tensor, sequence length) of a `transformers` cache."""
+    layers = getattr(cache, "layers", None)
+    pairs = [(layer.keys, layer.values) for layer in layers] if layers is not None else list(cache)
+    total = sum(t.numel() * t.element_size() for pair in pairs for t in pair if t is not None)
+    return total, pairs[0][0].shape[-2]
+
+
+@dataclass
+class Configuration:
+    """One row of the table: `method` None is the unpruned base model."""
+
+    method: str | None
+    budget: float | None
+    model: PreTrainedModel
+    timings: list[dict[str, Any]] = field(default_factory=list)
+    kept_tokens: int = 0
+    kv_bytes: tuple[int, int] = (0, 0)
+    decode: dict[str, Any] = field(default_factory=dict)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        return {} if self.method is None else {"prune_budget": self.budget}
+
+
+@dataclass
+class DepthMap:
+    """How the built model's stacks map to the full-depth model.
+
+    built_kinds: kind of every vision block as built; full_counts: vision blocks per kind at full depth.
+    """
+
+    built_kinds: list[str]
+    full_counts: dict[str, int]
+    full_layers: int
+
+    def full_depth(self, timing: dict[str, Any]) -> dict[str, float]:
+        """One measurement at the built depth -> vision / selection / prefill / other / TTFT at full depth."""
+        blocks_by_kind: dict[str, list[float]] = {}
+        for index, value in timing["vision_blocks"].items():
+            blocks_by_kind.setdefault(self.built_kinds[index], []).append(value)
+        vision = extrapolate_full_depth(timing["vision_ms"], blocks_by_kind, self.full_counts)
+        prefill = extrapolate_full_depth(
+            timing["prefill_ms"], {"layer": timing["llm_layers"]}, {"layer": self.full_layers}
+        )
+        ttft = timing["ttft_ms"] - timing["vision_ms"] - timing["prefill_ms"] + vision + prefill
+        return {
+            "vision_ms": vision,
+            "selection_ms": timing["selection_ms"],
+            "prefill_ms": prefill,
+            "other_ms": ttft - vision - timing["selection_ms"] - prefill,
+            "ttft_ms": ttft,
+        }
+
+
+def measure_ttft(config: Configuration, inputs, probe: PipelineProbe, keep: bool) -> dict[str, Any]:
+    """One `generate(max_new_tokens=1)`, split by the probe's spans (at the built depth, in the probe clock's unit)."""
+    clock = probe.clock
+    probe.reset()
+    clock.synchronize()
+    start = clock.mark()
+    output = config.model.generate(**inputs, **config.generate_kwargs(), max_new_tokens=1, return_dict_in_generate=True)
+    end = clock.mark()
+    clock.synchronize()
+    if keep:
+        visual = visual_mask(config.model, inputs["input_ids"])
+        keep_mask = output.get("keep_mask")
+        config.kept_tokens = int(visual.sum()) if keep_mask is None else int(keep_mask[visual].sum())
+        config.kv_bytes = cache_bytes(output.past_key_values)
+    vision_blocks: dict[int, float] = {}
+    for index, value in probe.blocks("vision_block"):
+        vision_blocks[index] = vision_blocks.get(index, 0.0) + value
+    return {
+        "ttft_ms": clock.ms(start, end),
+        "vision_ms": probe.total("vision"),
+        "selection_ms": probe.total("selection"),
+        "prefill_ms": probe.total("llm", call=0),
+        "llm_layers": [value for _, value in probe.blocks("llm_layer", call=0)],
+        "vision_blocks": vision_blocks,
+    }
+
+
+def measure_decode(config: Configuration, inputs, probe: PipelineProbe, tokens: int, device) -> dict[str, Any]:
+    """A `generate(max_new_tokens=tokens)`: step times between consecutive language-model calls, and peak memory."""
+    clock = probe.clock
+    probe.reset()
+    with PeakMemory(device) as memory:
+        config.model.generate(**inputs, **config.generate_kwargs(), max_new_tokens=tokens, min_new_tokens=tokens)
+    clock.synchronize()
+    steps = []
+    for call in range(1, len(probe.llm_starts) - 1):  # call k starts decode step k; the next call's start ends it
+        step_ms = clock.ms(probe.llm_starts[call], probe.llm_starts[call + 1])
+        steps.append((step_ms, statistics.fmean(value for _, value in probe.blocks("llm_layer", call=call))))
+    return {
+        "steps": steps,
+        "peak_memory_bytes": memory.peak,
+        "peak_memory_delta_bytes": memory.peak - memory.start,
+        "peak_memory_kind": memory.kind,
+    }
+
+
+def visual_mask(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
+    return input_ids == model.config.image_token_id
+
+
+def pruning_selector(model: PreTrainedModel, budget: float) -> nn.Module:
+    # `resolve_pruning` returns the selector instance `generate` will call (attached or transient).
+    return model.resolve_pruning(budget, None)[1]

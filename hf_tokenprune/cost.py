@@ -1,0 +1,49 @@
+"""Cost model of a language-model prefill: FLOPs (paper 001, Sec. 5.3) and KV-cache bytes.
+
+Formulas only, no measurement: `hf-tokenprune bench` compares its timings against them, and they need
+nothing but a config's widths. Only ratios of the FLOPs count are meaningful (see `prefill_flops`).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PretrainedConfig
+
+
+def prefill_flops(num_tokens: int, hidden_size: int, intermediate_size: int, num_layers: int) -> int:
+    """Language-model prefill FLOPs of paper 001, Sec. 5.3: (4 n d^2 + 2 n^2 d + 2 n d m) l.
+
+    n tokens, hidden size d, FFN intermediate size m, l layers. 4nd^2 is the Q/K/V/O projections, 2n^2d the
+    attention scores and weighted sum, 2ndm the FFN; every term counts one multiply-add as one FLOP, as the
+    paper (after FastV) does, so only ratios of this number are meaningful. The paper applies it to the
+    visual tokens alone; the benchmark applies it to the whole prefill sequence (text + kept visual tokens),
+    since text tokens are prefilled too.
+
+    Returns: FLOPs (multiply-adds) of the whole stack, an int.
+    """
+    n, d, m = num_tokens, hidden_size, intermediate_size
+    return (4 * n * d * d + 2 * n * n * d + 2 * n * d * m) * num_layers
+
+
+def ideal_prefill_ratio(text_tokens: int, visual_tokens: int, kept_tokens: int, config: PretrainedConfig) -> float:
+    """FLOPs(unpruned prefill) / FLOPs(pruned prefill): the speed-up pruning cannot beat.
+
+    Token counts are of one sample's prompt; widths and depth come from `config.get_text_config()`.
+    Returns a dimensionless ratio >= 1 when `kept_tokens <= visual_tokens`.
+    """
+    text = config.get_text_config()
+    widths = (text.hidden_size, text.intermediate_size, text.num_hidden_layers)
+    return prefill_flops(text_tokens + visual_tokens, *widths) / prefill_flops(text_tokens + kept_tokens, *widths)
+
+
+def predicted_kv_cache_bytes(config: PretrainedConfig, sequence_tokens: int, dtype: torch.dtype) -> int:
+    """2 (keys, values) x layers x KV heads x head dim x tokens x bytes per element.
+
+    sequence_tokens: tokens held in the cache of one sample (text + kept visual tokens). Returns bytes
+    for a batch of one, every layer of `config.get_text_config()` included.
+    """
+    text = config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = text.num_key_value_heads or text.num_attention_heads
+    bytes_per_element = torch.empty((), dtype=dtype).element_size()
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * sequence_tokens * bytes_per_element
