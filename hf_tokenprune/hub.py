@@ -33,7 +33,7 @@ from .modeling.repo_io import (
     read_json,
     replace_atomically,
 )
-from .modeling.token_selectors import get_selector_class
+from .modeling.token_selectors import available_selectors, get_selector_class
 
 logger = logging.get_logger(__name__)
 
@@ -45,19 +45,6 @@ BASE_WEIGHTS_NAMES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, 
 DEFAULT_SNIPPET_BUDGET = 0.2
 #: Namespace of the repo id in a card rendered before the repo is pushed (the card never names a local path).
 PLACEHOLDER_NAMESPACE = "your-namespace"
-
-# Papers by method, cited by title. `autoselect` is one method written up twice (DiffPrune, then AutoSelect).
-METHOD_PAPERS: dict[str, tuple[str, ...]] = {
-    "visionselector": ("VisionSelector: End-to-End Learnable Visual Token Compression for Efficient Multimodal LLMs",),
-    "autoselect": (
-        "Beyond Surrogate Gradients: Fully Differentiable Token Pruning for Vision-Language Models",
-        "The Model Knows Which Tokens Matter: Automatic Token Selection via Noise Gating",
-    ),
-    "reconstruction": ("Adaptive Vision Token Selection for Multi-Modal Inference",),
-    "divprune": ("DivPrune: Diversity-based Visual Token Pruning for Large Multimodal Models",),
-    "dart": ("Stop Looking for Important Tokens in Multimodal Language Models: Duplication Matters More",),
-}
-BASELINES_WITHOUT_PAPER = ("random", "uniform")
 
 
 # ---------------------------------------------------------------------------------------------- reading a folder
@@ -147,9 +134,10 @@ def _budget_description(budget: float | int | None) -> str:
 
 def _citation(method: str) -> tuple[list[str], str]:
     """(paper titles, sentence when there are none)."""
-    if method in BASELINES_WITHOUT_PAPER:
+    selector_cls = get_selector_class(method, argument="method") if method in available_selectors() else None
+    titles = list(selector_cls.papers) if selector_cls is not None else []
+    if selector_cls is not None and not titles and not selector_cls.trainable:
         return [], f"The `{method}` method is a baseline without a paper of its own."
-    titles = list(METHOD_PAPERS.get(method, ()))
     return titles, "" if titles else f"No paper is recorded for the `{method}` method."
 
 

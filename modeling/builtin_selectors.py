@@ -7,8 +7,11 @@ copies exactly the sibling files named by such lines.
 from __future__ import annotations
 
 from .selector_autoselect import AutoSelectScorer
+from .selector_dart import DartSelector
+from .selector_divprune import DivPruneSelector
+from .selector_random import RandomSelector
 from .selector_reconstruction import ReconstructionSelector
-from .selector_training_free import DartSelector, DivPruneSelector, RandomSelector, UniformSelector
+from .selector_uniform import UniformSelector
 from .selector_visionselector import VisionSelectorScorer
 
 __all__ = [

@@ -1,6 +1,11 @@
 """`TokenPruneConfig`: the PEFT-style adapter config of a visual-token selector.
 
-Imports only the standard library, so it ships to the Hub as remote code unchanged.
+`TokenPruneConfig` holds the fields every method shares; each method subclasses it with its own fields in its
+`selector_<method>.py` (as peft's `LoraConfig` subclasses `PeftConfig`) and registers the pair with
+`register_selector`. `TokenPruneConfig(method=name, **fields)` and `from_dict` dispatch on `method` to the
+registered class, so a `token_prune_config.json` stays one flat mapping.
+
+Imports only the standard library (and, at call time, the sibling registry), so it ships to the Hub as remote code.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 CONFIG_NAME = "token_prune_config.json"
 FORMAT_VERSION = 1
 FEATURE_SOURCES = ("projector_output", "vision_features")
+DEFAULT_METHOD = "visionselector"
 
 
 def check_budget(budget: Any, name: str = "prune_budget") -> float | int | None:
@@ -36,21 +42,82 @@ def check_budget(budget: Any, name: str = "prune_budget") -> float | int | None:
     return budget
 
 
+def check_int(value: Any, name: str, minimum: int | None = None, optional: bool = False) -> None:
+    """Raise ValueError naming `name` unless `value` is an int (>= `minimum` when given), or None if `optional`."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        allowed = "an int" + (f" >= {minimum}" if minimum is not None else "") + (" or None" if optional else "")
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}")
+
+
+def check_float(value: Any, name: str, minimum: float = 0.0) -> None:
+    """Raise ValueError naming `name` unless `value` is a finite number >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"`{name}` must be a finite number >= {minimum}, got {value!r}")
+
+
+# Format 1 wrote these method fields into every file whatever its method (and callers pass them flat): a method
+# without the field validates it as format 1 did, then ignores it, so old files and calls read unchanged.
+FORMAT_1_METHOD_FIELDS = {
+    "scorer_hidden_size": lambda value, name: check_int(value, name, 1, optional=True),
+    "scorer_num_layers": lambda value, name: check_int(value, name, 1, optional=True),
+    "scorer_num_heads": lambda value, name: check_int(value, name, 1),
+    "scorer_init_std": lambda value, name: check_float(value, name),
+    "seed": lambda value, name: check_int(value, name),
+    "dart_num_pivots": lambda value, name: check_int(value, name, 1),
+}
+
+
+def config_class_for(method: Any) -> type[TokenPruneConfig]:
+    """The config class registered for `method`, or `TokenPruneConfig` itself for an unregistered name."""
+    from .token_selectors import registered_config_class  # the registry imports this module
+
+    return registered_config_class(method) or TokenPruneConfig
+
+
+def _split_fields(config_cls: type[TokenPruneConfig], data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(the entries of `data` that are fields of `config_cls`, the names that are not and are not format-1 fields).
+
+    Format-1 method fields that `config_cls` does not have are validated and dropped.
+    """
+    known = {item.name for item in fields(config_cls)}
+    kept, unknown = {}, []
+    for name, value in data.items():
+        if name in known:
+            kept[name] = value
+        elif name in FORMAT_1_METHOD_FIELDS:
+            FORMAT_1_METHOD_FIELDS[name](value, name)
+        else:
+            unknown.append(name)
+    return kept, sorted(unknown)
+
+
+class _DispatchOnMethod(type):
+    """`TokenPruneConfig(method=name, **fields)` builds the config class registered for `name`."""
+
+    def __call__(cls, *args: Any, **kwargs: Any):
+        if cls is TokenPruneConfig and not args:
+            config_cls = config_class_for(kwargs.get("method", DEFAULT_METHOD))
+            kwargs, unknown = _split_fields(config_cls, kwargs)
+            if unknown:
+                raise TypeError(f"{config_cls.__name__} got unexpected field(s) {unknown}")
+            return super(_DispatchOnMethod, config_cls).__call__(**kwargs)
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass
-class TokenPruneConfig:
-    """Configuration of a visual-token selector attached to a vision-language model.
+class TokenPruneConfig(metaclass=_DispatchOnMethod):
+    """Configuration of a visual-token selector attached to a vision-language model: the fields every method shares.
+
+    A method's own fields (scorer sizes, seeds, ...) live in its config subclass, next to its selector in
+    `selector_<method>.py`.
 
     Fields:
         method: registered selector name (`visionselector`, `autoselect`, `reconstruction`, `random`, ...).
         budget: default budget used when `prune_budget` is not passed; `None` disables pruning by default.
         feature_source: what the selector reads: `projector_output` (LLM-width tokens) or `vision_features`
             (the features that feed the projector, grouped per LLM token); `None` picks the method's default.
-        scorer_hidden_size: width of a learned scorer; `None` picks the method's default.
-        scorer_num_layers: Transformer layers of a learned scorer; `None` picks the method's default.
-        scorer_num_heads: attention heads of a learned scorer with Transformer layers.
-        scorer_init_std: std of the near-zero init of the visionselector projections.
-        seed: seed of the `random` baseline, so repeated calls select the same tokens.
-        dart_num_pivots: pivot tokens per image for the `dart` baseline.
         input_dim: feature width the scorer was built for; filled in when the selector is attached.
         base_model_name_or_path: base model the selector was trained for (Hub id or path).
         base_model_revision: revision of that base model.
@@ -58,7 +125,7 @@ class TokenPruneConfig:
         format_version: version of this file's format.
     """
 
-    method: str = field(default="visionselector", metadata={"help": "Registered selector name."})
+    method: str = field(default=DEFAULT_METHOD, metadata={"help": "Registered selector name."})
     budget: float | int | None = field(
         default=None,
         metadata={
@@ -69,18 +136,6 @@ class TokenPruneConfig:
         default=None,
         metadata={"help": f"Features the selector reads, one of {FEATURE_SOURCES}; None = the method's default."},
     )
-    scorer_hidden_size: int | None = field(
-        default=None, metadata={"help": "Hidden width of a learned scorer; None = the method's default."}
-    )
-    scorer_num_layers: int | None = field(
-        default=None, metadata={"help": "Transformer layers of a learned scorer; None = the method's default."}
-    )
-    scorer_num_heads: int = field(default=4, metadata={"help": "Attention heads of a learned scorer (>= 1)."})
-    scorer_init_std: float = field(
-        default=1e-3, metadata={"help": "Std of the near-zero init of the visionselector Q/K projections (>= 0)."}
-    )
-    seed: int = field(default=0, metadata={"help": "Seed of the `random` baseline."})
-    dart_num_pivots: int = field(default=8, metadata={"help": "Pivot tokens per image for `dart` (>= 1)."})
     input_dim: int | None = field(
         default=None, metadata={"help": "Feature width the scorer was built for; set when the selector is attached."}
     )
@@ -96,21 +151,15 @@ class TokenPruneConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
             raise ValueError(f"`method` must be a non-empty string, got {self.method!r}")
+        config_cls = config_class_for(self.method)
+        if not isinstance(self, config_cls):
+            raise ValueError(
+                f"`method` {self.method!r} is configured by {config_cls.__name__}, not {type(self).__name__}"
+            )
         check_budget(self.budget, "budget")
         if self.feature_source is not None and self.feature_source not in FEATURE_SOURCES:
             raise ValueError(f"`feature_source` must be one of {FEATURE_SOURCES} or None, got {self.feature_source!r}")
-        for name in ("scorer_hidden_size", "scorer_num_layers", "input_dim"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"`{name}` must be an int >= 1 or None, got {value!r}")
-        for name in ("scorer_num_heads", "dart_num_pivots"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
-        if not isinstance(self.scorer_init_std, (int, float)) or not self.scorer_init_std >= 0:
-            raise ValueError(f"`scorer_init_std` must be a float >= 0, got {self.scorer_init_std!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"`seed` must be an int, got {self.seed!r}")
+        check_int(self.input_dim, "input_dim", 1, optional=True)
         if not isinstance(self.format_version, int) or self.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"`format_version` {self.format_version!r} is newer than this code understands ({FORMAT_VERSION}); "
@@ -120,13 +169,22 @@ class TokenPruneConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def with_method(self, method: str, **changes: Any) -> TokenPruneConfig:
+        """A config of `method` with this config's shared fields, the method fields both share, and `changes`."""
+        config_cls = config_class_for(method)
+        own = {item.name for item in fields(config_cls)}
+        values = {name: value for name, value in self.to_dict().items() if name in own}
+        return config_cls(**{**values, **changes, "method": method})
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenPruneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        """Build the config class registered for `data["method"]`; format-1 fields of other methods are ignored."""
+        config_cls = config_class_for(data.get("method", DEFAULT_METHOD)) if cls is TokenPruneConfig else cls
+        values, unknown = _split_fields(config_cls, data)
         if unknown:
-            raise ValueError(f"unknown field(s) {unknown} in {CONFIG_NAME}; known fields: {sorted(known)}")
-        return cls(**data)
+            known = sorted(item.name for item in fields(config_cls))
+            raise ValueError(f"unknown field(s) {unknown} in {CONFIG_NAME}; known fields: {known}")
+        return config_cls(**values)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
         os.makedirs(save_directory, exist_ok=True)

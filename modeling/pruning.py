@@ -338,7 +338,7 @@ class TokenPruningMixin:
         cache = self.__dict__.setdefault("_transient_selectors", {})
         if prune_method not in cache:
             base = config if config is not None else TokenPruneConfig(method=prune_method)
-            transient_config = dataclasses.replace(base, method=prune_method, feature_source=None, input_dim=None)
+            transient_config = base.with_method(prune_method, feature_source=None, input_dim=None)
             feature_source = selector_cls.default_feature_source
             cache[prune_method] = selector_cls(
                 transient_config,

@@ -1,25 +1,60 @@
 """`autoselect`: the Scorer of DiffPrune / AutoSelect (papers 002 Sec. 4.2 and A, 004 Sec. 3.2).
 
-Only the inference-time scorer lives here; the train-only Soft Top-K, VP-noise throttler and denoiser are
-not part of the deployed graph (paper 002, Eq. 3). Also holds `TokenTransformer`, the Transformer encoder
-stack the `reconstruction` selector reuses.
+Holds the method's config (`AutoSelectConfig`), its inference-time scorer and its registration; the train-only
+Soft Top-K, VP-noise throttler and denoiser are not part of the deployed graph (paper 002, Eq. 3) and live in
+`hf_tokenprune/training/methods/autoselect.py`. Also holds `TokenTransformer` and `TransformerScorerConfig`, the
+Transformer encoder stack and its sizes, which the `reconstruction` selector reuses.
 
 Imports only torch and sibling files: this file ships to the Hub as remote code.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from .configuration_token_prune import TokenPruneConfig
+from .configuration_token_prune import TokenPruneConfig, check_int
 from .token_selectors import TokenSelector, register_selector
 
 # Paper 002, A "Architecture": hidden dimension 1024 (the width of the CLIP ViT-L features it reads).
 MAX_DEFAULT_HIDDEN_SIZE = 1024
 
 
-def default_hidden_size(config: TokenPruneConfig, input_dim: int, cap: int = MAX_DEFAULT_HIDDEN_SIZE) -> int:
+@dataclass
+class TransformerScorerConfig(TokenPruneConfig):
+    """Sizes of a Transformer-encoder scorer (`autoselect`, `reconstruction`), besides the shared fields.
+
+    Fields:
+        scorer_hidden_size: width of the layers; `None` = the method's default.
+        scorer_num_layers: encoder layers; `None` = the method's default.
+        scorer_num_heads: attention heads per layer; must divide the width.
+    """
+
+    scorer_hidden_size: int | None = field(
+        default=None, metadata={"help": "Hidden width of the scorer (>= 1); None = the method's default."}
+    )
+    scorer_num_layers: int | None = field(
+        default=None, metadata={"help": "Transformer layers of the scorer (>= 1); None = the method's default."}
+    )
+    scorer_num_heads: int = field(default=4, metadata={"help": "Attention heads of the scorer's layers (>= 1)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int(self.scorer_hidden_size, "scorer_hidden_size", 1, optional=True)
+        check_int(self.scorer_num_layers, "scorer_num_layers", 1, optional=True)
+        check_int(self.scorer_num_heads, "scorer_num_heads", 1)
+
+
+@dataclass
+class AutoSelectConfig(TransformerScorerConfig):
+    """`TokenPruneConfig` of `autoselect`: the `TransformerScorerConfig` sizes (default depth 2, paper 002 A)."""
+
+    method: str = field(default="autoselect", metadata={"help": "Registered selector name."})
+
+
+def default_hidden_size(config: TransformerScorerConfig, input_dim: int, cap: int = MAX_DEFAULT_HIDDEN_SIZE) -> int:
     """`config.scorer_hidden_size`, else `min(input_dim, cap)` rounded up to a multiple of the head count.
 
     Raises ValueError when an explicit `scorer_hidden_size` is not divisible by `scorer_num_heads`.
@@ -91,7 +126,7 @@ class TransformerTokenScorer(TokenSelector):
     head_outputs: int
     max_default_hidden_size: int = MAX_DEFAULT_HIDDEN_SIZE
 
-    def __init__(self, config: TokenPruneConfig, input_dim: int, llm_hidden_size: int) -> None:
+    def __init__(self, config: TransformerScorerConfig, input_dim: int, llm_hidden_size: int) -> None:
         super().__init__(config, input_dim, llm_hidden_size)
         hidden_size = default_hidden_size(config, input_dim, self.max_default_hidden_size)
         self.hidden_size = hidden_size
@@ -123,10 +158,15 @@ class AutoSelectScorer(TransformerTokenScorer):
 
     default_num_layers = 2
     head_outputs = 1
+    # One method written up twice: DiffPrune, then AutoSelect.
+    papers = (
+        "Beyond Surrogate Gradients: Fully Differentiable Token Pruning for Vision-Language Models",
+        "The Model Knows Which Tokens Matter: Automatic Token Selection via Noise Gating",
+    )
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """features: (N, input_dim) -> scores: (N,) logits."""
         return self.head(self.encoder(features)).squeeze(-1)
 
 
-register_selector("autoselect", AutoSelectScorer)
+register_selector("autoselect", AutoSelectConfig, AutoSelectScorer)

@@ -1,19 +1,28 @@
 """`reconstruction`: the Feature Selector of "Adaptive vision token selection" (paper 001, Sec. 4.1.1).
 
-Only the selector lives here; the feature / image reconstructors and the Gumbel-Softmax training loop
-are train-only and come with the trainer.
+Holds the method's config (`ReconstructionConfig`), its selector and its registration; the feature / image
+reconstructors and the Gumbel-Softmax training loop are train-only and live in
+`hf_tokenprune/training/methods/reconstruction.py`.
 
 Imports only torch and sibling files: this file ships to the Hub as remote code.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from .configuration_token_prune import TokenPruneConfig
-from .selector_autoselect import TransformerTokenScorer
+from .selector_autoselect import TransformerScorerConfig, TransformerTokenScorer
 from .token_selectors import register_selector
+
+
+@dataclass
+class ReconstructionConfig(TransformerScorerConfig):
+    """`TokenPruneConfig` of `reconstruction`: the `TransformerScorerConfig` sizes (default depth 4, Sec. 4.1.1)."""
+
+    method: str = field(default="reconstruction", metadata={"help": "Registered selector name."})
 
 
 class ReconstructionSelector(TransformerTokenScorer):
@@ -39,8 +48,9 @@ class ReconstructionSelector(TransformerTokenScorer):
     default_num_layers = 4
     head_outputs = 2
     max_default_hidden_size = 512
+    papers = ("Adaptive Vision Token Selection for Multi-Modal Inference",)
 
-    def __init__(self, config: TokenPruneConfig, input_dim: int, llm_hidden_size: int) -> None:
+    def __init__(self, config: ReconstructionConfig, input_dim: int, llm_hidden_size: int) -> None:
         super().__init__(config, input_dim, llm_hidden_size)
         # The paper does not say how E_masked starts; 0.02 is the usual std of a learned mask token (MAE, BEiT).
         self.mask_embedding = nn.Parameter(torch.empty(input_dim).normal_(mean=0.0, std=0.02))
@@ -55,4 +65,4 @@ class ReconstructionSelector(TransformerTokenScorer):
         return logits[:, 1] - logits[:, 0]
 
 
-register_selector("reconstruction", ReconstructionSelector)
+register_selector("reconstruction", ReconstructionConfig, ReconstructionSelector)

@@ -1,17 +1,44 @@
 """`visionselector`: the Learnable Importance Scorer of VisionSelector (paper 000, Sec. 3.2, Eq. 1-2).
 
+Holds the method's config (`VisionSelectorConfig`), its scorer and its registration. Its training recipe
+(Differentiable Top-K, BCE constraint) is `hf_tokenprune/training/methods/visionselector.py`.
+
 Imports only torch and sibling files: this file ships to the Hub as remote code.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .configuration_token_prune import TokenPruneConfig
+from .configuration_token_prune import TokenPruneConfig, check_float, check_int
 from .token_selectors import TokenSelector, register_selector
+
+
+@dataclass
+class VisionSelectorConfig(TokenPruneConfig):
+    """`TokenPruneConfig` of `visionselector`.
+
+    Fields (besides the shared ones):
+        scorer_hidden_size: projection width d; `None` = half the LLM width (paper 000 Sec. 4.2).
+        scorer_init_std: std of the near-zero init of W_q, W_k (paper 000 Sec. 3.2).
+    """
+
+    method: str = field(default="visionselector", metadata={"help": "Registered selector name."})
+    scorer_hidden_size: int | None = field(
+        default=None, metadata={"help": "Projection width d of W_q, W_k (>= 1); None = half the LLM width."}
+    )
+    scorer_init_std: float = field(
+        default=1e-3, metadata={"help": "Std of the near-zero init of the Q/K projections (>= 0)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int(self.scorer_hidden_size, "scorer_hidden_size", 1, optional=True)
+        check_float(self.scorer_init_std, "scorer_init_std")
 
 
 class VisionSelectorScorer(TokenSelector):
@@ -35,8 +62,9 @@ class VisionSelectorScorer(TokenSelector):
 
     trainable = True
     default_feature_source = "projector_output"
+    papers = ("VisionSelector: End-to-End Learnable Visual Token Compression for Efficient Multimodal LLMs",)
 
-    def __init__(self, config: TokenPruneConfig, input_dim: int, llm_hidden_size: int) -> None:
+    def __init__(self, config: VisionSelectorConfig, input_dim: int, llm_hidden_size: int) -> None:
         super().__init__(config, input_dim, llm_hidden_size)
         projection_dim = config.scorer_hidden_size or max(llm_hidden_size // 2, 1)
         self.projection_dim = projection_dim
@@ -59,4 +87,4 @@ class VisionSelectorScorer(TokenSelector):
         return queries @ mean_key / math.sqrt(self.projection_dim)
 
 
-register_selector("visionselector", VisionSelectorScorer)
+register_selector("visionselector", VisionSelectorConfig, VisionSelectorScorer)

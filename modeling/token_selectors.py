@@ -1,13 +1,16 @@
-"""The selector base class and the open, string-keyed selector registry.
+"""The selector base class and the open, string-keyed method registry.
 
 A selector ranks the visual tokens of one image (or one video frame) and returns the positions to
 keep. Learned selectors are `nn.Module`s with weights (attached to the model as `token_selector`);
-training-free ones have none. Third parties add methods with `register_selector`.
+training-free ones have none. A method is one `selector_<name>.py`: its config class (a `TokenPruneConfig`
+subclass with the method's own fields), its selector class (with its metadata: `trainable`,
+`default_feature_source`, `papers`) and one `register_selector(name, config_cls, selector_cls)` line. Third
+parties register theirs the same way.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -15,7 +18,15 @@ from torch import nn
 from .configuration_token_prune import FEATURE_SOURCES, TokenPruneConfig
 from .selection_ops import hard_topk_indices
 
-_SELECTORS: dict[str, type[TokenSelector]] = {}
+
+class RegisteredMethod(NamedTuple):
+    """One registry entry: the method's config class and selector class."""
+
+    config_cls: type[TokenPruneConfig]
+    selector_cls: type[TokenSelector]
+
+
+_SELECTORS: dict[str, RegisteredMethod] = {}
 
 
 class TokenSelector(nn.Module):
@@ -25,12 +36,14 @@ class TokenSelector(nn.Module):
         trainable: whether the selector has learned weights (and so needs a checkpoint to be useful).
         default_feature_source: what it reads unless the config says otherwise (`projector_output` or
             `vision_features`).
+        papers: titles of the papers the method comes from, cited on model cards (empty for a plain baseline).
 
     Subclasses implement `score` (learned and score-based methods) or override `select`.
     """
 
     trainable: ClassVar[bool] = False
     default_feature_source: ClassVar[str] = "projector_output"
+    papers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: TokenPruneConfig, input_dim: int, llm_hidden_size: int) -> None:
         super().__init__()
@@ -61,10 +74,23 @@ class TokenSelector(nn.Module):
         return hard_topk_indices(self.score(features), num_keep)
 
 
-def register_selector(name: str, selector_cls: type[TokenSelector], *, overwrite: bool = False) -> None:
-    """Register `selector_cls` under `name` so `prune_method=name` and `TokenPruneConfig(method=name)` find it."""
+def register_selector(
+    name: str,
+    config_cls: type[TokenPruneConfig],
+    selector_cls: type[TokenSelector],
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Register a method: `prune_method=name` and `TokenPruneConfig(method=name)` then find it.
+
+    config_cls: a `TokenPruneConfig` dataclass subclass holding the method's own fields (it may add none).
+    selector_cls: the `TokenSelector` subclass built from that config.
+    Raises ValueError on a name already registered unless `overwrite=True`.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"selector `name` must be a non-empty string, got {name!r}")
+    if not (isinstance(config_cls, type) and issubclass(config_cls, TokenPruneConfig)):
+        raise TypeError(f"`config_cls` must be a TokenPruneConfig subclass, got {config_cls!r}")
     if not (isinstance(selector_cls, type) and issubclass(selector_cls, TokenSelector)):
         raise TypeError(f"`selector_cls` must be a TokenSelector subclass, got {selector_cls!r}")
     if selector_cls.default_feature_source not in FEATURE_SOURCES:
@@ -74,10 +100,10 @@ def register_selector(name: str, selector_cls: type[TokenSelector], *, overwrite
         )
     if name in _SELECTORS and not overwrite:
         raise ValueError(
-            f"a selector named {name!r} is already registered ({_SELECTORS[name].__name__}); "
+            f"a selector named {name!r} is already registered ({_SELECTORS[name].selector_cls.__name__}); "
             "pass overwrite=True to replace it"
         )
-    _SELECTORS[name] = selector_cls
+    _SELECTORS[name] = RegisteredMethod(config_cls, selector_cls)
 
 
 def get_selector_class(name: str, argument: str = "prune_method") -> type[TokenSelector]:
@@ -85,7 +111,13 @@ def get_selector_class(name: str, argument: str = "prune_method") -> type[TokenS
         raise TypeError(f"`{argument}` must be a string naming a selector, got {type(name).__name__}")
     if name not in _SELECTORS:
         raise ValueError(f"unknown `{argument}` {name!r}; registered selectors: {sorted(_SELECTORS)}")
-    return _SELECTORS[name]
+    return _SELECTORS[name].selector_cls
+
+
+def registered_config_class(name: object) -> type[TokenPruneConfig] | None:
+    """The config class registered for `name`, or None when no method has that name."""
+    entry = _SELECTORS.get(name) if isinstance(name, str) else None
+    return entry.config_cls if entry is not None else None
 
 
 def available_selectors() -> list[str]:
@@ -94,9 +126,9 @@ def available_selectors() -> list[str]:
 
 def learned_selectors() -> list[str]:
     """Registered methods with trained weights (`trainable`), sorted: the one list of learned methods."""
-    return sorted(name for name, selector_cls in _SELECTORS.items() if selector_cls.trainable)
+    return sorted(name for name, entry in _SELECTORS.items() if entry.selector_cls.trainable)
 
 
 def training_free_selectors() -> list[str]:
     """Registered methods without weights, sorted."""
-    return sorted(name for name, selector_cls in _SELECTORS.items() if not selector_cls.trainable)
+    return sorted(name for name, entry in _SELECTORS.items() if not entry.selector_cls.trainable)

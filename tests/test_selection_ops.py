@@ -1,4 +1,4 @@
-"""Tests for modeling/selection_ops.py, each against an independent oracle."""
+"""Tests for modeling/selection_ops.py (hard top-k) and training/relaxations.py, each against an independent oracle."""
 
 from __future__ import annotations
 
@@ -7,13 +7,8 @@ import math
 import pytest
 import torch
 
-from hf_tokenprune.modeling.selection_ops import (
-    differentiable_topk,
-    gumbel_keep_mask,
-    hard_topk_indices,
-    soft_topk,
-    zscore,
-)
+from hf_tokenprune.modeling.selection_ops import hard_topk_indices
+from hf_tokenprune.training.relaxations import differentiable_topk, gumbel_keep_mask, soft_topk, zscore
 
 
 def _brute_force_topk(values: list[float], k: int) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hf_tokenprune.modeling import builtin_selectors, token_selectors
 from hf_tokenprune.modeling.configuration_token_prune import TokenPruneConfig
+from hf_tokenprune.modeling.selector_random import RandomConfig
 from hf_tokenprune.modeling.token_selectors import TokenSelector, get_selector_class, register_selector
 
 INPUT_DIM = 32
@@ -296,7 +298,7 @@ def isolated_registry(monkeypatch):
 
 def test_duplicate_registration_raises_naming_it(isolated_registry):
     with pytest.raises(ValueError, match="'divprune'"):
-        register_selector("divprune", builtin_selectors.RandomSelector)
+        register_selector("divprune", RandomConfig, builtin_selectors.RandomSelector)
 
 
 def test_unknown_selector_lists_registered_names():
@@ -311,7 +313,11 @@ def test_third_party_selector_registers_and_selects(isolated_registry):
         def score(self, features: torch.Tensor) -> torch.Tensor:
             return torch.arange(features.shape[0], dtype=torch.float32)
 
-    register_selector("last_tokens", LastTokensSelector)
+    @dataclass
+    class LastTokensConfig(TokenPruneConfig):
+        method: str = "last_tokens"
+
+    register_selector("last_tokens", LastTokensConfig, LastTokensSelector)
     assert "last_tokens" in token_selectors.available_selectors()
     selector = get_selector_class("last_tokens")(TokenPruneConfig(method="last_tokens"), INPUT_DIM, LLM_HIDDEN_SIZE)
     assert selector.select(random_features(9), 3).tolist() == [6, 7, 8]

@@ -21,7 +21,7 @@ from hf_tokenprune import (
     load_conversation_records,
 )
 from hf_tokenprune.testing import BUILDERS, tiny_processor
-from hf_tokenprune.training.recipes import TokenPruneTrainingModel
+from hf_tokenprune.training.training_model import TokenPruneTrainingModel
 
 ARCHS = ["qwen2_5_vl", "llava", "internvl"]
 METHODS = ["visionselector", "autoselect", "reconstruction"]
@@ -250,7 +250,7 @@ def test_llava_next_refuses_feature_training_by_name():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_keeping_everything_gives_the_frozen_base_models_loss(arch, method, tmp_path, monkeypatch):
     """train_budget=1.0: mask 1 (visionselector) / alpha 1 and an identity denoiser (autoselect) -> stock CE loss."""
-    import hf_tokenprune.training.recipes as recipes
+    import hf_tokenprune.training.methods.autoselect as recipes
 
     monkeypatch.setattr(recipes, "VP_EPS", 0.0)  # alpha = 1 exactly: no noise at all
     base, model, trainer = make_trainer(arch, method, tmp_path, train_budget=1.0)
@@ -262,7 +262,7 @@ def test_keeping_everything_gives_the_frozen_base_models_loss(arch, method, tmp_
 
 
 def test_visionselector_loss_is_task_loss_plus_lambda_times_bce(tmp_path):
-    from hf_tokenprune.modeling.selection_ops import differentiable_topk
+    from hf_tokenprune.training.relaxations import differentiable_topk
 
     _, model, trainer = make_trainer("llava", "visionselector", tmp_path, train_budget=0.25)
     with torch.no_grad():
@@ -289,7 +289,7 @@ def test_visionselector_loss_is_task_loss_plus_lambda_times_bce(tmp_path):
 
 
 def test_vp_noise_preserves_variance_and_interpolates():
-    from hf_tokenprune.training.recipes import vp_noise
+    from hf_tokenprune.training.methods.autoselect import vp_noise
 
     torch.manual_seed(0)
     features = 3.0 * torch.randn(4000, 64)
@@ -303,7 +303,7 @@ def test_vp_noise_preserves_variance_and_interpolates():
 
 def test_denoiser_attention_is_diagonal():
     """Token i's output does not depend on any other token (identity attention mask, paper 002 Sec. 4.4)."""
-    from hf_tokenprune.training.recipes import DiagonalDenoiser
+    from hf_tokenprune.training.methods.autoselect import DiagonalDenoiser
 
     torch.manual_seed(0)
     denoiser = DiagonalDenoiser(input_dim=12, hidden_size=8, num_heads=2)
@@ -318,7 +318,7 @@ def test_denoiser_attention_is_diagonal():
 
 def test_clipped_regularizer_values_and_gradients():
     """Paper 001 Eq. 8 with p = 0.6, q = 0.1, a1 = a2 = 0.1: gradient +a1 above p, 0 between, -a2 below q."""
-    from hf_tokenprune.training.recipes import clipped_regularizer
+    from hf_tokenprune.training.methods.reconstruction import clipped_regularizer
 
     for keep, value, gradient in (
         (0.05, 0.1 * 0.6 - 0.1 * 0.05, -0.1),

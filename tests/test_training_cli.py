@@ -129,7 +129,7 @@ def test_accelerate_launch_writes_the_same_checkpoint_as_one_process(tmp_path, l
     assert {p.name for p in output.iterdir() if p.is_file()} == {p.name for p in single_output.iterdir() if p.is_file()}
 
 
-@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "training" / "recipes").glob("*.yaml")))
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "training" / "configs").glob("*.yaml")))
 def test_shipped_recipes_parse(recipe):
     """Every field of the example recipes exists and passes validation (no model is loaded)."""
     from hf_tokenprune.cli import parse_arguments

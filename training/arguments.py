@@ -1,18 +1,30 @@
-"""`TokenPruneTrainingArguments`: `TrainingArguments` plus the selector recipes' hyperparameters."""
+"""`TokenPruneTrainingArguments`: `TrainingArguments` plus the hyperparameters of the training recipes.
+
+The built-in recipes' argument dataclasses (`training/methods/<method>.py`) are mixins of
+`TokenPruneTrainingArguments`, so their flags (`--lambda_start`, `--tau_start`, `--reg_p`, ...) parse as before;
+`training_arguments_class()` adds the argument dataclasses of recipes registered later (third parties).
+"""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
 from ..modeling.configuration_token_prune import check_budget
+from .methods import AutoSelectArguments, ReconstructionArguments, VisionSelectorArguments
+from .recipe import RecipeArguments, get_recipe, registered_recipes
 
 
 @dataclass
-class TokenPruneTrainingArguments(TrainingArguments):
-    """Hyperparameters of the three recipes; defaults are the papers' (sources in each help string).
+class TokenPruneTrainingArguments(
+    VisionSelectorArguments, AutoSelectArguments, ReconstructionArguments, RecipeArguments, TrainingArguments
+):
+    """`TrainingArguments` with the built-in recipes' hyperparameters; defaults are the papers' (sources in each help).
+
+    Fields added here (the recipes' own are documented in their argument classes):
+        train_budget: fraction of each image's tokens the recipes' soft masks keep.
 
     Defaults changed from `TrainingArguments`: `remove_unused_columns=False` (the collator needs the raw
     records) and `ddp_find_unused_parameters=True` (a batch without images leaves the scorer unused).
@@ -24,47 +36,6 @@ class TokenPruneTrainingArguments(TrainingArguments):
             "help": "visionselector / autoselect: fraction of each image's tokens the soft mask keeps (paper 000 Sec. 4.2: 0.2)."
         },
     )
-    lambda_start: float = field(
-        default=0.1, metadata={"help": "visionselector: BCE constraint weight at step 0 (paper 000 Eq. 12: 0.1)."}
-    )
-    lambda_end: float = field(
-        default=2.0,
-        metadata={"help": "visionselector: BCE constraint weight at the last step (paper 000 Eq. 12: 2.0)."},
-    )
-    tau_start: float = field(
-        default=2.0, metadata={"help": "autoselect: Soft Top-K temperature at step 0 (paper 002 A: 2.0)."}
-    )
-    tau_end: float = field(
-        default=0.1, metadata={"help": "autoselect: Soft Top-K temperature after annealing (paper 002 A: 0.1)."}
-    )
-    tau_anneal_steps: int | None = field(
-        default=None,
-        metadata={
-            "help": "autoselect: steps of the cosine annealing of tau (paper 002 A: 2000); default: the whole run."
-        },
-    )
-    gumbel_temperature: float = field(
-        default=1.0, metadata={"help": "reconstruction: Gumbel-Softmax temperature of the keep/drop head."}
-    )
-    reg_p: float = field(
-        default=0.6, metadata={"help": "reconstruction: upper bound p of Eq. 8 (paper 001 Sec. 4.4: 0.6)."}
-    )
-    reg_q: float = field(
-        default=0.1, metadata={"help": "reconstruction: lower bound q of Eq. 8 (paper 001 Sec. 4.4: 0.1)."}
-    )
-    reg_alpha1: float = field(
-        default=0.1, metadata={"help": "reconstruction: weight a1 of max(L, p) (paper 001: 0.1)."}
-    )
-    reg_alpha2: float = field(
-        default=0.1, metadata={"help": "reconstruction: weight a2 of min(L, q) (paper 001: 0.1)."}
-    )
-    reconstructor_num_layers: int = field(
-        default=4, metadata={"help": "reconstruction: Transformer layers of the feature reconstructor (paper 001: 4)."}
-    )
-    image_reconstruction: bool = field(
-        default=False,
-        metadata={"help": "reconstruction: also train the optional image reconstructor (paper 001 Eq. 6, 8)."},
-    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator reads the raw conversation records."}
     )
@@ -73,25 +44,26 @@ class TokenPruneTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        self.validate_recipe()
+        # Every recipe field is checked (each mixin's `__post_init__`) before `TrainingArguments` touches devices.
+        check_budget(self.train_budget, "train_budget")
         super().__post_init__()
 
-    def validate_recipe(self) -> None:
-        """Raise ValueError naming the field for a value outside its range (before any model is touched)."""
-        check_budget(self.train_budget, "train_budget")
-        for name in ("lambda_start", "lambda_end", "reg_alpha1", "reg_alpha2"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
-        for name in ("tau_start", "tau_end", "gumbel_temperature"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
-        if not 0.0 <= self.reg_q <= self.reg_p <= 1.0:
-            raise ValueError(
-                f"`reg_q` and `reg_p` must satisfy 0 <= reg_q <= reg_p <= 1, got {self.reg_q}, {self.reg_p}"
-            )
-        if self.tau_anneal_steps is not None and self.tau_anneal_steps < 1:
-            raise ValueError(f"`tau_anneal_steps` must be an int >= 1 or None, got {self.tau_anneal_steps!r}")
-        if self.reconstructor_num_layers < 1:
-            raise ValueError(f"`reconstructor_num_layers` must be >= 1, got {self.reconstructor_num_layers!r}")
+
+def training_arguments_class() -> type[TokenPruneTrainingArguments]:
+    """`TokenPruneTrainingArguments`, extended with the argument dataclasses of every recipe registered since.
+
+    `hf-tokenprune train` parses with this class, so a recipe registered before parsing brings its own flags.
+    """
+    extra = []
+    for name in registered_recipes():
+        arguments_cls = get_recipe(name).arguments_cls
+        if not issubclass(TokenPruneTrainingArguments, arguments_cls) and arguments_cls not in extra:
+            extra.append(arguments_cls)
+    if not extra:
+        return TokenPruneTrainingArguments
+    return dataclasses.make_dataclass(
+        TokenPruneTrainingArguments.__name__, [], bases=(*extra, TokenPruneTrainingArguments)
+    )
+
+
+__all__ = ["RecipeArguments", "TokenPruneTrainingArguments", "training_arguments_class"]

@@ -1,12 +1,15 @@
 """Schedules of the recipes as `TrainerCallback`s.
 
-Each callback sets one float attribute of the recipe before every optimizer step, from
-`state.global_step` alone, so a run resumed from a checkpoint continues the schedule where it stopped.
+A recipe declares its schedules (`Recipe.schedules`); each becomes one `ScheduleCallback`, which sets one float
+attribute of the recipe before every optimizer step, from `state.global_step` alone, so a run resumed from a
+checkpoint continues the schedule where it stopped.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 from transformers import TrainerCallback
 
@@ -20,6 +23,19 @@ def cosine_schedule(step: int, total_steps: int, start: float, end: float) -> fl
     """Cosine annealing from `start` (step 0) to `end` (step >= total): end + (start - end) (1 + cos(pi t / T)) / 2."""
     progress = min(step / max(total_steps, 1), 1.0)
     return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))
+
+
+class Schedule(NamedTuple):
+    """A recipe attribute annealed from `start` to `end` by `function(step, total_steps, start, end)`.
+
+    total_steps: fixed number of steps, or None for the run's `max_steps`.
+    """
+
+    attribute: str
+    function: Callable[[int, int, float, float], float]
+    start: float
+    end: float
+    total_steps: int | None = None
 
 
 class ScheduleCallback(TrainerCallback):
@@ -46,14 +62,10 @@ class ScheduleCallback(TrainerCallback):
 
 
 def recipe_callbacks(recipe, args) -> list[ScheduleCallback]:
-    """The schedules of `recipe` (a `Recipe`) under `args` (`TokenPruneTrainingArguments`)."""
-    callbacks = []
-    if "lambda_t" in recipe.schedule_names:
-        callbacks.append(ScheduleCallback(recipe, "lambda_t", linear_schedule, args.lambda_start, args.lambda_end))
-    if "temperature" in recipe.schedule_names:
-        callbacks.append(
-            ScheduleCallback(
-                recipe, "temperature", cosine_schedule, args.tau_start, args.tau_end, total_steps=args.tau_anneal_steps
-            )
+    """One callback per schedule that `recipe` (a `Recipe`) declares under `args`."""
+    return [
+        ScheduleCallback(
+            recipe, schedule.attribute, schedule.function, schedule.start, schedule.end, schedule.total_steps
         )
-    return callbacks
+        for schedule in recipe.schedules(args)
+    ]

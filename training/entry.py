@@ -3,18 +3,20 @@
     hf-tokenprune train --config recipe.yaml [--any_field value ...]
     accelerate launch --num_processes 2 -m hf_tokenprune.cli train --config recipe.yaml
 
-The YAML holds the fields of `TrainModelArguments`, `TrainDataArguments` and
-`TokenPruneTrainingArguments` in one flat mapping; command-line flags override it.
+The YAML holds the fields of `TrainModelArguments`, `TrainDataArguments` and the training arguments
+(`training_arguments_class()`: `TokenPruneTrainingArguments` plus the arguments of recipes registered since) in one
+flat mapping; command-line flags override it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..modeling.configuration_token_prune import TokenPruneConfig
-from .arguments import TokenPruneTrainingArguments
-from .recipes import RECIPES
+from .arguments import TokenPruneTrainingArguments, training_arguments_class
+from .recipe import get_recipe
 
 TINY_PREFIX = "tiny:"
 
@@ -33,7 +35,9 @@ class TrainModelArguments:
         default=None, metadata={"help": "Processor to use (default: the model's)."}
     )
     revision: str | None = field(default=None, metadata={"help": "Revision of the base model on the Hub."})
-    method: str = field(default="visionselector", metadata={"help": f"Learned selector to train: {list(RECIPES)}."})
+    method: str = field(
+        default="visionselector", metadata={"help": "Learned selector to train (one with a registered recipe)."}
+    )
     budget: float | None = field(
         default=None, metadata={"help": "Default inference budget written to the selector config (None: unset)."}
     )
@@ -53,7 +57,11 @@ class TrainDataArguments:
     )
 
 
-TRAIN_ARGUMENTS = (TrainModelArguments, TrainDataArguments, TokenPruneTrainingArguments)
+def __getattr__(name: str) -> Any:
+    # `TRAIN_ARGUMENTS` is built when read, so it holds the arguments of every recipe registered by then.
+    if name == "TRAIN_ARGUMENTS":
+        return (TrainModelArguments, TrainDataArguments, training_arguments_class())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_model_and_processor(args: TrainModelArguments):
@@ -92,8 +100,7 @@ def run_train(
         raise ValueError("`model_name_or_path` is required")
     if data_args.train_file is None:
         raise ValueError("`train_file` is required")
-    if model_args.method not in RECIPES:
-        raise ValueError(f"`method` must be a learned selector, one of {list(RECIPES)}; got {model_args.method!r}")
+    get_recipe(model_args.method)
     if training_args.output_dir is None:
         raise ValueError("`output_dir` is required")
     prune_config = TokenPruneConfig(
@@ -102,7 +109,6 @@ def run_train(
         scorer_hidden_size=model_args.scorer_hidden_size,
         scorer_num_layers=model_args.scorer_num_layers,
         scorer_num_heads=model_args.scorer_num_heads,
-        seed=training_args.seed,
         base_model_name_or_path=model_args.model_name_or_path,
         base_model_revision=model_args.revision,
     )

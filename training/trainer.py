@@ -31,7 +31,7 @@ from ..modeling.repo_io import SELECTOR_WEIGHTS_NAME, TRAINING_RECIPE_NAME, repl
 from .arguments import TokenPruneTrainingArguments
 from .callbacks import recipe_callbacks
 from .data import TokenPruneDataCollator
-from .recipes import TokenPruneTrainingModel
+from .training_model import TokenPruneTrainingModel
 
 TRAINING_MODULES_NAME = "training_modules.safetensors"
 SELECTOR_PREFIX = "model.token_selector."
@@ -101,7 +101,8 @@ class TokenPruneTrainer(Trainer):
 
     Args:
         model: a pruned VLM from `hf_tokenprune.get_pruned_model` with a learned method attached.
-        args: `TokenPruneTrainingArguments` (recipe hyperparameters included).
+        args: `TokenPruneTrainingArguments` (recipe hyperparameters included); for a method registered by a third
+            party, `training_arguments_class()` (or any subclass that mixes in its recipe's arguments).
         train_dataset: conversation records (see `training.data`), e.g. from `load_conversation_records`.
         processing_class: the model's processor; builds the collator when `data_collator` is None.
         image_folder: where relative image paths in the records resolve (for the default collator).
@@ -160,10 +161,15 @@ class TokenPruneTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Write the trainable tensors, the config and the training recipe (the layout in the module docstring)."""
         output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
-        if not self.args.should_save:
-            return
+        if self.args.should_save:
+            self.save_trainable(output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def save_trainable(self, output_dir: Path) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
         tensors = self.model.trainable_state_dict()
         selector = {k[len(SELECTOR_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SELECTOR_PREFIX)}
@@ -178,11 +184,11 @@ class TokenPruneTrainer(Trainer):
         atomic_write_json(recipe, output_dir / TRAINING_RECIPE_NAME)
         self.pruned_model.token_prune_config.save_pretrained(output_dir)  # last: marks the checkpoint complete
 
+    # The stock loaders accept only model.safetensors / adapter_model.* files; ours keeps the selector on its own.
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        model = self.model if model is None else model
-        load_trainable_tensors(model, resume_from_checkpoint)
+        load_trainable_tensors(self.model if model is None else model, resume_from_checkpoint)
 
-    def _load_best_model(self) -> None:
+    def _load_best_model(self) -> None:  # the same reason as `_load_from_checkpoint`
         load_trainable_tensors(self.model, self.state.best_model_checkpoint)
 
 

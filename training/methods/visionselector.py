@@ -1,0 +1,75 @@
+"""How `visionselector` trains (paper 000, Sec. 3.3-3.4): its arguments, recipe and schedule.
+
+Per image, with k = tokens kept at `train_budget`: m = DifferentiableTopK(s, k) multiplies the projector output;
+the LLM sees every token. loss = CE + lambda_t * BCE(m, hard top-k), lambda_t linear from `lambda_start` to
+`lambda_end` over the run (Eq. 12).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ...modeling.selection_ops import hard_topk_indices
+from ..callbacks import Schedule, linear_schedule
+from ..recipe import (
+    Recipe,
+    RecipeArguments,
+    check_non_negative,
+    polarization,
+    register_recipe,
+)
+from ..relaxations import differentiable_topk
+
+
+@dataclass
+class VisionSelectorArguments(RecipeArguments):
+    """Arguments of the `visionselector` recipe.
+
+    Fields:
+        lambda_start: BCE constraint weight at step 0.
+        lambda_end: BCE constraint weight at the last step.
+    """
+
+    lambda_start: float = field(
+        default=0.1, metadata={"help": "visionselector: BCE constraint weight at step 0 (paper 000 Eq. 12: 0.1)."}
+    )
+    lambda_end: float = field(
+        default=2.0,
+        metadata={"help": "visionselector: BCE constraint weight at the last step (paper 000 Eq. 12: 2.0)."},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("lambda_start", "lambda_end"):
+            check_non_negative(getattr(self, name), name)
+        super().__post_init__()
+
+
+class VisionSelectorRecipe(Recipe):
+    """Paper 000, Sec. 3.3-3.4: Differentiable Top-K soft mask times the projector output; CE + lambda_t BCE."""
+
+    def schedules(self, args: VisionSelectorArguments) -> list[Schedule]:
+        return [Schedule("lambda_t", linear_schedule, args.lambda_start, args.lambda_end)]
+
+    def segment_embeds(self, model, segment, num_keep, metrics):
+        selector = model.token_selector
+        embeds = segment.embeds
+        size = embeds.shape[0]
+        if num_keep >= size:
+            return embeds, embeds.new_zeros(())
+        scores = selector.score(embeds.to(next(selector.parameters()).dtype)).float()
+        soft = differentiable_topk(scores, num_keep)
+        hard = torch.zeros_like(soft)
+        hard[hard_topk_indices(scores.detach(), num_keep)] = 1.0
+        eps = torch.finfo(soft.dtype).eps
+        constraint = F.binary_cross_entropy(soft.clamp(eps, 1 - eps), hard)
+        metrics.add("constraint_loss", constraint)
+        metrics.add("mask_mass", soft.detach().sum() / size)
+        metrics.add("topk_mass", (soft.detach() * hard).sum() / num_keep)
+        metrics.add("mask_polarization", polarization(soft))
+        return soft[:, None].to(embeds.dtype) * embeds, self.lambda_t * constraint
+
+
+register_recipe("visionselector", VisionSelectorArguments, VisionSelectorRecipe)
