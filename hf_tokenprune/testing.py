@@ -115,23 +115,34 @@ CLIP_VISION_CONFIG = dict(
 )
 
 
+QWEN2_5_VL_VISION_CONFIG = dict(
+    depth=2,
+    hidden_size=16,
+    intermediate_size=32,
+    num_heads=2,
+    patch_size=2,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=8,
+    out_hidden_size=32,
+    fullatt_block_indexes=[1],
+)
+INTERNVL_VISION_CONFIG = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=[8, 8],
+    patch_size=[2, 2],
+)
+
+
 def tiny_qwen2_5_vl(attn_implementation: str = "eager") -> Qwen2_5_VLForConditionalGeneration:
     config = Qwen2_5_VLConfig(
         text_config=dict(
             TEXT_CONFIG, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
         ),
-        vision_config=dict(
-            depth=2,
-            hidden_size=16,
-            intermediate_size=32,
-            num_heads=2,
-            patch_size=2,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=8,
-            out_hidden_size=32,
-            fullatt_block_indexes=[1],
-        ),
+        vision_config=dict(QWEN2_5_VL_VISION_CONFIG),
         image_token_id=IMAGE_ID,
         video_token_id=VIDEO_ID,
         vision_start_token_id=VSTART,
@@ -170,14 +181,7 @@ def tiny_llava_next(attn_implementation: str = "eager") -> LlavaNextForCondition
 def tiny_internvl(attn_implementation: str = "eager") -> InternVLForConditionalGeneration:
     config = InternVLConfig(
         text_config=dict(TEXT_CONFIG, model_type="qwen2"),
-        vision_config=dict(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=[8, 8],
-            patch_size=[2, 2],
-        ),
+        vision_config=dict(INTERNVL_VISION_CONFIG),
         image_token_id=IMAGE_ID,
         image_seq_length=4,
         downsample_ratio=0.5,

@@ -197,8 +197,7 @@ def _internvl3_8b_config(layers: int, vision_layers: int) -> InternVLConfig:
 
 
 # Tiny presets: the test suite's models (hf_tokenprune.testing, hidden size 32) at full depth 4 / 4, for tests. The text
-# and CLIP configs and the token ids are testing's; testing exposes the Qwen2.5-VL and InternVL vision configs and the
-# LLaVA-NeXT pinpoints only inside its tiny_* model builders, so those few values mirror the builders here.
+# and vision configs, the LLaVA-NeXT pinpoints and the token ids are testing's; only the depths differ.
 def _tiny_text(layers: int, model_type: str | None = None) -> dict[str, Any]:
     text = dict(testing.TEXT_CONFIG, num_hidden_layers=layers)
     return text if model_type is None else dict(text, model_type=model_type)
@@ -211,15 +210,8 @@ def _tiny_qwen2_5_vl_config(layers: int, vision_layers: int) -> Qwen2_5_VLConfig
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
         ),
         vision_config=dict(
+            testing.QWEN2_5_VL_VISION_CONFIG,
             depth=vision_layers,
-            hidden_size=16,
-            intermediate_size=32,
-            num_heads=2,
-            patch_size=2,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=8,
-            out_hidden_size=32,
             fullatt_block_indexes=_qwen_full_attention(vision_layers, (1, 3)),
         ),
         image_token_id=testing.IMAGE_ID,
@@ -245,7 +237,7 @@ def _tiny_llava_next_config(layers: int, vision_layers: int) -> LlavaNextConfig:
         text_config=_tiny_text(layers, "llama"),
         vision_config=dict(testing.CLIP_VISION_CONFIG, num_hidden_layers=vision_layers),
         image_token_index=testing.IMAGE_ID,
-        image_grid_pinpoints=[[8, 8], [8, 16], [16, 8], [16, 16]],
+        image_grid_pinpoints=testing.LLAVA_NEXT_PINPOINTS,
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
@@ -254,14 +246,7 @@ def _tiny_llava_next_config(layers: int, vision_layers: int) -> LlavaNextConfig:
 def _tiny_internvl_config(layers: int, vision_layers: int) -> InternVLConfig:
     return InternVLConfig(
         text_config=_tiny_text(layers, "qwen2"),
-        vision_config=dict(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=vision_layers,
-            num_attention_heads=2,
-            image_size=[8, 8],
-            patch_size=[2, 2],
-        ),
+        vision_config=dict(testing.INTERNVL_VISION_CONFIG, num_hidden_layers=vision_layers),
         image_token_id=testing.IMAGE_ID,
         image_seq_length=4,
         downsample_ratio=0.5,
