@@ -17,7 +17,6 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     InternVLConfig,
     InternVLForConditionalGeneration,
-    InternVLProcessor,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaNextConfig,
@@ -28,8 +27,9 @@ from transformers import (
     ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
 )
+
+from .processing import ImageOnlyInternVLProcessor, ImageOnlyQwen2_5_VLProcessor  # re-exported for the tests
 
 VOCAB = 64
 PAD, BOS, EOS = 0, 1, 2
@@ -360,7 +360,7 @@ IMAGE_PLACEHOLDER = {
 }
 
 # ChatML with whitespace between words (the tokenizer splits on whitespace; special tokens split themselves).
-_CHAT_TEMPLATE = (
+CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{{ '<|im_start|> ' + message['role'] + '\n' }}"
@@ -395,20 +395,6 @@ def tiny_chat_tokenizer(arch: str) -> PreTrainedTokenizerFast:
     )
 
 
-class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """The stock Qwen2.5-VL processor without its video processor (which needs torchvision); images only."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-
-class ImageOnlyInternVLProcessor(InternVLProcessor):
-    """The stock InternVL processor without its video processor (which needs torchvision); images only."""
-
-    def __init__(self, image_processor=None, tokenizer=None, image_seq_length=256, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template, **kwargs)
-
-
 def tiny_processor(arch: str, **image_processor_kwargs) -> ProcessorMixin:
     """Stock-logic processor for the tiny `arch` model (`qwen2_5_vl`, `llava`, `llava_next`, `internvl`).
 
@@ -426,7 +412,7 @@ def tiny_processor(arch: str, **image_processor_kwargs) -> ProcessorMixin:
     `image_processor_kwargs` override the image processor's settings above.
     """
     tokenizer = tiny_chat_tokenizer(arch)
-    chat_template = _CHAT_TEMPLATE.replace("%(image)s", IMAGE_PLACEHOLDER[arch])
+    chat_template = CHAT_TEMPLATE.replace("%(image)s", IMAGE_PLACEHOLDER[arch])
     if arch == "qwen2_5_vl":
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
