@@ -10,9 +10,9 @@ from pathlib import Path
 #: command -> (module, its arguments dataclass (or tuple of them), its run function). Imported only when the
 #: command runs, so `hf-tokenprune push` never loads the Trainer and no command imports another's code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "demo": ("hf_tokenprune.testbed.demo", "DemoArguments", "run_demo"),
-    "eval": ("hf_tokenprune.evaluate", "EvalArguments", "run_eval"),
-    "reproduce": ("hf_tokenprune.testbed.pipeline", "ReproduceArguments", "run_reproduce"),
+    "demo": ("hf_tokenprune_testbed.demo", "DemoArguments", "run_demo"),
+    "eval": ("hf_tokenprune_testbed.evaluate", "EvalArguments", "run_eval"),
+    "reproduce": ("hf_tokenprune_testbed.pipeline", "ReproduceArguments", "run_reproduce"),
     "bench": ("hf_tokenprune.bench", "BenchArguments", "run_bench"),
     "train": ("hf_tokenprune.training.entry", "TRAIN_ARGUMENTS", "run_train"),
     "push": ("hf_tokenprune.commands.push", "PushArguments", "run_push"),

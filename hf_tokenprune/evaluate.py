@@ -1,20 +1,22 @@
-"""`hf-tokenprune eval`: accuracy of a testbed VLM on a task split, unpruned and pruned by each method at each budget.
+"""Accuracy of a VLM on (image, question, answer) examples, unpruned and pruned by each method at each budget.
 
-Accuracy is the exact match of the first generated word with the example's one-word answer; retention is a pruned
-accuracy as a fraction of the unpruned one; kept tokens are the visual tokens the pruned model kept, averaged over
-images. The JSON written is what the model card of a pushed repo reads (`modeling.repo_io.check_eval_results`).
+Accuracy is the exact match of the first generated word with the example's one-word answer (per kind too, where the
+examples have a `kind`); retention is a pruned accuracy as a fraction of the unpruned one; kept tokens are the visual
+tokens the pruned model kept, averaged over images. The JSON written is what the model card of a pushed repo reads
+(`modeling.repo_io.check_eval_results`). A command that evaluates on its own data (`hf-tokenprune eval` on the synthetic task)
+draws its examples and calls `check_eval_options`, `evaluate` and `write_outputs`.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import BatchFeature
 from transformers.utils import cached_file
 
 from .hub import is_hub_id
@@ -22,53 +24,10 @@ from .model import get_pruned_model
 from .modeling.configuration_token_prune import CONFIG_NAME, TokenPruneConfig, check_budget
 from .modeling.repo_io import EXTRA_FILES, SELECTOR_WEIGHTS_NAME, check_eval_results, replace_atomically, write_json
 from .modeling.token_selectors import available_selectors, get_selector_class
-from .testbed.model import DEFAULT_ADAPTERS, DEFAULT_MODEL_DIR, predict
 
 DEFAULT_BUDGETS = "0.1,0.2,0.3,0.5"
 SCHEMA_FIELDS = ("unpruned_accuracy", "results")
 _INTEGER = re.compile(r"[+-]?\d+")
-
-
-@dataclass
-class EvalArguments:
-    """Arguments of `hf-tokenprune eval`.
-
-    Fields: model, adapters, methods, budgets, split, limit, seed, batch_size, output, threads.
-    """
-
-    model: str = field(
-        default=str(DEFAULT_MODEL_DIR),
-        metadata={"help": "Testbed base model: a saved folder or a Hub repo id (default: the bundled trained model)."},
-    )
-    adapters: str | None = field(
-        default=None,
-        metadata={
-            "help": "Comma-separated method=folder_or_repo_id of trained selectors (adapter repos); default: the "
-            "bundled ones when --model is the bundled model, else none. An empty string means none."
-        },
-    )
-    methods: str | None = field(
-        default=None,
-        metadata={
-            "help": "Comma-separated selector names; default: every learned method with an adapter plus every "
-            "training-free registered method."
-        },
-    )
-    budgets: str = field(
-        default=DEFAULT_BUDGETS,
-        metadata={
-            "help": "Comma-separated budgets: a float in (0, 1] keeps that fraction of each image's tokens, "
-            "an integer >= 1 that many tokens."
-        },
-    )
-    split: str = field(default="test", metadata={"help": "Task split: train, validation or test."})
-    limit: int = field(default=500, metadata={"help": "Examples: the first N of the split (>= 1)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the `random` baseline and of torch."})
-    batch_size: int = field(default=32, metadata={"help": "Examples per generate call (>= 1)."})
-    output: str = field(
-        default="eval_results.json", metadata={"help": "JSON results; the retention plot goes beside it (.png)."}
-    )
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: leave as is)."})
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -172,59 +131,127 @@ def check_methods_have_adapters(methods: Sequence[str], adapters: Mapping[str, A
         )
 
 
-def _is_default_model(model: str) -> bool:
-    return Path(model).resolve() == DEFAULT_MODEL_DIR.resolve()
+def check_eval_options(
+    model: str,
+    adapters: str | None,
+    methods: str | None,
+    budgets: str,
+    batch_size: int,
+    threads: int | None,
+    output: str | os.PathLike,
+    default_adapters: Mapping[str, str | os.PathLike] | None = None,
+) -> dict[str, Any]:
+    """Validate an eval command's flags before any model is loaded; returns the parsed values.
 
-
-def check_eval_arguments(args: EvalArguments) -> dict[str, Any]:
-    """Validate every flag before any model is loaded; returns the parsed values (adapters resolved to folders)."""
-    from .testbed import tasks
-
-    model = Path(args.model)
-    if model.exists():
-        if not (model / "config.json").is_file():
-            raise ValueError(f"`--model` {args.model!r} must be a saved model folder (with config.json)")
-    elif not is_hub_id(args.model):
-        raise ValueError(f"`--model` {args.model!r} is neither an existing folder nor a Hub repo id")
-    if args.adapters is not None:
-        sources = parse_adapters(args.adapters, "--adapters")
+    `model` is a saved folder or a Hub id; `adapters` is "method=folder_or_repo_id,..." ("" means none, None means
+    `default_adapters`); `methods` None means `default_methods`. Returns {"methods", "adapters" (resolved to local
+    folders, fetched only for the evaluated methods), "budgets", "output", "plot"}.
+    """
+    path = Path(model)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"`--model` {model!r} must be a saved model folder (with config.json)")
+    elif not is_hub_id(model):
+        raise ValueError(f"`--model` {model!r} is neither an existing folder nor a Hub repo id")
+    if adapters is not None:
+        sources = parse_adapters(adapters, "--adapters")
     else:
-        sources = (
-            {method: str(path) for method, path in DEFAULT_ADAPTERS.items()} if _is_default_model(args.model) else {}
-        )
-    methods = check_methods(args.methods, "--methods") if args.methods is not None else default_methods(sources)
+        sources = {method: str(source) for method, source in (default_adapters or {}).items()}
+    methods = check_methods(methods, "--methods") if methods is not None else default_methods(sources)
     check_methods_have_adapters(methods, sources, "--adapters")
-    budgets = parse_budgets(args.budgets, "--budgets")
-    splits = tuple(tasks.SPLIT_SEED_OFFSETS)
-    if args.split not in splits:
-        raise ValueError(f"`--split` must be one of {splits}, got {args.split!r}")
-    if isinstance(args.limit, bool) or not isinstance(args.limit, int) or not 1 <= args.limit <= tasks.SPLIT_SIZE:
-        raise ValueError(f"`--limit` must be an integer in [1, {tasks.SPLIT_SIZE}], got {args.limit!r}")
-    if args.batch_size < 1:
-        raise ValueError(f"`--batch-size` must be >= 1, got {args.batch_size}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"`--threads` must be >= 1 (or left out), got {args.threads}")
-    output = Path(args.output)
-    plot = output.with_suffix(".png")
-    if output == plot:
-        raise ValueError(f"`--output` {args.output!r} is where the plot goes; give a .json file")
-    for path in (output, plot):
-        if path.is_dir():
-            raise ValueError(f"`--output`: {str(path)!r} is a directory")
+    budgets = parse_budgets(budgets, "--budgets")
+    if batch_size < 1:
+        raise ValueError(f"`--batch-size` must be >= 1, got {batch_size}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"`--threads` must be >= 1 (or left out), got {threads}")
+    output_path = Path(output)
+    plot = output_path.with_suffix(".png")
+    if output_path == plot:
+        raise ValueError(f"`--output` {str(output)!r} is where the plot goes; give a .json file")
+    for written in (output_path, plot):
+        if written.is_dir():
+            raise ValueError(f"`--output`: {str(written)!r} is a directory")
     # Only the adapters of evaluated methods are fetched; an adapter of a method left out is not used.
-    adapters = {
+    resolved = {
         method: resolve_adapter(method, sources[method], "--adapters") for method in methods if method in sources
     }
-    return {"methods": methods, "adapters": adapters, "budgets": budgets, "output": output, "plot": plot}
+    return {"methods": methods, "adapters": resolved, "budgets": budgets, "output": output_path, "plot": plot}
 
 
 # --------------------------------------------------------------------------------------------- evaluation
-def _kinds(examples: Sequence[Any]) -> list[str]:
-    """Kinds present in `examples`, in the task's order (unknown kinds after, sorted)."""
-    from .testbed.tasks import KINDS
+def image_then_question(question: str) -> list[dict[str, Any]]:
+    """Chat messages of a VQA prompt: the image, then the question, from the user."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 
-    present = {example.kind for example in examples}
-    return [kind for kind in KINDS if kind in present] + sorted(present - set(KINDS))
+
+def build_batch(
+    processor,
+    images: Sequence[Any],
+    questions: Sequence[str],
+    messages_for: Callable[[str], list[dict[str, Any]]] = image_then_question,
+) -> BatchFeature:
+    """Model inputs for (image, question) prompts, each rendered by the processor's chat template from
+    `messages_for(question)` and ending in the assistant's turn (padded as the tokenizer pads)."""
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images for {len(questions)} questions")
+    texts = [
+        processor.apply_chat_template(messages_for(question), tokenize=False, add_generation_prompt=True)
+        for question in questions
+    ]
+    return processor(text=texts, images=list(images), return_tensors="pt", padding=True)
+
+
+def first_word(text: str) -> str:
+    """The answer a generation gives: its first word (answers are one word)."""
+    words = text.split()
+    return words[0] if words else ""
+
+
+@torch.no_grad()
+def predict(
+    model,
+    processor,
+    images: Sequence[Any],
+    questions: Sequence[str],
+    batch_size: int = 32,
+    progress: Callable[[int], Any] | None = None,
+    messages_for: Callable[[str], list[dict[str, Any]]] = image_then_question,
+    **generate_kwargs,
+):
+    """Greedy one-word answers of `model` (stock or pruned) to (image, question) pairs, in batches.
+
+    Returns (answers, kept_visual_tokens, total_visual_tokens) per example: the kept counts come from the pruned
+    model's `keep_mask` (all visual tokens when the model does not prune). `generate_kwargs` go to `generate`, e.g.
+    `prune_budget=0.1, prune_method="divprune"`. `progress`, when given, is called with each batch's size.
+    """
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images for {len(questions)} questions")
+    image_token_id = model.config.image_token_id
+    answers, kept, total = [], [], []
+    for start in range(0, len(questions), batch_size):
+        batch = build_batch(
+            processor, images[start : start + batch_size], questions[start : start + batch_size], messages_for
+        )
+        batch = batch.to(model.device)
+        output = model.generate(
+            **batch, max_new_tokens=2, do_sample=False, return_dict_in_generate=True, **generate_kwargs
+        )
+        prompt_length = batch["input_ids"].shape[1]
+        texts = processor.batch_decode(output.sequences[:, prompt_length:], skip_special_tokens=True)
+        answers += [first_word(text) for text in texts]
+        visual = batch["input_ids"] == image_token_id
+        keep_mask = output.get("keep_mask") if hasattr(output, "get") else None
+        keep_mask = keep_mask if keep_mask is not None else torch.ones_like(visual)
+        kept += (keep_mask & visual).sum(dim=1).tolist()
+        total += visual.sum(dim=1).tolist()
+        if progress is not None:
+            progress(len(texts))
+    return answers, kept, total
+
+
+def _kinds(examples: Sequence[Any]) -> list[str]:
+    """Kinds of `examples` (their `kind`, where they have one), in order of first appearance."""
+    return list(dict.fromkeys(kind for kind in (getattr(example, "kind", None) for example in examples) if kind))
 
 
 def _accuracies(
@@ -233,7 +260,7 @@ def _accuracies(
     correct = [answer == example.answer for answer, example in zip(answers, examples, strict=True)]
     by_kind = {}
     for kind in kinds:
-        hits = [hit for hit, example in zip(correct, examples, strict=True) if example.kind == kind]
+        hits = [hit for hit, example in zip(correct, examples, strict=True) if getattr(example, "kind", None) == kind]
         by_kind[kind] = sum(hits) / len(hits)
     return sum(correct) / len(correct), by_kind
 
@@ -248,10 +275,12 @@ def evaluate(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
+    messages_for: Callable[[str], list[dict[str, Any]]] = image_then_question,
 ) -> dict[str, Any]:
-    """Accuracy of `base` (a stock testbed VLM) unpruned and pruned by each method at each budget.
+    """Accuracy of `base` (a stock VLM) unpruned and pruned by each method at each budget.
 
-    `examples` have `.image`, `.question`, `.answer` and `.kind`; `adapters` maps a method to a folder of its trained
+    `examples` have `.image`, `.question`, `.answer` and optionally `.kind` (a string); `messages_for(question)` lays
+    out the prompt (see `build_batch`); `adapters` maps a method to a folder of its trained
     selector (needed for learned methods; a training-free method with an adapter uses the adapter's config).
     Returns {"unpruned_accuracy", "results": [{"method", "budget", "accuracy", "retention", "kept_tokens"}, ...]}
     (the JSON schema of `check_eval_results`; `eval_results_json` keeps just that) plus "unpruned_kind_accuracy"
@@ -281,7 +310,14 @@ def evaluate(
     def run(model, **generate_kwargs):
         torch.manual_seed(seed)  # each configuration starts from the same state, whatever ran before it
         answers, kept, total = predict(
-            model, processor, images, questions, batch_size=batch_size, progress=bar.update, **generate_kwargs
+            model,
+            processor,
+            images,
+            questions,
+            batch_size=batch_size,
+            progress=bar.update,
+            messages_for=messages_for,
+            **generate_kwargs,
         )
         return answers, sum(kept) / len(kept), sum(total) / len(total)
 
@@ -411,44 +447,15 @@ def write_outputs(results: Mapping[str, Any], output: str | os.PathLike) -> tupl
     return output, plot
 
 
-def run_eval(args: EvalArguments) -> dict[str, Any]:
-    """`hf-tokenprune eval`: validate every flag, load the model and the split, evaluate, print and write results."""
-    from .testbed import tasks
-    from .testbed.model import load_testbed
-
-    parsed = check_eval_arguments(args)
-    threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        base, processor = load_testbed(args.model)
-        examples = tasks.make_split(args.split, args.limit)
-        results = evaluate(
-            base,
-            processor,
-            examples,
-            parsed["methods"],
-            parsed["budgets"],
-            parsed["adapters"],
-            batch_size=args.batch_size,
-            seed=args.seed,
-        )
-    finally:
-        torch.set_num_threads(threads)
-    print(f"model: {args.model}, split: {args.split}, examples: {len(examples)}, seed: {args.seed}")
-    print(format_table(results))
-    output, plot = write_outputs(results, parsed["output"])
-    print(f"wrote {output} and {plot}")
-    return results
-
-
 __all__ = [
     "DEFAULT_BUDGETS",
-    "EvalArguments",
-    "check_eval_arguments",
+    "build_batch",
+    "check_eval_options",
     "evaluate",
+    "first_word",
     "format_table",
+    "image_then_question",
     "plot_retention",
-    "run_eval",
+    "predict",
     "write_outputs",
 ]

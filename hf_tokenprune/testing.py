@@ -18,7 +18,6 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     InternVLConfig,
     InternVLForConditionalGeneration,
-    InternVLProcessor,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaNextConfig,
@@ -30,8 +29,9 @@ from transformers import (
     ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
 )
+
+from .processing import ImageOnlyInternVLProcessor, ImageOnlyQwen2_5_VLProcessor  # re-exported for the tests
 
 VOCAB = 64
 PAD, BOS, EOS = 0, 1, 2
@@ -390,20 +390,6 @@ def tiny_chat_tokenizer(arch: str) -> PreTrainedTokenizerFast:
         special_tokens=["<|im_start|>", "<|im_end|>", *names],
         extra_special_tokens=tiny.special_token_names(*names),
     )
-
-
-class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """The stock Qwen2.5-VL processor without its video processor (which needs torchvision); images only."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-
-class ImageOnlyInternVLProcessor(InternVLProcessor):
-    """The stock InternVL processor without its video processor (which needs torchvision); images only."""
-
-    def __init__(self, image_processor=None, tokenizer=None, image_seq_length=256, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template, **kwargs)
 
 
 def tiny_processor(arch: str, **image_processor_kwargs) -> ProcessorMixin:

@@ -17,24 +17,18 @@ from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 import hf_tokenprune.evaluate as evaluate_module
-import hf_tokenprune.testbed.model as testbed_model
+import hf_tokenprune_testbed.evaluate as testbed_eval
+import hf_tokenprune_testbed.model as testbed_model
 from hf_tokenprune import TokenPruneConfig, get_pruned_model
 from hf_tokenprune.cli import main
-from hf_tokenprune.evaluate import (
-    EvalArguments,
-    check_eval_arguments,
-    eval_results_json,
-    evaluate,
-    format_table,
-    resolve_adapter,
-    write_outputs,
-)
+from hf_tokenprune.evaluate import eval_results_json, format_table, resolve_adapter, write_outputs
 from hf_tokenprune.modeling.pruning import tokens_to_keep
 from hf_tokenprune.modeling.repo_io import check_eval_results
 from hf_tokenprune.modeling.token_selectors import available_selectors, get_selector_class
-from hf_tokenprune.testbed import tasks
-from hf_tokenprune.testbed.model import new_testbed_model, predict
 from hf_tokenprune.testing import place_in_hf_cache
+from hf_tokenprune_testbed import tasks
+from hf_tokenprune_testbed.evaluate import EvalArguments, check_eval_arguments, evaluate
+from hf_tokenprune_testbed.model import new_testbed_model, predict
 
 BATCH = 3
 SEED = 3
@@ -334,8 +328,8 @@ def test_default_methods_and_adapters(tmp_path, monkeypatch):
     defaults = {method: tmp_path / method for method in ("visionselector", "autoselect")}
     for method, path in defaults.items():
         adapter_folder(path, method)
-    monkeypatch.setattr(evaluate_module, "DEFAULT_MODEL_DIR", tmp_path / "base")
-    monkeypatch.setattr(evaluate_module, "DEFAULT_ADAPTERS", defaults)
+    monkeypatch.setattr(testbed_eval, "DEFAULT_MODEL_DIR", tmp_path / "base")
+    monkeypatch.setattr(testbed_eval, "DEFAULT_ADAPTERS", defaults)
     parsed = check_eval_arguments(EvalArguments(model=str(tmp_path / "base")))
     assert parsed["methods"] == ["visionselector", "autoselect", *training_free]
     assert parsed["adapters"] == defaults
@@ -354,3 +348,22 @@ def test_adapter_by_hub_repo_id_from_the_cache(tmp_path, monkeypatch):
     assert folder == tmp_path / "hub" / "models--org--uniform-adapter" / "snapshots" / commit
     with pytest.raises(ValueError, match="`adapters`: Hub repo uniform='org/missing' was not found"):
         resolve_adapter("uniform", "org/missing")
+
+
+def test_library_evaluate_takes_any_examples_and_lays_out_the_image_first(testbed):
+    """Oracle: the library's own `predict` with its default prompt (image, then question), answers set from it;
+    examples with no `kind` give no per-kind accuracy."""
+    from types import SimpleNamespace
+
+    base, processor, examples, _ = testbed
+    images, questions = [e.image for e in examples], [e.question for e in examples]
+    prompt = evaluate_module.build_batch(processor, images[:1], questions[:1])["input_ids"][0].tolist()
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    question_ids = processor.tokenizer(questions[0], add_special_tokens=False)["input_ids"]
+    start = next(i for i in range(len(prompt)) if prompt[i : i + len(question_ids)] == question_ids)
+    assert prompt.index(image_id) < start
+    said, _, _ = evaluate_module.predict(base, processor, images, questions, BATCH)
+    plain = [SimpleNamespace(image=e.image, question=e.question, answer=a) for e, a in zip(examples, said, strict=True)]
+    out = evaluate_module.evaluate(base, processor, plain, ["uniform"], [1.0], batch_size=BATCH, progress=False)
+    assert out["unpruned_accuracy"] == 1.0 and out["results"][0]["retention"] == 1.0
+    assert out["unpruned_kind_accuracy"] == {} and out["kind_accuracy"] == [{}]

@@ -6,7 +6,9 @@ with a budget and one `TokenPruneTrainer` step.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ from hf_tokenprune.modeling.token_selectors import (
     TokenSelector,
     learned_selectors,
     register_selector,
+    registered_config_class,
     training_free_selectors,
 )
 from hf_tokenprune.testing import tiny_processor, tiny_qwen2_5_vl, tiny_qwen2_5_vl_inputs
@@ -187,3 +190,22 @@ def test_duplicate_names_raise(third_party_methods):
         register_recipe("visionselector", VisionSelectorArguments, VisionSelectorRecipe)
     with pytest.raises(ValueError, match="learned selector"):
         register_recipe("not_a_selector", LinearScorerArguments, LinearScorerRecipe)
+
+
+LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
+
+
+@pytest.mark.parametrize("method", ["visionselector", "autoselect", "reconstruction"])
+def test_flat_configs_written_before_the_method_sections_load_unchanged(tmp_path, method):
+    """Oracle: a `token_prune_config.json` as the earlier flat layout wrote it (every method's fields in one object,
+    the files once committed with the bundled model) reads into the method's config with the values it holds, and
+    a save of that config reads back equal."""
+    legacy = json.loads((LEGACY / f"{method}.token_prune_config.json").read_text())
+    config = TokenPruneConfig.from_json_file(LEGACY / f"{method}.token_prune_config.json")
+    assert type(config) is registered_config_class(method)
+    assert config.method == method
+    for name, value in legacy.items():
+        if hasattr(config, name):
+            assert getattr(config, name) == value, name
+    config.save_pretrained(tmp_path)
+    assert TokenPruneConfig.from_pretrained(tmp_path) == config

@@ -16,20 +16,20 @@ from PIL import Image
 from hf_tokenprune import get_pruned_model
 from hf_tokenprune.cli import main
 from hf_tokenprune.modeling.pruning import tokens_to_keep
-from hf_tokenprune.testbed.model import (
+from hf_tokenprune.processing import load_processor
+from hf_tokenprune_testbed.model import (
     DEFAULT_ADAPTERS,
     DEFAULT_DIR,
     DEFAULT_MODEL_DIR,
     LEARNED_METHODS,
     MERGE_SIZE,
     build_batch,
-    load_processor,
     load_testbed,
     predict,
     testbed_processor,
 )
-from hf_tokenprune.testbed.pipeline import ReproduceArguments, run_reproduce
-from hf_tokenprune.testbed.tasks import VOCABULARY, make_split, token_grid
+from hf_tokenprune_testbed.pipeline import ReproduceArguments, run_reproduce
+from hf_tokenprune_testbed.tasks import VOCABULARY, make_split, token_grid
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +67,14 @@ def test_processor_saves_and_loads_without_torchvision(tmp_path, examples):
 
 
 def test_recipe_end_to_end_at_toy_scale(tmp_path, monkeypatch):
-    """Data -> VLM -> three selectors through `hf-tokenprune train` -> eval JSON, all stages wired together.
+    """Data -> VLM -> three selectors through the training entry point -> eval JSON, all stages wired together.
 
     A VLM trained for two steps answers nothing right, and retention is undefined then; so the test examples'
     answers are set to what that model says (the real `evaluate` runs on them) to make unpruned accuracy 1.
     """
     import dataclasses
 
-    import hf_tokenprune.evaluate as evaluate_module
+    import hf_tokenprune_testbed.evaluate as evaluate_module
 
     real_evaluate = evaluate_module.evaluate
 
@@ -118,7 +118,28 @@ def test_recipe_end_to_end_at_toy_scale(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the bundled default
-def test_bundle_is_small_and_in_hub_layout():
+BASE_FILES = {
+    "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
+
+
+@pytest.fixture(scope="module")
+def hub_layout_dir(tmp_path_factory):
+    """The bundled default's Hub-layout repos, materialised into a cache folder of this test run."""
+    from hf_tokenprune_testbed.bundled import hub_layout
+
+    return hub_layout(tmp_path_factory.mktemp("hub-cache"))
+
+
+def test_bundle_is_small_and_holds_only_what_training_produced():
+    from hf_tokenprune_testbed.bundled import BUNDLED_ADAPTER_FILES
+
     files = [path for path in DEFAULT_DIR.rglob("*") if path.is_file()]
     assert sum(path.stat().st_size for path in files) <= 30 * 1024 * 1024
     assert (DEFAULT_MODEL_DIR / "model.safetensors").is_file()
@@ -126,6 +147,101 @@ def test_bundle_is_small_and_in_hub_layout():
         config = json.loads((adapter / "token_prune_config.json").read_text())
         assert config["method"] == method and config["base_model_name_or_path"] == "../base"
         assert not list(adapter.glob("model*.safetensors")), "adapters store no base weights"
+    assert {path.relative_to(DEFAULT_DIR).as_posix() for path in files} == {
+        *(f"base/{name}" for name in BASE_FILES),
+        *(f"{method}/{name}" for method in LEARNED_METHODS for name in BUNDLED_ADAPTER_FILES),
+    }
+
+
+def test_hub_layout_holds_the_current_remote_code_and_no_base_weights(hub_layout_dir):
+    """Oracle: the files transformers copies for the model class (its relative imports), the modeling folder itself,
+    the bundled files, and the auto_map of the class."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    from hf_tokenprune import PrunedQwen2_5_VLForConditionalGeneration
+
+    modeling = Path(__file__).resolve().parents[1] / "modeling"
+    entry = modeling / "modeling_pruned_qwen2_5_vl.py"
+    code = {entry.name} | {Path(name).name for name in get_relative_import_files(str(entry))}
+    assert {path.name for path in hub_layout_dir.iterdir()} == {"base", *LEARNED_METHODS}
+    assert {path.name for path in (hub_layout_dir / "base").iterdir()} == BASE_FILES
+    for method in LEARNED_METHODS:
+        adapter = hub_layout_dir / method
+        assert {path.name for path in adapter.iterdir()} == {
+            *code,
+            "config.json",
+            "README.md",
+            "token_selector.safetensors",
+            "token_prune_config.json",
+            "training_recipe.json",
+            "eval_results.json",
+        }
+        for name in code:
+            assert (adapter / name).read_bytes() == (modeling / name).read_bytes(), f"{method}/{name} is stale"
+        for name in ("token_selector.safetensors", "training_recipe.json", "eval_results.json"):
+            assert (adapter / name).read_bytes() == (DEFAULT_ADAPTERS[method] / name).read_bytes(), name
+        saved = json.loads((adapter / "token_prune_config.json").read_text())
+        assert saved == json.loads((DEFAULT_ADAPTERS[method] / "token_prune_config.json").read_text())
+        config = json.loads((adapter / "config.json").read_text())
+        assert config["auto_map"] == PrunedQwen2_5_VLForConditionalGeneration.auto_map()
+        card = (adapter / "README.md").read_text()
+        assert str(adapter.parent) not in card and f'"your-namespace/{adapter.name}"' in card  # no path of this machine
+
+
+def test_hub_layout_is_built_once_per_hash_and_atomically(hub_layout_dir, monkeypatch):
+    from hf_tokenprune_testbed import bundled
+
+    assert hub_layout_dir.name == f"testbed-{bundled.layout_hash()}"
+    assert bundled.hub_layout(hub_layout_dir.parent) == hub_layout_dir  # found, not rebuilt
+    assert [path.name for path in hub_layout_dir.parent.iterdir()] == [hub_layout_dir.name]  # no staging left
+    monkeypatch.setattr(bundled, "layout_hash", lambda: "changed-code")
+    monkeypatch.setattr(bundled, "get_pruned_model", lambda *a: pytest.fail("a model was built"))
+    cache = hub_layout_dir.parent / "other"
+    with pytest.raises(pytest.fail.Exception):
+        bundled.hub_layout(cache)
+    assert list(cache.iterdir()) == []  # an interrupted build leaves nothing that looks complete
+
+
+CHILD = """
+import sys
+sys.modules["hf_tokenprune"] = None  # a Hub user has only transformers
+import json
+import torch
+from transformers import AutoModelForImageTextToText
+
+model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], trust_remote_code=True)
+inputs = torch.load(sys.argv[2])
+out = model.generate(**inputs, prune_budget=0.2, max_new_tokens=3, do_sample=False)
+print(json.dumps({"module": type(model).__module__, "tokens": out.tolist()}))
+"""
+
+
+@pytest.mark.parametrize("method", LEARNED_METHODS)
+def test_hub_layout_loads_through_remote_code_without_hf_tokenprune(hub_layout_dir, method, tmp_path, examples):
+    """Oracle: the library's pruned model (stock base + bundled adapter) on the same inputs and budget."""
+    import os
+    import subprocess
+    import sys
+
+    base, processor = load_testbed()
+    batch = build_batch(processor, [e.image for e in examples[:2]], [e.question for e in examples[:2]])
+    torch.save(dict(batch), tmp_path / "inputs.pt")
+    expected = get_pruned_model(base, DEFAULT_ADAPTERS[method]).generate(
+        **batch, prune_budget=0.2, max_new_tokens=3, do_sample=False
+    )
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(hub_layout_dir / method), str(tmp_path / "inputs.pt")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,  # not the checkout: nothing of it on sys.path
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert result["module"].startswith("transformers_modules.")
+    assert result["tokens"] == expected.tolist()
 
 
 def test_bundled_model_answers_better_than_the_answer_prior():
@@ -134,7 +250,7 @@ def test_bundled_model_answers_better_than_the_answer_prior():
     the VLM trained here answers 57% of 500 test questions (55% of these 300; docs/testbed.md), so the bound is 20
     points over the prior: a bundle that lost its training (or a processor or template that no longer matches it)
     falls below it."""
-    from hf_tokenprune.testbed.tasks import COLOURS, COUNT_WORDS, KINDS, SHAPES, WORDS
+    from hf_tokenprune_testbed.tasks import COLOURS, COUNT_WORDS, KINDS, SHAPES, WORDS
 
     answers_per_kind = {"attribute": COLOURS, "identity": SHAPES, "count": COUNT_WORDS, "existence": ("yes", "no")}
     answers_per_kind["reading"] = WORDS
@@ -168,7 +284,7 @@ def test_demo_matches_the_library_path_and_draws_the_kept_tokens(tmp_path, capsy
 
 
 def test_demo_rejects_bad_arguments_before_loading(monkeypatch):
-    monkeypatch.setattr("hf_tokenprune.testbed.demo.load_testbed", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("hf_tokenprune_testbed.demo.load_testbed", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ValueError, match="budget"):
         main(["demo", "--budget", "0"])
     with pytest.raises(ValueError, match="method"):
@@ -177,10 +293,10 @@ def test_demo_rejects_bad_arguments_before_loading(monkeypatch):
         main(["demo", "--kind", "nope"])
 
 
-def test_bundled_adapter_loads_by_path_through_remote_code():
+def test_bundled_adapter_loads_by_path_through_remote_code(hub_layout_dir):
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(DEFAULT_ADAPTERS["autoselect"], trust_remote_code=True)
+    model = AutoModelForImageTextToText.from_pretrained(hub_layout_dir / "autoselect", trust_remote_code=True)
     base, _ = load_testbed()
     for name, tensor in base.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
@@ -189,8 +305,8 @@ def test_bundled_adapter_loads_by_path_through_remote_code():
 
 def test_vision_pretraining_labels_name_the_object_under_each_cell(examples):
     """Oracle: the resized image's pixel at each labelled cell's object centre, and the scene's own objects."""
-    from hf_tokenprune.testbed.pipeline import token_labels
-    from hf_tokenprune.testbed.tasks import COLOURS, SHAPES, WORDS
+    from hf_tokenprune_testbed.pipeline import token_labels
+    from hf_tokenprune_testbed.tasks import COLOURS, SHAPES, WORDS
 
     for example in examples:
         width, height = example.image.size
@@ -212,20 +328,38 @@ def test_vision_pretraining_labels_name_the_object_under_each_cell(examples):
         assert not (labels[..., 0] > 0)[~covered].any(), "a label outside every object's cells"
 
 
-def test_bundled_remote_code_is_the_current_modeling_code():
-    """Each bundled adapter carries the remote code; a change to modeling/ must be copied in (re-run the bundle)."""
-    modeling = Path(__file__).resolve().parents[1] / "modeling"
-    for adapter in DEFAULT_ADAPTERS.values():
-        for path in adapter.glob("*.py"):
-            assert path.read_bytes() == (modeling / path.name).read_bytes(), f"{path} is stale"
+def test_bundle_writes_only_what_training_produced_and_refuses_site_packages(hub_layout_dir, tmp_path):
+    """Oracle: the committed bundle, byte for byte, written back from a run folder laid out as `reproduce` leaves it
+    (Hub-layout adapters with remote code and cards, a base with training logs and trainer folders)."""
+    import shutil
+    import sysconfig
+
+    from hf_tokenprune_testbed.bundled import bundle
+
+    run = tmp_path / "run"
+    shutil.copytree(hub_layout_dir / "base", run / "base")
+    (run / "base" / "training_log.json").write_text("[]")
+    (run / "base" / "trainer").mkdir()
+    adapters = {method: hub_layout_dir / method for method in LEARNED_METHODS}
+    target = tmp_path / "default_model"
+    (target / "autoselect").mkdir(parents=True)
+    (target / "autoselect" / "stale.py").write_text("")  # a folder is replaced whole, not merged into
+    assert bundle(run, adapters, target) == target.resolve()
+    written = sorted(path.relative_to(target) for path in target.rglob("*") if path.is_file())
+    committed = sorted(path.relative_to(DEFAULT_DIR) for path in DEFAULT_DIR.rglob("*") if path.is_file())
+    assert written == committed
+    assert all((target / name).read_bytes() == (DEFAULT_DIR / name).read_bytes() for name in committed)
+    assert sorted(path.name for path in target.iterdir()) == sorted(["base", *LEARNED_METHODS])  # nothing staged
+    with pytest.raises(ValueError, match="site-packages"):
+        bundle(run, adapters, Path(sysconfig.get_paths()["purelib"]) / "hf_tokenprune_testbed" / "default_model")
 
 
 # ----------------------------------------------------------------------------- VLM training stages
 def test_prompts_put_the_question_before_the_image_in_training_and_inference(examples):
     """The inference prompt (`build_batch`) and the training record (rendered by the training collator) agree:
     question tokens, then the visual tokens; the training sequence is the inference prompt plus the answer."""
-    from hf_tokenprune.testbed.pipeline import example_record
     from hf_tokenprune.training.data import TokenPruneDataCollator
+    from hf_tokenprune_testbed.pipeline import example_record
 
     processor = testbed_processor()
     example = examples[0]
@@ -243,8 +377,8 @@ def test_prompts_put_the_question_before_the_image_in_training_and_inference(exa
 
 def test_match_feature_scale_rescales_visual_features_to_the_word_embedding_norm(examples):
     """Oracle: the tower's features before the call, times the returned factor; norms against the embeddings."""
-    from hf_tokenprune.testbed.model import new_testbed_model
-    from hf_tokenprune.testbed.pipeline import match_feature_scale
+    from hf_tokenprune_testbed.model import new_testbed_model
+    from hf_tokenprune_testbed.pipeline import match_feature_scale
 
     model, processor = new_testbed_model(0)
     batch = processor.image_processor([e.image for e in examples], return_tensors="pt")
@@ -260,8 +394,8 @@ def test_match_feature_scale_rescales_visual_features_to_the_word_embedding_norm
 
 def test_vision_pretraining_loss_weights_object_cells_on_their_own(examples):
     """Oracle: cross-entropy recomputed per label group as (all cells) + (cells that show something)."""
-    from hf_tokenprune.testbed.model import new_testbed_model
-    from hf_tokenprune.testbed.pipeline import VisionPretraining, VisionPretrainingCollator
+    from hf_tokenprune_testbed.model import new_testbed_model
+    from hf_tokenprune_testbed.pipeline import VisionPretraining, VisionPretrainingCollator
 
     model, processor = new_testbed_model(0)
     wrapper = VisionPretraining(model, processor.tokenizer)
@@ -281,9 +415,9 @@ def test_vision_pretraining_loss_weights_object_cells_on_their_own(examples):
 def test_vision_pretraining_classes_are_the_language_models_word_embeddings(examples):
     """Oracle: cosines against the embedding rows of the class names, looked up through the tokenizer by hand; one
     optimiser step moves exactly those rows of the embedding table (and the tower), nothing else of the LM."""
-    from hf_tokenprune.testbed.model import new_testbed_model
-    from hf_tokenprune.testbed.pipeline import VisionPretraining, VisionPretrainingCollator
-    from hf_tokenprune.testbed.tasks import COLOURS, SHAPES, WORDS
+    from hf_tokenprune_testbed.model import new_testbed_model
+    from hf_tokenprune_testbed.pipeline import VisionPretraining, VisionPretrainingCollator
+    from hf_tokenprune_testbed.tasks import COLOURS, SHAPES, WORDS
 
     model, processor = new_testbed_model(0)
     wrapper = VisionPretraining(model, processor.tokenizer)
@@ -313,9 +447,9 @@ def test_vision_pretraining_classes_are_the_language_models_word_embeddings(exam
 
 def test_cached_visual_tokens_give_the_stock_forward_the_same_loss_and_gradients():
     """Oracle: the stock forward on the records' pixels through the training collator."""
-    from hf_tokenprune.testbed.model import new_testbed_model
-    from hf_tokenprune.testbed.pipeline import CachedVisualTokens, GeneratedRecords, collate_cached
     from hf_tokenprune.training.data import TokenPruneDataCollator
+    from hf_tokenprune_testbed.model import new_testbed_model
+    from hf_tokenprune_testbed.pipeline import CachedVisualTokens, GeneratedRecords, collate_cached
 
     model, processor = new_testbed_model(0)
     records = GeneratedRecords("train", 5, caption_every=2)  # captions and questions: different lengths, padding
@@ -334,8 +468,8 @@ def test_cached_visual_tokens_give_the_stock_forward_the_same_loss_and_gradients
 
 
 def test_train_vlm_on_cached_visual_tokens_trains_the_language_model_only_for_epochs(tmp_path):
-    from hf_tokenprune.testbed.model import new_testbed_model
-    from hf_tokenprune.testbed.pipeline import train_vlm
+    from hf_tokenprune_testbed.model import new_testbed_model
+    from hf_tokenprune_testbed.pipeline import train_vlm
 
     start, _ = new_testbed_model(0)
     model, _ = train_vlm(tmp_path / "vlm", steps=3, batch_size=2, learning_rate=1e-2, seed=0, cached_records=2)
@@ -349,8 +483,8 @@ def test_train_vlm_on_cached_visual_tokens_trains_the_language_model_only_for_ep
 
 
 def test_train_vlm_with_a_frozen_vision_tower_trains_only_its_merger(tmp_path):
-    from hf_tokenprune.testbed.model import new_testbed_model
-    from hf_tokenprune.testbed.pipeline import train_vlm
+    from hf_tokenprune_testbed.model import new_testbed_model
+    from hf_tokenprune_testbed.pipeline import train_vlm
 
     start, _ = new_testbed_model(0)
     model, _ = train_vlm(tmp_path / "vlm", steps=2, batch_size=2, learning_rate=1e-2, seed=0, freeze_vision=True)

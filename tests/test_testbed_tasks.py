@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from hf_tokenprune.testbed.tasks import (
+from hf_tokenprune_testbed.tasks import (
     COLOUR_RGB,
     COLOURS,
     KINDS,

@@ -76,7 +76,7 @@ def load_model_and_processor(args: TrainModelArguments):
         return BUILDERS[arch](args.attn_implementation or "eager"), tiny_processor(arch)
     from transformers import AutoModelForImageTextToText
 
-    from ..testbed.model import load_processor
+    from ..processing import load_processor
 
     kwargs = {"revision": args.revision, "dtype": args.dtype}
     if args.attn_implementation is not None:

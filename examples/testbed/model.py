@@ -7,32 +7,26 @@ Geometry: every image is resized to about 280 x 280 px (aspect kept, sides multi
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoProcessor,
-    BatchFeature,
-    ProcessorMixin,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-)
+from transformers import BatchFeature, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-from transformers.utils import cached_file
 
-from ..modeling.repo_io import HUB_KWARGS
-from ..testing import CHAT_TEMPLATE as TINY_CHAT_TEMPLATE
-from ..testing import IMAGE_PLACEHOLDER, ImageOnlyQwen2_5_VLProcessor, word_level_tokenizer
+from hf_tokenprune import testing
+from hf_tokenprune.evaluate import build_batch as build_vqa_batch
+from hf_tokenprune.evaluate import predict as predict_answers
+from hf_tokenprune.modeling.repo_io import HUB_KWARGS
+from hf_tokenprune.processing import ImageOnlyQwen2_5_VLProcessor, load_processor
 
 PATCH_SIZE = 14
 MERGE_SIZE = 2
 TOKEN_PIXELS = PATCH_SIZE * MERGE_SIZE
 IMAGE_PIXELS = 280 * 280  # min_pixels = max_pixels: every image becomes about 10 x 10 visual tokens
 
-DEFAULT_DIR = Path(__file__).resolve().parents[1] / "default_model"
+DEFAULT_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_MODEL_DIR = DEFAULT_DIR / "base"
 LEARNED_METHODS = ("visionselector", "autoselect", "reconstruction")
 DEFAULT_ADAPTERS = {method: DEFAULT_DIR / method for method in LEARNED_METHODS}
@@ -41,7 +35,7 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 ROLES = ("system", "user", "assistant")
 CAPTION_PROMPT = "describe the image"  # the VLM's pre-training task besides VQA (see pipeline.caption_record)
-CHAT_TEMPLATE = TINY_CHAT_TEMPLATE.replace("%(image)s", IMAGE_PLACEHOLDER["qwen2_5_vl"])
+CHAT_TEMPLATE = testing.CHAT_TEMPLATE.replace("%(image)s", testing.IMAGE_PLACEHOLDER["qwen2_5_vl"])
 
 # Sizes of the testbed VLM: small enough to train from scratch on 2 CPU cores, deep enough to read short words.
 VISION_SIZES = dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4)
@@ -55,7 +49,7 @@ def testbed_tokenizer():
     from .tasks import VOCABULARY
 
     words = list(dict.fromkeys([*SPECIAL_TOKENS, *CHAT_TOKENS, *ROLES, *VOCABULARY, *CAPTION_PROMPT.split()]))
-    tokenizer = word_level_tokenizer(
+    tokenizer = testing.word_level_tokenizer(
         {word: index for index, word in enumerate(words)},
         special_tokens=CHAT_TOKENS,
         extra_special_tokens=dict(image_token="<|image_pad|>", video_token="<|video_pad|>"),
@@ -126,19 +120,6 @@ def new_testbed_model(seed: int = 0):
     return model, processor
 
 
-def load_processor(path_or_repo_id: str | os.PathLike, **hub_kwargs) -> ProcessorMixin:
-    """The processor saved at `path_or_repo_id`: the image-only Qwen2.5-VL processor when it was saved as one (the stock
-    one needs torchvision), else whatever `AutoProcessor` finds."""
-    config_file = cached_file(
-        path_or_repo_id, "processor_config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs
-    )
-    if config_file is not None:
-        with open(config_file, encoding="utf-8") as handle:
-            if json.load(handle).get("processor_class") == ImageOnlyQwen2_5_VLProcessor.__name__:
-                return ImageOnlyQwen2_5_VLProcessor.from_pretrained(path_or_repo_id, **hub_kwargs)
-    return AutoProcessor.from_pretrained(path_or_repo_id, **hub_kwargs)
-
-
 def load_testbed(path_or_repo_id: str | os.PathLike = DEFAULT_MODEL_DIR, **kwargs):
     """(testbed base model in eval mode, processor) from a saved folder or Hub id (default: the bundled model)."""
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path_or_repo_id, **kwargs).eval()
@@ -158,50 +139,15 @@ def messages_for(question: str, answer: str | None = None) -> list[dict[str, Any
 
 
 def build_batch(processor, images: list, questions: list[str]) -> BatchFeature:
-    """Model inputs for a batch of (image, question) prompts, ending in the assistant's turn (left padding)."""
-    if len(images) != len(questions):
-        raise ValueError(f"{len(images)} images for {len(questions)} questions")
-    texts = [
-        processor.apply_chat_template(messages_for(question), tokenize=False, add_generation_prompt=True)
-        for question in questions
-    ]
-    return processor(text=texts, images=list(images), return_tensors="pt", padding=True)
+    """Model inputs for a batch of (image, question) prompts in the testbed's layout (`messages_for`), ending in the
+    assistant's turn (left padding)."""
+    return build_vqa_batch(processor, images, questions, messages_for)
 
 
-def first_word(text: str) -> str:
-    """The answer a generation gives: its first word (answers are one word)."""
-    words = text.split()
-    return words[0] if words else ""
-
-
-@torch.no_grad()
 def predict(
     model, processor, images: list, questions: list[str], batch_size: int = 32, progress=None, **generate_kwargs
 ):
-    """Greedy one-word answers of `model` (stock or pruned) to (image, question) pairs, in batches.
-
-    Returns (answers, kept_visual_tokens, total_visual_tokens) per example: the kept counts come from the pruned
-    model's `keep_mask` (all visual tokens when the model does not prune). `generate_kwargs` go to `generate`, e.g.
-    `prune_budget=0.1, prune_method="divprune"`. `progress`, when given, is called with each batch's size.
-    """
-    if len(images) != len(questions):
-        raise ValueError(f"{len(images)} images for {len(questions)} questions")
-    image_token_id = model.config.image_token_id
-    answers, kept, total = [], [], []
-    for start in range(0, len(questions), batch_size):
-        batch = build_batch(processor, images[start : start + batch_size], questions[start : start + batch_size])
-        batch = batch.to(model.device)
-        output = model.generate(
-            **batch, max_new_tokens=2, do_sample=False, return_dict_in_generate=True, **generate_kwargs
-        )
-        prompt_length = batch["input_ids"].shape[1]
-        texts = processor.batch_decode(output.sequences[:, prompt_length:], skip_special_tokens=True)
-        answers += [first_word(text) for text in texts]
-        visual = batch["input_ids"] == image_token_id
-        keep_mask = output.get("keep_mask") if hasattr(output, "get") else None
-        keep_mask = keep_mask if keep_mask is not None else torch.ones_like(visual)
-        kept += (keep_mask & visual).sum(dim=1).tolist()
-        total += visual.sum(dim=1).tolist()
-        if progress is not None:
-            progress(len(texts))
-    return answers, kept, total
+    """`hf_tokenprune.evaluate.predict` with the testbed's prompt layout (`messages_for`, unless given): greedy
+    one-word answers, kept and total visual tokens per example."""
+    generate_kwargs.setdefault("messages_for", messages_for)
+    return predict_answers(model, processor, images, questions, batch_size, progress, **generate_kwargs)

@@ -9,10 +9,12 @@
    image) and captions, labels on the answers only, over records whose visual tokens are computed once
    (`CachedVisualTokens`).
 2. Selector training data: train-split records written to disk (JPEG + LLaVA-style JSON), because the selectors are
-   trained through the library's own entry point, `hf-tokenprune train --config recipe.yaml`, like any user's.
+   trained through the library's own training entry point (`run_train`, what `hf-tokenprune train` runs), like any
+   user's.
 3. Each learned selector is trained with its recipe and saved as an adapter repo next to the base.
 4. `hf-tokenprune eval` over the test split at budgets 0.1, 0.2, 0.3, 0.5 for every method.
-5. With `--bundle`, the base and adapters are copied into `hf_tokenprune/default_model/`, the bundled default.
+5. With `--bundle`, the base and what training produced of each adapter are written into `--bundle_dir` (default:
+   the source checkout's `examples/testbed/default_model/`, the bundled default; see `bundled.bundle`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import Trainer, TrainingArguments
 
-from ..training.data import TokenPruneDataCollator
-from .model import CAPTION_PROMPT, DEFAULT_DIR, LEARNED_METHODS, new_testbed_model
+from hf_tokenprune import get_pruned_model, write_model_card
+from hf_tokenprune.training import TokenPruneDataCollator, TokenPruneTrainingArguments
+from hf_tokenprune.training.entry import TrainDataArguments, TrainModelArguments, run_train
+
+from .model import CAPTION_PROMPT, LEARNED_METHODS, new_testbed_model
 
 
 def conversation_record(image, prompt: str, answer: str) -> dict:
@@ -372,7 +376,16 @@ class ReproduceArguments:
     seed: int = field(default=0, metadata={"help": "Seed of every stage."})
     threads: int = field(default=2, metadata={"help": "torch threads."})
     skip_vlm: bool = field(default=False, metadata={"help": "Reuse OUTPUT/base instead of training the VLM."})
-    bundle: bool = field(default=False, metadata={"help": "Copy base + adapters into hf_tokenprune/default_model."})
+    bundle: bool = field(
+        default=False, metadata={"help": "Write the base and what training produced of each adapter to --bundle_dir."}
+    )
+    bundle_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder --bundle writes (default: the source checkout's examples/testbed/default_model; a folder "
+            "in site-packages is refused)."
+        },
+    )
 
 
 def train_vlm(
@@ -444,35 +457,32 @@ def write_records(split: str, n: int, folder: Path) -> Path:
 
 
 def train_selector(method: str, base_dir: Path, records: Path, output_dir: Path, args: ReproduceArguments) -> Path:
-    """Train one selector through `hf-tokenprune train --config` and save it as an adapter repo next to the base."""
-    from .. import get_pruned_model
-    from ..cli import main as cli_main
+    """Train one selector through the library's training entry point and save it as an adapter repo next to the base."""
     from .model import load_testbed
 
-    recipe = {
-        "model_name_or_path": str(base_dir),
-        "method": method,
-        "budget": 0.2,
-        "train_file": str(records),
-        "image_folder": str(records.parent / "images"),
-        "output_dir": str(output_dir / f"{method}-run"),
-        "train_budget": args.train_budget,
+    model_args = TrainModelArguments(
+        model_name_or_path=str(base_dir),
+        method=method,
+        budget=0.2,
         # The methods' default widths (min(D, 1024) / min(D, 512) of 512-wide vision features) would make the
         # bundled adapters 26 and 50 MB; the testbed VLM is 128 wide, so are its scorers.
-        **({"scorer_hidden_size": 128} if method in ("autoselect", "reconstruction") else {}),
-        "max_steps": args.selector_steps,
-        "per_device_train_batch_size": args.selector_batch_size,
-        "learning_rate": {"visionselector": 3e-3, "autoselect": 1e-3, "reconstruction": 1e-3}[method],
-        "lr_scheduler_type": "cosine",
-        "warmup_steps": max(1, args.selector_steps // 20),
-        "logging_steps": max(1, args.selector_steps // 25),
-        "save_strategy": "no",
-        "report_to": "none",
-        "seed": args.seed,
-    }
-    config = output_dir / f"{method}.yaml"
-    config.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    cli_main(["train", "--config", str(config)])
+        scorer_hidden_size=128 if method in ("autoselect", "reconstruction") else None,
+    )
+    data_args = TrainDataArguments(train_file=str(records), image_folder=str(records.parent / "images"))
+    training_args = TokenPruneTrainingArguments(
+        output_dir=str(output_dir / f"{method}-run"),
+        train_budget=args.train_budget,
+        max_steps=args.selector_steps,
+        per_device_train_batch_size=args.selector_batch_size,
+        learning_rate={"visionselector": 3e-3, "autoselect": 1e-3, "reconstruction": 1e-3}[method],
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, args.selector_steps // 20),
+        logging_steps=max(1, args.selector_steps // 25),
+        save_strategy="no",
+        report_to="none",
+        seed=args.seed,
+    )
+    run_train(model_args, data_args, training_args)
     base, _ = load_testbed(base_dir)
     pruned = get_pruned_model(base, output_dir / f"{method}-run")
     adapter = output_dir / method
@@ -482,8 +492,9 @@ def train_selector(method: str, base_dir: Path, records: Path, output_dir: Path,
 
 def run_reproduce(args: ReproduceArguments) -> dict:
     """The whole recipe; returns the eval results. Times of every stage go to OUTPUT/timings.json."""
-    from ..evaluate import EvalArguments, format_table, run_eval
-    from ..hub import write_model_card
+    from hf_tokenprune.evaluate import format_table
+
+    from . import evaluate
 
     rounds = parse_schedule(args.vlm_schedule)  # before anything is written: a typo fails at once
     if args.vlm_cached_records < 0:
@@ -526,8 +537,8 @@ def run_reproduce(args: ReproduceArguments) -> dict:
         timings[f"{method}_seconds"] = time.perf_counter() - stage
 
     stage = time.perf_counter()
-    results = run_eval(
-        EvalArguments(
+    results = evaluate.run_eval(
+        evaluate.EvalArguments(
             model=str(base_dir),
             adapters=",".join(f"{method}={path}" for method, path in adapters.items()),
             budgets=args.budgets,
@@ -545,18 +556,7 @@ def run_reproduce(args: ReproduceArguments) -> dict:
     timings["threads"] = args.threads
     (output / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     if args.bundle:
-        bundle(output, adapters)
+        from .bundled import bundle
+
+        bundle(output, adapters, args.bundle_dir)
     return results
-
-
-def bundle(output: Path, adapters: dict[str, Path]) -> None:
-    """Copy the trained base and adapters (with their eval results) into the package's `default_model/`."""
-    staging = DEFAULT_DIR.with_name(DEFAULT_DIR.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(
-        output / "base", staging / "base", ignore=shutil.ignore_patterns("trainer", "vision-trainer", "*_log.json")
-    )
-    for method, adapter in adapters.items():
-        shutil.copytree(adapter, staging / method)
-    shutil.rmtree(DEFAULT_DIR, ignore_errors=True)
-    staging.rename(DEFAULT_DIR)

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from ..modeling.configuration_token_prune import TokenPruneConfig, check_budget
-from ..modeling.token_selectors import get_selector_class
-from .model import DEFAULT_ADAPTERS, DEFAULT_MODEL_DIR, MERGE_SIZE, TOKEN_PIXELS, build_batch, first_word, load_testbed
+from hf_tokenprune import TokenPruneConfig, get_pruned_model, get_selector_class
+from hf_tokenprune.evaluate import first_word, parse_budgets
+
+from .model import DEFAULT_ADAPTERS, DEFAULT_MODEL_DIR, MERGE_SIZE, TOKEN_PIXELS, build_batch, load_testbed
 
 
 @dataclass
@@ -63,10 +64,9 @@ def kept_token_overlay(image: Image.Image, grid_hw: tuple[int, int], keep: torch
 
 
 def run_demo(args: DemoArguments) -> dict:
-    from .. import get_pruned_model
     from .tasks import KINDS, make_example, make_split
 
-    check_budget(args.budget, "budget")
+    parse_budgets([args.budget], "budget")
     selector_cls = get_selector_class(args.method, argument="method")
     if args.kind is not None and args.kind not in KINDS:
         raise ValueError(f"`kind` must be one of {KINDS}, got {args.kind!r}")
