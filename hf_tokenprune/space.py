@@ -1,7 +1,7 @@
 """The Spaces demo: what pruning keeps, and what it costs, in the browser.
 
-`hf-tokenprune space` serves a Gradio app locally; `hf-tokenprune push-space --repo-id you/name` publishes the Space
-template in `hub_cards/space/` (app.py, requirements.txt, a README.md with the Space's YAML) for one pruned model.
+`hf-tokenprune space` serves this Gradio app locally; a Space runs it through the template in `hub_cards/space/`, which
+`hf-tokenprune push-space --repo-id you/name` publishes (`hub.render_space`, `hub.push_space`).
 The app answers an image question unpruned and pruned, side by side, with the time to first token (TTFT) of each,
 the prefill speed-up, kept / total visual tokens, KV-cache bytes and the kept tokens drawn over the image; "compare
 all methods" does the same for every method the model can run. Gradio is imported only when an app is built.
@@ -25,14 +25,11 @@ import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from transformers.utils import cached_file, logging
 
+from .hub import TESTBED
 from .modeling.token_selectors import available_selectors, get_selector_class
 
 logger = logging.get_logger(__name__)
 
-SPACE_TEMPLATE_DIR = Path(__file__).resolve().parent / "hub_cards" / "space"
-TESTBED = "testbed"  # --model value of the bundled testbed model (the default: works offline)
-GRADIO_SDK_VERSION = "6.31.0"  # the Gradio the app is tested with; a Space installs it from `sdk_version`
-APP_MODEL_LINE = "MODEL = None"  # the line of the template app.py that push-space sets to the Space's model
 MAX_INPUT_SIDE = 2048  # larger uploads are shrunk first (aspect kept); the processor then resizes as always
 OVERLAY_SIDE = 448  # longer side of the overlay image, in pixels
 KEPT_OUTLINE = (255, 40, 40, 255)
@@ -356,16 +353,17 @@ def build_app(space_model: SpaceModel, examples: list[tuple[str, str]], timing_r
     """The Gradio Blocks of the Space (not launched)."""
     import gradio as gr
 
-    class ImageInput(gr.Image):
-        """gr.Image that passes an unreadable upload on as its path, so the app can say what is wrong with it."""
+    def lenient(preprocess: Callable) -> Callable:
+        """An image component's preprocess that passes an unreadable upload on as its path, so that `read_image`
+        can say what is wrong with it (Gradio's own error would be a bare "Error")."""
 
-        is_template = True  # rendered by the stock Image front end
-
-        def preprocess(self, payload):
+        def preprocess_or_path(payload):
             try:
-                return super().preprocess(payload)
+                return preprocess(payload)
             except Exception:
                 return None if payload is None else str(payload.path)
+
+        return preprocess_or_path
 
     def run_one(image_path, question, method, fraction, tokens, progress=gr.Progress()):  # noqa: B008 - how Gradio asks for progress
         empty = ("", "", "", None)
@@ -409,7 +407,7 @@ def build_app(space_model: SpaceModel, examples: list[tuple[str, str]], timing_r
         )
         with gr.Row():
             with gr.Column(scale=1):
-                image = ImageInput(
+                image = gr.Image(
                     type="filepath",
                     image_mode=None,  # pass the upload's path on as is; `read_image` decodes (and shrinks) it once
                     sources=["upload", "clipboard"],
@@ -417,6 +415,7 @@ def build_app(space_model: SpaceModel, examples: list[tuple[str, str]], timing_r
                     elem_id="image",
                     height=280,
                 )
+                image.preprocess = lenient(image.preprocess)
                 question = gr.Textbox(label="Question", elem_id="question", max_lines=2)
                 gr.Examples(
                     examples=[list(pair) for pair in examples],
@@ -511,96 +510,3 @@ def launch_space(args: SpaceArguments, block: bool = True):
 
 def run_space(args: SpaceArguments):
     return launch_space(args, block=True)
-
-
-@dataclass
-class PushSpaceArguments:
-    """Publish the Space template for a pruned model (`hf-tokenprune push-space --repo-id you/name`).
-
-    Fields: repo_id, model, private, token, commit_message.
-    """
-
-    repo_id: str = field(metadata={"help": "Space repo id, 'namespace/name'; created (Gradio SDK) when missing."})
-    model: str = field(default=TESTBED, metadata={"help": "Pruned model repo (Hub id) the Space runs, or 'testbed'."})
-    private: bool = field(default=False, metadata={"help": "Create the Space private (an existing one is unchanged)."})
-    token: str | None = field(default=None, metadata={"help": "Hub token; default: the logged-in one."})
-    commit_message: str | None = field(default=None, metadata={"help": "Commit message."})
-
-
-def render_space(model: str = TESTBED, title: str | None = None) -> dict[str, bytes]:
-    """{path in the Space repo: bytes} of the template in `hub_cards/space/` for `model` (Hub id or "testbed")."""
-    from huggingface_hub import SpaceCard, SpaceCardData
-
-    from .hub import is_hub_id
-
-    if model != TESTBED and not is_hub_id(model):
-        raise ValueError(
-            f"`model` must be a Hub model id 'namespace/name' or {TESTBED!r}, got {model!r}: a Space cannot read a "
-            "local folder (push it first with `hf-tokenprune push`)"
-        )
-    app = (SPACE_TEMPLATE_DIR / "app.py").read_text(encoding="utf-8")
-    if app.count(APP_MODEL_LINE) != 1:
-        raise ValueError(f"{SPACE_TEMPLATE_DIR / 'app.py'} must hold the line {APP_MODEL_LINE!r} exactly once")
-    app = app.replace(APP_MODEL_LINE, f"MODEL = {json.dumps(model)}")
-    card = SpaceCard.from_template(
-        SpaceCardData(
-            title=title or "Visual-token pruning",
-            sdk="gradio",
-            sdk_version=GRADIO_SDK_VERSION,
-            app_file="app.py",
-            models=[] if model == TESTBED else [model],
-            tags=["hf-tokenprune", "token-pruning"],
-        ),
-        template_path=str(SPACE_TEMPLATE_DIR / "README.md"),
-        model=model,
-        testbed=model == TESTBED,
-    )
-    return {
-        "app.py": app.encode("utf-8"),
-        "requirements.txt": (SPACE_TEMPLATE_DIR / "requirements.txt").read_bytes(),
-        "README.md": (str(card).rstrip("\n") + "\n").encode("utf-8"),
-    }
-
-
-def push_space(
-    repo_id: str,
-    model: str = TESTBED,
-    *,
-    token: str | None = None,
-    private: bool | None = None,
-    commit_message: str | None = None,
-):
-    """Create the Gradio Space `repo_id` when missing and upload the rendered template in one commit.
-
-    Everything is rendered and checked before the first network call. Returns the CommitInfo.
-    """
-    from huggingface_hub import CommitOperationAdd, HfApi
-
-    from .hub import is_hub_id
-
-    if not is_hub_id(repo_id) or "/" not in repo_id:
-        raise ValueError(f"`repo_id` must be a Hub repo id 'namespace/name', got {repo_id!r}")
-    files = render_space(model)
-    operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files.items()]
-    api = HfApi()
-    api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True, token=token)
-    return api.create_commit(
-        repo_id,
-        operations,
-        repo_type="space",
-        commit_message=commit_message or f"Space for {model}: what visual-token pruning keeps, and what it costs",
-        token=token,
-    )
-
-
-def run_push_space(args: PushSpaceArguments):
-    commit = push_space(
-        args.repo_id,
-        args.model,
-        token=args.token,
-        private=True if args.private else None,
-        commit_message=args.commit_message,
-    )
-    print(commit.commit_url)
-    print(f"https://huggingface.co/spaces/{args.repo_id}")
-    return commit

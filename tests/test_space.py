@@ -18,17 +18,15 @@ from PIL import Image
 
 from hf_tokenprune import get_pruned_model
 from hf_tokenprune.cli import main
+from hf_tokenprune.hub import GRADIO_SDK_VERSION, push_space, render_space
 from hf_tokenprune.space import (
-    GRADIO_SDK_VERSION,
     InputError,
     SpaceArguments,
     SpaceModel,
     budget_from,
     bundled_testbed,
     kept_token_overlay,
-    push_space,
     read_image,
-    render_space,
     token_grid,
 )
 
@@ -352,3 +350,38 @@ def test_browser_bad_input_gives_a_message_and_the_next_request_succeeds(browser
     page.type_into("#question textarea", "   ")
     assert page.run() == "Input problem: The question is empty: type a question about the image."
     next_request_succeeds(page, 3)
+
+
+def test_a_pruned_repo_runs_its_own_method_and_every_training_free_one():
+    """`--model FOLDER` (a repo written by save_pretrained): answers equal direct `generate` calls on the same repo."""
+    from hf_tokenprune import PrunedQwen2_5_VLForConditionalGeneration, available_selectors, get_selector_class
+
+    folder = str(bundled_testbed().adapters["visionselector"])
+    space = SpaceModel.load(folder)
+    free = [name for name in available_selectors() if not get_selector_class(name).trainable]
+    assert space.methods == ["visionselector", *free]
+
+    model = PrunedQwen2_5_VLForConditionalGeneration.from_pretrained(folder).eval()
+    example = bundled_testbed().make_split("test", 1)[0]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": example.question}]}]
+    text = space.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = space.processor(text=[text], images=[example.image], return_tensors="pt")
+    total = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    for method, budget in (("visionselector", 0.2), ("dart", 5)):
+        sequences = model.generate(
+            **inputs, max_new_tokens=32, do_sample=False, prune_method=method, prune_budget=budget
+        )
+        expected = space.processor.batch_decode(sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        result = space.run(example.image, example.question, method, budget, timing_repeats=1)
+        assert result.answer == expected[0].strip()
+        assert (result.kept, result.total) == (kept_by_rule(budget, total), total)
+
+
+def test_cli_space_parses_its_flags_and_launches(monkeypatch):
+    import hf_tokenprune.space as space
+
+    launched = []
+    monkeypatch.setattr(space, "launch_space", lambda args, block=True: launched.append((args, block)))
+    assert main(["space", "--model", "someone/model", "--port", "7999", "--share", "false"]) == 0
+    args, block = launched[0]
+    assert (args.model, args.port, args.share, block) == ("someone/model", 7999, False, True)
