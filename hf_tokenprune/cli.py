@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("hf_tokenprune.bench", "BenchArguments", "run_bench"),
     "train": ("hf_tokenprune.training.entry", "TRAIN_ARGUMENTS", "run_train"),
     "push": ("hf_tokenprune.commands.push", "PushArguments", "run_push"),
+    "space": ("hf_tokenprune.space", "SpaceArguments", "run_space"),
+    "push-space": ("hf_tokenprune.commands.push_space", "PushSpaceArguments", "run_push_space"),
 }
 
 

@@ -6,6 +6,8 @@ nothing but a config's widths. Only ratios of the FLOPs count are meaningful (se
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import PretrainedConfig
 
@@ -47,3 +49,11 @@ def predicted_kv_cache_bytes(config: PretrainedConfig, sequence_tokens: int, dty
     kv_heads = text.num_key_value_heads or text.num_attention_heads
     bytes_per_element = torch.empty((), dtype=dtype).element_size()
     return 2 * text.num_hidden_layers * kv_heads * head_dim * sequence_tokens * bytes_per_element
+
+
+def cache_bytes(cache: Any) -> tuple[int, int]:
+    """Measured: (bytes of every key and value tensor, sequence length) of a `transformers` cache object."""
+    layers = getattr(cache, "layers", None)
+    pairs = [(layer.keys, layer.values) for layer in layers] if layers is not None else list(cache)
+    total = sum(t.numel() * t.element_size() for pair in pairs for t in pair if t is not None)
+    return total, pairs[0][0].shape[-2]

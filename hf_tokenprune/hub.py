@@ -1,4 +1,5 @@
-"""Model cards and uploads for saved pruned repos: `render_model_card`, `write_model_card`, `push_folder`.
+"""Model cards and uploads for saved pruned repos: `render_model_card`, `write_model_card`, `push_folder`; the
+Space demo's template: `render_space`, `push_space`.
 
 A saved repo is the folder `save_pretrained` writes (config.json with `auto_map`, token_prune_config.json, the
 selector weights, the remote-code files and, in the merged form, the base weights). The card is rendered from
@@ -15,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub import HfApi, ModelCard, ModelCardData, SpaceCard, SpaceCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.dynamic_module_utils import get_relative_imports
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, logging
@@ -38,6 +39,10 @@ from .modeling.token_selectors import available_selectors, get_selector_class
 logger = logging.get_logger(__name__)
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "hub_cards" / "model_card.md"
+SPACE_TEMPLATE_DIR = Path(__file__).resolve().parent / "hub_cards" / "space"
+TESTBED = "testbed"  # the Space's --model for the testbed model bundled with the package (works offline)
+GRADIO_SDK_VERSION = "6.31.0"  # the Gradio the Space app is tested with; a Space installs it from `sdk_version`
+APP_MODEL_LINE = "MODEL = None"  # the line of the Space template's app.py that `render_space` sets
 MODEL_CARD_NAME = "README.md"
 MODEL_CONFIG_NAME = "config.json"
 # Any of these in the folder means the base weights are stored too: the merged form.
@@ -370,4 +375,62 @@ def push_folder(
         revision=revision,
         create_pr=create_pr,
         commit_message=commit_message,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the Space
+def render_space(model: str = TESTBED, title: str | None = None) -> dict[str, bytes]:
+    """{path in the Space repo: bytes} of the template in `hub_cards/space/` for `model` (Hub id or "testbed")."""
+    if model != TESTBED and not is_hub_id(model):
+        raise ValueError(
+            f"`model` must be a Hub model id 'namespace/name' or {TESTBED!r}, got {model!r}: a Space cannot read a "
+            "local folder (push it first with `hf-tokenprune push`)"
+        )
+    app = (SPACE_TEMPLATE_DIR / "app.py").read_text(encoding="utf-8")
+    if app.count(APP_MODEL_LINE) != 1:
+        raise ValueError(f"{SPACE_TEMPLATE_DIR / 'app.py'} must hold the line {APP_MODEL_LINE!r} exactly once")
+    app = app.replace(APP_MODEL_LINE, f"MODEL = {json.dumps(model)}")
+    card = SpaceCard.from_template(
+        SpaceCardData(
+            title=title or "Visual-token pruning",
+            sdk="gradio",
+            sdk_version=GRADIO_SDK_VERSION,
+            app_file="app.py",
+            models=[] if model == TESTBED else [model],
+            tags=["hf-tokenprune", "token-pruning"],
+        ),
+        template_path=str(SPACE_TEMPLATE_DIR / "README.md"),
+        model=model,
+        testbed=model == TESTBED,
+    )
+    return {
+        "app.py": app.encode("utf-8"),
+        "requirements.txt": (SPACE_TEMPLATE_DIR / "requirements.txt").read_bytes(),
+        "README.md": (str(card).rstrip("\n") + "\n").encode("utf-8"),
+    }
+
+
+def push_space(
+    repo_id: str,
+    model: str = TESTBED,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+):
+    """Create the Gradio Space `repo_id` when missing and upload the rendered template in one commit.
+
+    Everything is rendered and checked before the first network call. Returns the CommitInfo.
+    """
+    if not is_hub_id(repo_id) or "/" not in repo_id:
+        raise ValueError(f"`repo_id` must be a Hub repo id 'namespace/name', got {repo_id!r}")
+    files = render_space(model)
+    HfApi().create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True, token=token)
+    return upload_folder(
+        None,
+        repo_id,
+        replaced_files=files,
+        repo_type="space",
+        commit_message=commit_message or f"Space for {model}: what visual-token pruning keeps, and what it costs",
+        token=token,
     )

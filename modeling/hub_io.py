@@ -66,7 +66,7 @@ def resolve_card_writer(writer: Callable[..., Any] | str | None) -> Callable[...
 
 
 def upload_folder(
-    folder: str | os.PathLike,
+    folder: str | os.PathLike | None,
     repo_id: str,
     *,
     replaced_files: Mapping[str, bytes] | None = None,
@@ -75,25 +75,29 @@ def upload_folder(
     create_pr: bool = False,
     commit_message: str,
     commit_description: str | None = None,
+    repo_type: str | None = None,
 ):
-    """Upload every file under `folder` to `repo_id` in one commit; `replaced_files` {path_in_repo: bytes} are
-    uploaded instead of (or besides) the folder's own files of that name. A `revision` that names a branch other
-    than main is created first. Returns the `CommitInfo`.
+    """Upload every file under `folder` (None: no folder) to `repo_id` in one commit; `replaced_files`
+    {path_in_repo: bytes} are uploaded instead of (or besides) the folder's own files of that name. A `revision` that
+    names a branch other than main is created first. Returns the `CommitInfo`.
     """
-    folder = Path(folder)
     replaced_files = dict(replaced_files or {})
-    operations = [
-        CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-        and not SKIPPED_PARTS.intersection(path.relative_to(folder).parts)
-        and path.relative_to(folder).as_posix() not in replaced_files
-    ]
+    operations = []
+    if folder is not None:
+        folder = Path(folder)
+        operations = [
+            CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
+            for path in sorted(folder.rglob("*"))
+            if path.is_file()
+            and not SKIPPED_PARTS.intersection(path.relative_to(folder).parts)
+            and path.relative_to(folder).as_posix() not in replaced_files
+        ]
     operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in replaced_files.items()]
     api = hf_api()
+    kind = {"repo_type": repo_type} if repo_type is not None else {}  # the default (a model repo) is left implicit
     if revision is not None and revision != "main" and not revision.startswith("refs/"):
-        api.create_branch(repo_id, branch=revision, token=token, exist_ok=True)
-    logger.info(f"Uploading {len(operations)} files from {folder} to {repo_id}")
+        api.create_branch(repo_id, branch=revision, token=token, exist_ok=True, **kind)
+    logger.info(f"Uploading {len(operations)} files to {repo_id}")
     return api.create_commit(
         repo_id,
         operations,
@@ -102,6 +106,7 @@ def upload_folder(
         token=token,
         revision=revision,
         create_pr=create_pr,
+        **kind,
     )
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..cost import cache_bytes
 from .presets import Preset
 
 
@@ -184,14 +185,6 @@ class PeakMemory:
             return
         self._stop.set()
         self._thread.join()
-
-
-def cache_bytes(cache: Any) -> tuple[int, int]:
-    """(bytes of every key and value tensor, sequence length) of a `transformers` cache."""
-    layers = getattr(cache, "layers", None)
-    pairs = [(layer.keys, layer.values) for layer in layers] if layers is not None else list(cache)
-    total = sum(t.numel() * t.element_size() for pair in pairs for t in pair if t is not None)
-    return total, pairs[0][0].shape[-2]
 
 
 @dataclass
