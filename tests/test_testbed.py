@@ -18,10 +18,10 @@ from hf_tokenprune.cli import main
 from hf_tokenprune.modeling.pruning import tokens_to_keep
 from hf_tokenprune.processing import load_processor
 from hf_tokenprune_testbed.model import (
+    BUNDLED_METHODS,
     DEFAULT_ADAPTERS,
     DEFAULT_DIR,
     DEFAULT_MODEL_DIR,
-    LEARNED_METHODS,
     MERGE_SIZE,
     build_batch,
     load_testbed,
@@ -102,7 +102,7 @@ def test_recipe_end_to_end_at_toy_scale(tmp_path, monkeypatch):
     saved = json.loads((run / "eval_results.json").read_text())
     assert saved == {key: results[key] for key in ("unpruned_accuracy", "results")}
     methods = {row["method"] for row in results["results"]}
-    assert set(LEARNED_METHODS) <= methods
+    assert set(BUNDLED_METHODS) <= methods
     timings = json.loads((run / "timings.json").read_text())
     assert timings["total_seconds"] >= timings["vlm_seconds"] > 0
     assert results["unpruned_accuracy"] == 1.0
@@ -110,7 +110,7 @@ def test_recipe_end_to_end_at_toy_scale(tmp_path, monkeypatch):
     round_one, _ = load_testbed(run / "vlm-round-1")  # the second round went on from the first
     assert json.loads((run / "base" / "training_log.json").read_text())[-1]["step"] == 2
     assert any(not torch.equal(p, q) for p, q in zip(round_one.parameters(), base.parameters(), strict=True))
-    for method in LEARNED_METHODS:
+    for method in BUNDLED_METHODS:
         adapter = run / method
         assert (adapter / "token_selector.safetensors").is_file() and (adapter / "README.md").is_file()
         assert "## Results" in (adapter / "README.md").read_text()
@@ -149,7 +149,7 @@ def test_bundle_is_small_and_holds_only_what_training_produced():
         assert not list(adapter.glob("model*.safetensors")), "adapters store no base weights"
     assert {path.relative_to(DEFAULT_DIR).as_posix() for path in files} == {
         *(f"base/{name}" for name in BASE_FILES),
-        *(f"{method}/{name}" for method in LEARNED_METHODS for name in BUNDLED_ADAPTER_FILES),
+        *(f"{method}/{name}" for method in BUNDLED_METHODS for name in BUNDLED_ADAPTER_FILES),
     }
 
 
@@ -163,9 +163,9 @@ def test_hub_layout_holds_the_current_remote_code_and_no_base_weights(hub_layout
     modeling = Path(__file__).resolve().parents[1] / "modeling"
     entry = modeling / "modeling_pruned_qwen2_5_vl.py"
     code = {entry.name} | {Path(name).name for name in get_relative_import_files(str(entry))}
-    assert {path.name for path in hub_layout_dir.iterdir()} == {"base", *LEARNED_METHODS}
+    assert {path.name for path in hub_layout_dir.iterdir()} == {"base", *BUNDLED_METHODS}
     assert {path.name for path in (hub_layout_dir / "base").iterdir()} == BASE_FILES
-    for method in LEARNED_METHODS:
+    for method in BUNDLED_METHODS:
         adapter = hub_layout_dir / method
         assert {path.name for path in adapter.iterdir()} == {
             *code,
@@ -216,7 +216,7 @@ print(json.dumps({"module": type(model).__module__, "tokens": out.tolist()}))
 """
 
 
-@pytest.mark.parametrize("method", LEARNED_METHODS)
+@pytest.mark.parametrize("method", BUNDLED_METHODS)
 def test_hub_layout_loads_through_remote_code_without_hf_tokenprune(hub_layout_dir, method, tmp_path, examples):
     """Oracle: the library's pruned model (stock base + bundled adapter) on the same inputs and budget."""
     import os
@@ -340,7 +340,7 @@ def test_bundle_writes_only_what_training_produced_and_refuses_site_packages(hub
     shutil.copytree(hub_layout_dir / "base", run / "base")
     (run / "base" / "training_log.json").write_text("[]")
     (run / "base" / "trainer").mkdir()
-    adapters = {method: hub_layout_dir / method for method in LEARNED_METHODS}
+    adapters = {method: hub_layout_dir / method for method in BUNDLED_METHODS}
     target = tmp_path / "default_model"
     (target / "autoselect").mkdir(parents=True)
     (target / "autoselect" / "stale.py").write_text("")  # a folder is replaced whole, not merged into
@@ -349,7 +349,7 @@ def test_bundle_writes_only_what_training_produced_and_refuses_site_packages(hub
     committed = sorted(path.relative_to(DEFAULT_DIR) for path in DEFAULT_DIR.rglob("*") if path.is_file())
     assert written == committed
     assert all((target / name).read_bytes() == (DEFAULT_DIR / name).read_bytes() for name in committed)
-    assert sorted(path.name for path in target.iterdir()) == sorted(["base", *LEARNED_METHODS])  # nothing staged
+    assert sorted(path.name for path in target.iterdir()) == sorted(["base", *BUNDLED_METHODS])  # nothing staged
     with pytest.raises(ValueError, match="site-packages"):
         bundle(run, adapters, Path(sysconfig.get_paths()["purelib"]) / "hf_tokenprune_testbed" / "default_model")
 

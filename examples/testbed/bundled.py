@@ -28,7 +28,7 @@ import hf_tokenprune.modeling
 from hf_tokenprune import get_pruned_model
 from hf_tokenprune.hub import MODEL_CARD_TEMPLATE
 
-from .model import DEFAULT_ADAPTERS, DEFAULT_DIR, DEFAULT_MODEL_DIR, LEARNED_METHODS
+from .model import BUNDLED_METHODS, DEFAULT_ADAPTERS, DEFAULT_DIR, DEFAULT_MODEL_DIR
 
 #: What a trained selector's adapter contributes to the bundle: its weights, its config, how it was trained, its eval.
 BUNDLED_ADAPTER_FILES = (
@@ -158,7 +158,7 @@ def hub_layout(cache_dir: str | os.PathLike | None = None) -> Path:
     with _staged_folder(target, replace=False) as staging:
         shutil.copytree(DEFAULT_MODEL_DIR, staging / "base")
         base = Qwen2_5_VLForConditionalGeneration.from_pretrained(staging / "base").eval()
-        for method in LEARNED_METHODS:
+        for method in BUNDLED_METHODS:
             pruned = get_pruned_model(base, DEFAULT_ADAPTERS[method])
             pruned.save_pretrained(staging / method, base_model_name_or_path="../base")
     return target
@@ -166,8 +166,8 @@ def hub_layout(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def hub_adapter(method: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """The Hub-layout adapter repo of the bundled `method` selector (see `hub_layout`)."""
-    if method not in LEARNED_METHODS:
-        raise ValueError(f"`method` must be one of the bundled learned methods {LEARNED_METHODS}, got {method!r}")
+    if method not in BUNDLED_METHODS:
+        raise ValueError(f"`method` must be one of the bundled learned methods {BUNDLED_METHODS}, got {method!r}")
     return hub_layout(cache_dir) / method
 
 

@@ -28,8 +28,10 @@ IMAGE_PIXELS = 280 * 280  # min_pixels = max_pixels: every image becomes about 1
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_MODEL_DIR = DEFAULT_DIR / "base"
-LEARNED_METHODS = ("visionselector", "autoselect", "reconstruction")
-DEFAULT_ADAPTERS = {method: DEFAULT_DIR / method for method in LEARNED_METHODS}
+# The learned selectors the bundle holds, in the order the recipe trains them (what was trained, not the registry:
+# a method registered later has no bundled adapter).
+BUNDLED_METHODS = ("visionselector", "autoselect", "reconstruction")
+DEFAULT_ADAPTERS = {method: DEFAULT_DIR / method for method in BUNDLED_METHODS}
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")

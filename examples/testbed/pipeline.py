@@ -33,7 +33,7 @@ from hf_tokenprune import get_pruned_model, write_model_card
 from hf_tokenprune.training import TokenPruneDataCollator, TokenPruneTrainingArguments
 from hf_tokenprune.training.entry import TrainDataArguments, TrainModelArguments, run_train
 
-from .model import CAPTION_PROMPT, LEARNED_METHODS, new_testbed_model
+from .model import BUNDLED_METHODS, CAPTION_PROMPT, new_testbed_model
 
 
 def conversation_record(image, prompt: str, answer: str) -> dict:
@@ -531,7 +531,7 @@ def run_reproduce(args: ReproduceArguments) -> dict:
     records = write_records("train", args.selector_records, output / "selector_data")
     timings["records_seconds"] = time.perf_counter() - stage
     adapters = {}
-    for method in LEARNED_METHODS:
+    for method in BUNDLED_METHODS:
         stage = time.perf_counter()
         adapters[method] = train_selector(method, base_dir, records, output, args)
         timings[f"{method}_seconds"] = time.perf_counter() - stage
