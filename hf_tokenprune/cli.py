@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "push": ("hf_tokenprune.commands.push", "PushArguments", "run_push"),
     "space": ("hf_tokenprune.space", "SpaceArguments", "run_space"),
     "push-space": ("hf_tokenprune.commands.push_space", "PushSpaceArguments", "run_push_space"),
+    "lmms-task": ("hf_tokenprune_testbed.lmms_eval_task", "LmmsTaskArguments", "run_export"),
 }
 
 

@@ -66,3 +66,36 @@ def load_selector_weights(model: TokenPruningMixin, directory: str | os.PathLike
     path = Path(directory) / SELECTOR_WEIGHTS_NAME
     state = read_selector_weights(path, model.token_selector, model.token_prune_config.method)
     copy_into(model.token_selector, state)
+
+
+def pruned_class_for(architectures: list[str]) -> type[TokenPruningMixin]:
+    """The registered pruned class that a repo's `config.json` `architectures` names (the first one found)."""
+    by_name = {pruned.__name__: pruned for pruned in pruned_classes().values()}
+    found = [by_name[name] for name in architectures if name in by_name]
+    if not found:
+        raise ValueError(f"`model`: config.json names {architectures}, none of them a pruned class {sorted(by_name)}")
+    return found[0]
+
+
+def load_pruned_repo(path_or_repo_id: str | os.PathLike, **kwargs):
+    """(pruned model, processor) of a repo written by `save_pretrained` (a folder or Hub id, adapter or merged form).
+
+    The model loads with the pruned class its `config.json` names (no remote code needed); `kwargs` (`dtype`,
+    `device_map`, `revision`, `cache_dir`, ...) go to its `from_pretrained`. The processor is the repo's, else (an
+    adapter repo) its base model's. Raises when the repo holds no `token_prune_config.json`.
+    """
+    from transformers.utils import cached_file
+
+    from .modeling.repo_io import HUB_KWARGS
+    from .processing import load_processor
+
+    hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+    architectures = read_json(cached_file(path_or_repo_id, "config.json", **hub_kwargs)).get("architectures") or []
+    model = pruned_class_for(architectures).from_pretrained(path_or_repo_id, **kwargs)
+    if model.token_prune_config is None:
+        raise ValueError(f"`model` {str(path_or_repo_id)!r} is not a pruned repo (no {CONFIG_NAME})")
+    try:
+        processor = load_processor(path_or_repo_id, **hub_kwargs)
+    except (OSError, ValueError):  # an adapter repo: the processor is saved with its base model
+        processor = load_processor(model.name_or_path)
+    return model, processor

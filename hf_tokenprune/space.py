@@ -9,7 +9,6 @@ all methods" does the same for every method the model can run. Gradio is importe
 
 from __future__ import annotations
 
-import json
 import logging as std_logging
 import statistics
 import tempfile
@@ -23,7 +22,7 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
-from transformers.utils import cached_file, logging
+from transformers.utils import logging
 
 from .hub import TESTBED
 from .modeling.token_selectors import available_selectors, get_selector_class
@@ -169,16 +168,6 @@ def _generic_inputs(processor, image: Image.Image, question: str):
     return processor(text=[text], images=[image], return_tensors="pt")
 
 
-def _pruned_class(architectures: list[str]):
-    from .model import PRUNED_CLASSES
-
-    by_name = {pruned.__name__: pruned for pruned in PRUNED_CLASSES.values()}
-    found = [by_name[name] for name in architectures if name in by_name]
-    if not found:
-        raise ValueError(f"`model`: config.json names {architectures}, none of them a pruned class {sorted(by_name)}")
-    return found[0]
-
-
 class SpaceModel:
     """The pruned models of one Space and how to prompt them.
 
@@ -227,15 +216,9 @@ class SpaceModel:
 
     @classmethod
     def _pruned_repo(cls, model_ref: str, max_new_tokens: int | None) -> SpaceModel:
-        with open(cached_file(model_ref, "config.json"), encoding="utf-8") as handle:
-            architectures = json.load(handle).get("architectures") or []
-        model = _pruned_class(architectures).from_pretrained(model_ref)
-        if model.token_prune_config is None:
-            raise ValueError(f"`model` {model_ref!r} is not a pruned repo (no token_prune_config.json)")
-        try:
-            processor = bundled_testbed().load_processor(model_ref)
-        except (OSError, ValueError):  # an adapter repo: the processor is saved with its base model
-            processor = bundled_testbed().load_processor(model.name_or_path)
+        from .model import load_pruned_repo
+
+        model, processor = load_pruned_repo(model_ref)
         return cls(
             model_ref,
             {model.token_prune_config.method: model},
