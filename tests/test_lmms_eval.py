@@ -159,3 +159,44 @@ def test_stop_strings_cut_the_answer():
 
     assert truncate_at_stop("red\n\nblue", ["\n\n"]) == "red"
     assert truncate_at_stop("red", []) == "red"
+
+
+def test_generate_until_batches_requests_with_several_images_as_one_by_one(tmp_path):
+    """Two images in one request, one in another: per-image budgets, and a batch answers as runs one by one do."""
+    from lmms_eval.api.instance import Instance
+
+    from hf_tokenprune.integrations.lmms_eval import HFTokenPrune
+    from hf_tokenprune_testbed.bundled import hub_adapter
+    from hf_tokenprune_testbed.tasks import make_split, token_grid
+
+    examples = make_split("test", 3)
+    docs = [{"images": [examples[0].image, examples[1].image]}, {"images": [examples[2].image]}]
+
+    def doc_to_messages(doc):
+        content = [{"type": "text", "text": examples[0].question}]
+        content += [{"type": "image", "url": image} for image in doc["images"]]
+        return [{"role": "user", "content": content}]
+
+    requests = [
+        Instance(
+            "generate_until",
+            ("", doc_to_messages, {"max_new_tokens": 2}, doc_id, "multi", "test"),
+            0,
+            metadata={"task": "multi", "doc_id": doc_id, "repeats": 1},
+        )
+        for doc_id in range(len(docs))
+    ]
+    answers = {}
+    for batch_size in (1, 2):
+        log = tmp_path / f"requests_{batch_size}.jsonl"
+        model = HFTokenPrune(
+            pretrained=str(hub_adapter(METHOD)), prune_budget=BUDGET, batch_size=batch_size, request_log=str(log)
+        )
+        model.task_dict = {"multi": {"test": docs}}
+        answers[batch_size] = [answer.text for answer in model.generate_until(requests)]
+        records = sorted((json.loads(line) for line in log.read_text().splitlines()), key=lambda r: r["doc_id"])
+        for record, doc in zip(records, docs, strict=True):
+            per_image = [math.prod(token_grid(*image.size)) for image in doc["images"]]
+            assert record["visual_tokens"] == sum(per_image)
+            assert record["kept_visual_tokens"] == sum(tokens_to_keep(BUDGET, count) for count in per_image)
+    assert answers[2] == answers[1]
