@@ -429,7 +429,9 @@ class TokenPruningMixin:
             sizes = [segment.embeds.shape[0] for segment in token_segments]
             if sum(sizes) != rows.numel():
                 raise ValueError(
-                    f"`input_ids` hold {rows.numel()} placeholder tokens (id {token_id}) but the vision inputs "
+                    # The stock message's first words, which callers (and the upstream tests) match on.
+                    f"Image features and image tokens do not match: `input_ids` hold {rows.numel()} placeholder "
+                    f"tokens (id {token_id}) but the vision inputs "
                     f"produce {sum(sizes)} visual tokens"
                 )
             offset = 0
@@ -529,7 +531,7 @@ class TokenPruningMixin:
     def forward(self, input_ids=None, attention_mask=None, prune_budget=None, prune_method=None, **kwargs):
         """Stock forward plus `prune_budget` / `prune_method`; the output carries `keep_mask` (B, L).
 
-        With `return_dict=False` the output is the stock tuple, `keep_mask` last when the call prunes.
+        With `return_dict=False` the output is the stock tuple (no `keep_mask`, as `generate`'s tensor output).
         """
         budget, selector = self.resolve_pruning(prune_budget, prune_method)
         past = kwargs.get("past_key_values")
@@ -569,8 +571,10 @@ class TokenPruningMixin:
         # Logits come back in the caller's layout (zeros at dropped tokens) unless only the last few were asked for.
         if not language_kwargs.get("logits_to_keep"):
             outputs["logits"] = plan.scatter(outputs.logits, input_ids.shape[1])
+        if not return_dict:
+            return outputs.to_tuple()
         outputs["keep_mask"] = plan.keep_mask
-        return outputs if return_dict else outputs.to_tuple()
+        return outputs
 
     # ----------------------------------------------------------------- generate
     @torch.no_grad()
