@@ -110,6 +110,20 @@ def upload_folder(
     )
 
 
+#: `save_pretrained` / `push_to_hub` arguments that describe a token selector, in their order in `refuse_selector_arguments`.
+SELECTOR_ARGUMENTS = ("merged", "base_model_name_or_path", "base_model_revision", "eval_results", "training_recipe")
+
+
+def refuse_selector_arguments(*values: Any) -> None:
+    """Raise, naming them, if arguments that only describe a token selector are set on a model without one."""
+    given = [name for name, value in zip(SELECTOR_ARGUMENTS, values, strict=True) if value not in (None, False)]
+    if given:
+        raise ValueError(
+            f"{given} describe a token selector, which this model does not have; attach one with "
+            "hf_tokenprune.get_pruned_model"
+        )
+
+
 class PrunedHubMixin:
     """Loading, saving and pushing pruned repos; the inference side (`TokenPruningMixin`) attaches the selector."""
 
@@ -175,13 +189,22 @@ class PrunedHubMixin:
         `model_card_writer(folder, repo_id, model_path=..., revision=...)` writes `folder/README.md` once every other
         file is staged; `"auto"` uses `hf_tokenprune.hub.write_model_card` when the library is loaded in this
         process (remote code alone has no card template), None writes no card.
+
+        A model with no selector attached (built from a config, or loaded from a plain checkpoint) saves exactly as
+        the stock class does; the selector-only arguments above then raise.
         """
+        prune_config = getattr(self, "token_prune_config", None)
+        if prune_config is None:
+            # Nothing to prune with: a plain checkpoint, written exactly as the stock class writes it.
+            refuse_selector_arguments(
+                merged, base_model_name_or_path, base_model_revision, eval_results, training_recipe
+            )
+            if repo_id is not None:
+                kwargs["repo_id"] = repo_id
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
         hub_options = {name: kwargs.pop(name) for name in PUSH_OPTIONS if name in kwargs}
         if hub_options and not push_to_hub:
             raise TypeError(f"{sorted(hub_options)} only apply with push_to_hub=True")
-        prune_config = getattr(self, "token_prune_config", None)
-        if prune_config is None:
-            raise ValueError("this model has no token selector to save; attach one with hf_tokenprune.get_pruned_model")
         if not isinstance(merged, bool):
             raise TypeError(f"`merged` must be a bool, got {type(merged).__name__}")
         extras = dict(getattr(self, "token_prune_extra_files", None) or {})
@@ -309,9 +332,26 @@ class PrunedHubMixin:
         tags: list[str] | None = None,
         model_card_writer: Callable[..., Any] | str | None = "auto",
     ):
-        """`save_pretrained` into a temporary folder (card included), then upload it to `repo_id` in one commit."""
+        """`save_pretrained` into a temporary folder (card included), then upload it to `repo_id` in one commit.
+
+        A model with no selector attached pushes as the stock class does.
+        """
         if not isinstance(repo_id, str) or not repo_id:
             raise ValueError(f"`repo_id` must be a non-empty string such as 'user/name', got {repo_id!r}")
+        upload = dict(
+            commit_message=commit_message,
+            commit_description=commit_description,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+            tags=tags,
+        )
+        if getattr(self, "token_prune_config", None) is None:
+            refuse_selector_arguments(
+                merged, base_model_name_or_path, base_model_revision, eval_results, training_recipe
+            )
+            return super().push_to_hub(repo_id, max_shard_size=max_shard_size, **upload)
         with tempfile.TemporaryDirectory() as work_dir:
             return self.save_pretrained(
                 Path(work_dir) / "repo",
@@ -322,14 +362,7 @@ class PrunedHubMixin:
                 training_recipe=training_recipe,
                 repo_id=repo_id,
                 push_to_hub=True,
-                commit_message=commit_message,
-                commit_description=commit_description,
-                private=private,
-                token=token,
-                revision=revision,
-                create_pr=create_pr,
-                tags=tags,
                 model_card_writer=model_card_writer,
+                **upload,
                 **({"max_shard_size": max_shard_size} if merged and max_shard_size is not None else {}),
             )
-

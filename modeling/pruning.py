@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.utils import logging
+from transformers.generation.streamers import BaseStreamer
+from transformers.utils import ModelOutput, logging
 
 from .builtin_selectors import VisionSelectorScorer  # noqa: F401  (importing the module registers every built-in)
 from .configuration_token_prune import TokenPruneConfig, check_budget
@@ -146,6 +147,7 @@ class PrunePlan:
     inputs_embeds: torch.Tensor
     position_ids: torch.Tensor
     labels: torch.Tensor | None = None
+    shift_labels: torch.Tensor | None = None
 
     def gather(self, values: torch.Tensor, fill: float | int) -> torch.Tensor:
         """Compact a (..., B, L) tensor laid out like the caller's input_ids; padding slots get `fill`."""
@@ -173,6 +175,48 @@ def budget_keeps_everything(budget: float | int | None) -> bool:
     return budget is None or (isinstance(budget, float) and budget == 1.0)
 
 
+def advertised_signature(stock_function, added: tuple[str, ...]) -> inspect.Signature:
+    """`stock_function`'s signature plus keyword-only `added` parameters (default None) before its `**kwargs`.
+
+    The stock `**kwargs: Unpack[TransformersKwargs]` annotation is kept: it is how transformers learns which outputs
+    (e.g. `output_attentions`) the model supports.
+    """
+    parameters = list(inspect.signature(stock_function).parameters.values())
+    var_keyword = [p for p in parameters if p.kind == p.VAR_KEYWORD]
+    named = [p for p in parameters if p.kind != p.VAR_KEYWORD]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in added]
+    return inspect.Signature(named + extra + var_keyword)
+
+
+#: Attribute a pruned `generate` sets on the cache it filled: the caller's (B, L) `keep_mask`.
+PRUNED_CACHE_ATTRIBUTE = "token_prune_keep_mask"
+
+
+def refuse_pruned_cache(cache) -> None:
+    """Raise if `cache` was filled by a pruned `generate`: it holds the kept sequence, not the caller's."""
+    if getattr(cache, PRUNED_CACHE_ATTRIBUTE, None) is not None:
+        raise ValueError(
+            "`past_key_values` was filled by a pruned `generate` and holds only the kept tokens, so it cannot continue "
+            "the caller's sequence (whose dropped visual tokens it lacks). Call `generate` again on the whole sequence "
+            "(with `prune_budget=` to prune its images again) instead of passing `past_key_values`"
+        )
+
+
+class CallerPromptStreamer(BaseStreamer):
+    """Hands `streamer` the caller's prompt where the stock `generate` puts the kept one, then every new token."""
+
+    def __init__(self, streamer: BaseStreamer, prompt: torch.Tensor) -> None:
+        self.streamer, self.prompt = streamer, prompt
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt is not None:
+            value, self.prompt = self.prompt.cpu(), None
+        self.streamer.put(value)
+
+    def end(self) -> None:
+        self.streamer.end()
+
+
 class TokenPruningMixin:
     """Adds `prune_budget=` / `prune_method=` to `forward` and `generate` of a stock VLM class.
 
@@ -198,8 +242,10 @@ class TokenPruningMixin:
             if "forward" in klass.__dict__
         )
 
-        parameters = [p for p in inspect.signature(stock_forward).parameters.values() if p.kind != p.VAR_KEYWORD]
-        positional_names = [p.name for p in parameters[1:] if p.kind == p.POSITIONAL_OR_KEYWORD]
+        forward_signature = advertised_signature(stock_forward, ("prune_budget", "prune_method"))
+        positional_names = [
+            p.name for p in list(forward_signature.parameters.values())[1:] if p.kind == p.POSITIONAL_OR_KEYWORD
+        ]
 
         def forward(self, *args, **kwargs):
             if len(args) > len(positional_names):
@@ -210,15 +256,23 @@ class TokenPruningMixin:
                 kwargs[name] = value
             return TokenPruningMixin.forward(self, **kwargs)
 
-        parameters += [
-            inspect.Parameter("prune_budget", inspect.Parameter.KEYWORD_ONLY, default=None),
-            inspect.Parameter("prune_method", inspect.Parameter.KEYWORD_ONLY, default=None),
-            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
-        ]
-        forward.__signature__ = inspect.Signature(parameters)
+        forward.__signature__ = forward_signature
         forward.__doc__ = TokenPruningMixin.forward.__doc__
         forward.__name__ = forward.__qualname__ = "forward"
         cls.forward = forward
+
+        # Generation tests read this signature too (e.g. whether `inputs_embeds` is accepted).
+        def prepare_inputs_for_generation(self, *args, **kwargs):
+            return TokenPruningMixin.prepare_inputs_for_generation(self, *args, **kwargs)
+
+        prepare_inputs_for_generation.__signature__ = advertised_signature(
+            cls._stock_class().prepare_inputs_for_generation, ("kept_prompt_embeds",)
+        )
+        prepare_inputs_for_generation.__doc__ = TokenPruningMixin.prepare_inputs_for_generation.__doc__
+        prepare_inputs_for_generation.__name__ = prepare_inputs_for_generation.__qualname__ = (
+            "prepare_inputs_for_generation"
+        )
+        cls.prepare_inputs_for_generation = prepare_inputs_for_generation
 
         # transformers renames checkpoint keys (e.g. LLaVA's `language_model.lm_head` -> `lm_head`) by class name or
         # model_type, but skips classes defined outside transformers unless their name was registered: ours must
@@ -234,6 +288,16 @@ class TokenPruningMixin:
     def _stock_class(cls) -> type:
         """The `transformers` model class this pruned class extends."""
         return next(klass for klass in cls.__mro__[1:] if klass.__module__.startswith("transformers."))
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """As the stock class: weights are initialised and checkpoint keys converted as the stock class does them.
+
+        transformers treats every class defined outside its package as custom code (a different `_init_weights`
+        path for missing weights); ours adds no weights of its own to a checkpoint, so it must not. Our module
+        name stays true, so `save_pretrained` still copies the remote-code files and writes `auto_map`.
+        """
+        return cls._stock_class().is_custom_code()
 
     @classmethod
     def from_base_model(cls, base_model):
@@ -317,7 +381,7 @@ class TokenPruningMixin:
         budget = prune_budget if prune_budget is not None else (config.budget if config is not None else None)
         if prune_method is None:
             if config is None:
-                if budget is not None:
+                if not budget_keeps_everything(budget):
                     raise ValueError(
                         "`prune_budget` was given but this model has no token selector: pass `prune_method=` "
                         "(e.g. 'divprune') or attach one with hf_tokenprune.get_pruned_model"
@@ -365,7 +429,9 @@ class TokenPruningMixin:
             sizes = [segment.embeds.shape[0] for segment in token_segments]
             if sum(sizes) != rows.numel():
                 raise ValueError(
-                    f"`input_ids` hold {rows.numel()} placeholder tokens (id {token_id}) but the vision inputs "
+                    # The stock message's first words, which callers (and the upstream tests) match on.
+                    f"Image features and image tokens do not match: `input_ids` hold {rows.numel()} placeholder "
+                    f"tokens (id {token_id}) but the vision inputs "
                     f"produce {sum(sizes)} visual tokens"
                 )
             offset = 0
@@ -383,6 +449,7 @@ class TokenPruningMixin:
         selector: TokenSelector,
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        shift_labels: torch.Tensor | None = None,
     ) -> PrunePlan:
         """Encode the images, select per image, and compact the sequence. Shapes: input_ids (B, L)."""
         hooks = self.prune_hooks
@@ -411,12 +478,15 @@ class TokenPruningMixin:
             keep_mask[seg_rows[dropped], seg_cols[dropped]] = False
         if position_ids is None:
             position_ids = hooks.position_ids(self, input_ids, attention_mask, vision_inputs)
-        return self._compact(input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels)
+        return self._compact(input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels, shift_labels)
 
-    def _compact(self, input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels) -> PrunePlan:
+    def _compact(
+        self, input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels, shift_labels=None
+    ) -> PrunePlan:
         reaching = keep_mask & attention_mask.bool()
         lengths = reaching.sum(-1)
-        compact_length = int(lengths.max())
+        # A row that attends only to dropped tokens keeps nothing: it becomes padding, as a fully masked row is.
+        compact_length = max(int(lengths.max()), 1)
         slots = torch.arange(compact_length, device=input_ids.device)
         compact_mask = (slots[None, :] >= compact_length - lengths[:, None]).long()
         # Stable sort puts the kept positions, in order, at the end of each row: that is left padding.
@@ -439,7 +509,12 @@ class TokenPruningMixin:
             plan.labels = plan.gather(labels, -100)
             # Compaction can put padding in front of a row that had none; no padding slot may "predict" the
             # row's first real token, so the loss is the next-token loss over the kept sequence alone.
-            plan.labels[torch.arange(len(lengths)), compact_length - lengths] = -100
+            first_kept = (compact_length - lengths).clamp(max=compact_length - 1)
+            plan.labels[torch.arange(len(lengths)), first_kept] = -100
+        if shift_labels is not None:
+            # shift_labels[i] is the target of token i: after compaction, the label of the next kept token.
+            next_kept = torch.cat([source_index[:, 1:], source_index[:, -1:] + 1], dim=-1) - 1
+            plan.shift_labels = shift_labels.gather(-1, next_kept.clamp(min=0)).masked_fill(compact_mask == 0, -100)
         return plan
 
     def split_vision_inputs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -454,17 +529,23 @@ class TokenPruningMixin:
 
     # ----------------------------------------------------------------- forward
     def forward(self, input_ids=None, attention_mask=None, prune_budget=None, prune_method=None, **kwargs):
-        """Stock forward plus `prune_budget` / `prune_method`; the output carries `keep_mask` (B, L)."""
+        """Stock forward plus `prune_budget` / `prune_method`; the output carries `keep_mask` (B, L).
+
+        With `return_dict=False` the output is the stock tuple (no `keep_mask`, as `generate`'s tensor output).
+        """
         budget, selector = self.resolve_pruning(prune_budget, prune_method)
         past = kwargs.get("past_key_values")
+        refuse_pruned_cache(past)
         prefill = past is None or past.get_seq_length() == 0
         if budget is None or input_ids is None or not prefill or not self.prune_hooks.has_visual_inputs(kwargs):
             outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            if input_ids is not None:
+            if input_ids is not None and isinstance(outputs, ModelOutput):
                 outputs["keep_mask"] = torch.ones_like(input_ids, dtype=torch.bool)
             return outputs
         if kwargs.pop("inputs_embeds", None) is not None:  # an explicit None (PEFT passes one) is dropped
             raise ValueError("`inputs_embeds` cannot be combined with `prune_budget`: pruning needs `input_ids`")
+        return_dict = kwargs.pop("return_dict", None)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         vision_inputs, language_kwargs = self.split_vision_inputs(kwargs)
         plan = self.plan_pruning(
             input_ids,
@@ -474,18 +555,24 @@ class TokenPruningMixin:
             selector,
             position_ids=language_kwargs.pop("position_ids", None),
             labels=language_kwargs.pop("labels", None),
+            shift_labels=language_kwargs.pop("shift_labels", None),
         )
+        if plan.shift_labels is not None:
+            language_kwargs["shift_labels"] = plan.shift_labels
         outputs = super().forward(
             input_ids=None,
             attention_mask=plan.attention_mask,
             inputs_embeds=plan.inputs_embeds,
             position_ids=plan.position_ids,
             labels=plan.labels,
+            return_dict=True,
             **language_kwargs,
         )
         # Logits come back in the caller's layout (zeros at dropped tokens) unless only the last few were asked for.
         if not language_kwargs.get("logits_to_keep"):
             outputs["logits"] = plan.scatter(outputs.logits, input_ids.shape[1])
+        if not return_dict:
+            return outputs.to_tuple()
         outputs["keep_mask"] = plan.keep_mask
         return outputs
 
@@ -494,10 +581,13 @@ class TokenPruningMixin:
     def generate(self, inputs=None, *args, prune_budget=None, prune_method=None, **kwargs):
         """Stock `generate` plus `prune_budget` / `prune_method`.
 
-        Returns the caller's `input_ids` followed by the new tokens, as the stock model does; a dict-style
-        output (`return_dict_in_generate=True`) also carries `keep_mask` (B, L).
+        Returns the caller's `input_ids` followed by the new tokens, as the stock model does (repeated per returned
+        sequence with `num_return_sequences`); a dict-style output (`return_dict_in_generate=True`) also carries
+        `keep_mask` (B, L). `max_length` / `min_length` count the caller's prompt, as in the stock model. The
+        returned cache holds the kept sequence: passing it back as `past_key_values` raises.
         """
         budget, selector = self.resolve_pruning(prune_budget, prune_method)
+        refuse_pruned_cache(kwargs.get("past_key_values"))
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         if budget is None or input_ids is None or not self.prune_hooks.has_visual_inputs(kwargs) or args:
             # prune_budget=1.0 keeps the forward passes of this call unpruned even when the config sets a default.
@@ -507,8 +597,11 @@ class TokenPruningMixin:
             return output
         if kwargs.pop("inputs_embeds", None) is not None:  # an explicit None (PEFT passes one) is dropped
             raise ValueError("`inputs_embeds` cannot be combined with `prune_budget`: pruning needs `input_ids`")
-        if kwargs.get("past_key_values") is not None:
-            raise ValueError("`past_key_values` cannot be combined with `prune_budget`: pruning happens at prefill")
+        user_cache = kwargs.get("past_key_values")
+        if user_cache is not None and user_cache.get_seq_length() > 0:
+            raise ValueError(
+                "a filled `past_key_values` cannot be combined with `prune_budget`: pruning happens at prefill"
+            )
         kwargs.pop("input_ids", None)
         vision_inputs, generate_kwargs = self.split_vision_inputs(kwargs)
         plan = self.plan_pruning(
@@ -520,17 +613,74 @@ class TokenPruningMixin:
             position_ids=generate_kwargs.pop("position_ids", None),
         )
         self.prune_hooks.after_generate_plan(self, plan)
+        generate_kwargs.update(
+            self._caller_length_limits(generate_kwargs, input_ids.shape[1] - plan.input_ids.shape[1])
+        )
+        if generate_kwargs.get("streamer") is not None:
+            generate_kwargs["streamer"] = CallerPromptStreamer(generate_kwargs["streamer"], input_ids)
         output = super().generate(
             input_ids=plan.input_ids,
-            inputs_embeds=plan.inputs_embeds,
             attention_mask=plan.attention_mask,
             position_ids=plan.position_ids,
+            kept_prompt_embeds=plan.inputs_embeds,
             **generate_kwargs,
         )
-        sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        restored = torch.cat([input_ids.to(sequences.device), sequences[:, plan.input_ids.shape[1] :]], dim=-1)
-        if isinstance(output, torch.Tensor):
+        is_tensor = isinstance(output, torch.Tensor)
+        if not plan.keep_mask.all():
+            for cache in (user_cache, None if is_tensor else output.get("past_key_values")):
+                if cache is not None:
+                    setattr(cache, PRUNED_CACHE_ATTRIBUTE, plan.keep_mask)
+        sequences = output if is_tensor else output.sequences
+        # Beam search and sampling with num_return_sequences return several rows per prompt, grouped by prompt.
+        prompt = input_ids.to(sequences.device).repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
+        restored = torch.cat([prompt, sequences[:, plan.input_ids.shape[1] :]], dim=-1)
+        if is_tensor:
             return restored
         output["sequences"] = restored
         output["keep_mask"] = plan.keep_mask
         return output
+
+    def _caller_length_limits(self, generate_kwargs: dict[str, Any], dropped_columns: int) -> dict[str, int]:
+        """`max_length` / `min_length` for the kept prompt, from the caller's values, which count the caller's prompt.
+
+        Only limits set by the caller (call, `generation_config` or the model's) move; a `max_new_tokens` /
+        `min_new_tokens` takes precedence, as in the stock `generate`.
+        """
+        configs = [generate_kwargs.get("generation_config"), self.generation_config]
+
+        def lookup(name: str):
+            values = [generate_kwargs.get(name), *(getattr(config, name, None) for config in configs)]
+            return next((value for value in values if value is not None), None)
+
+        limits = {}
+        for total, new in (("max_length", "max_new_tokens"), ("min_length", "min_new_tokens")):
+            if lookup(new) is None and lookup(total) is not None:
+                limits[total] = max(lookup(total) - dropped_columns, 0)
+        return limits
+
+    def prepare_inputs_for_generation(self, input_ids, *args, kept_prompt_embeds=None, **kwargs):
+        """Stock preparation; in a pruned `generate`, the kept prompt's positions read `kept_prompt_embeds` (B, Lc, H).
+
+        So every forward that (re)reads the prompt sees the kept visual tokens: the prefill, each step with
+        `use_cache=False`, and assisted decoding's first pass over prompt plus candidates.
+        """
+        model_inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        new_ids = model_inputs.get("input_ids")
+        cache = model_inputs.get("past_key_values")
+        start = cache.get_seq_length() if cache is not None else 0
+        if kept_prompt_embeds is None or new_ids is None or start >= kept_prompt_embeds.shape[1]:
+            return model_inputs
+        embeds = self.get_input_embeddings()(new_ids)
+        from_prompt = min(kept_prompt_embeds.shape[1] - start, new_ids.shape[1])
+        embeds[:, :from_prompt] = kept_prompt_embeds[:, start : start + from_prompt].to(embeds.dtype)
+        model_inputs["input_ids"], model_inputs["inputs_embeds"] = None, embeds
+        return model_inputs
+
+    def _get_candidate_generator(self, *args, **kwargs):
+        # A stock assistant model knows neither argument; it drafts from the kept prompt's ids (drafts are checked).
+        generator = super()._get_candidate_generator(*args, **kwargs)
+        assistant = getattr(generator, "assistant_model", None)
+        if assistant is not None and not isinstance(assistant, TokenPruningMixin):
+            for name in ("kept_prompt_embeds", "prune_budget"):
+                generator.assistant_kwargs.pop(name, None)
+        return generator

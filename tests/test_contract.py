@@ -10,6 +10,8 @@ import math
 
 import pytest
 import torch
+from transformers import TextIteratorStreamer
+from transformers.generation.streamers import BaseStreamer
 
 from hf_tokenprune import TokenPruneConfig, available_selectors, get_pruned_model
 from hf_tokenprune.modeling.modeling_pruned_internvl import placeholder_runs
@@ -21,6 +23,7 @@ from hf_tokenprune.testing import (
     build_inputs,
     make_samples,
     make_video_inputs,
+    tiny_tokenizer,
 )
 
 ARCHS = list(BUILDERS)
@@ -414,3 +417,150 @@ def test_loss_with_labels_is_next_token_loss_over_the_kept_sequence(base_models,
         losses.append(torch.nn.functional.cross_entropy(row_logits, row_labels, ignore_index=-100, reduction="sum"))
         count += int((row_labels != -100).sum())
     torch.testing.assert_close(out.loss, torch.stack(losses).sum() / count, atol=1e-5, rtol=1e-5)
+
+
+def test_shift_labels_are_compacted_like_labels(base_models):
+    """`shift_labels` (the target of each position) give the loss `labels` give: the next kept token's label."""
+    model = pruned(base_models("llava"), "divprune")
+    inputs = batch_inputs("llava")
+    labels = inputs["input_ids"].masked_fill((inputs["input_ids"] == IMAGE_ID) | (inputs["attention_mask"] == 0), -100)
+    answer_labels = labels.clone()
+    answer_labels[:, :-3] = -100  # differs from `labels`, so the loss shows which of the two was used
+    shift_labels = torch.nn.functional.pad(answer_labels[:, 1:], (0, 1), value=-100)
+    with torch.no_grad():
+        expected = model(**inputs, labels=answer_labels, prune_budget=0.3).loss
+        # The stock loss reads `shift_labels` when given, and needs `labels` only to decide to compute a loss.
+        got = model(**inputs, labels=labels, shift_labels=shift_labels, prune_budget=0.3).loss
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_row_attending_only_to_dropped_tokens_runs(base_models, arch):
+    """A row whose only attended tokens are dropped becomes all padding; the other rows are unchanged (contract 3).
+
+    Where the stock model itself refuses such a mask (Qwen2.5-VL's M-RoPE index), ours refuses it the same way.
+    """
+    base = base_models(arch)
+    model = pruned(base, "uniform")
+    inputs = batch_inputs(arch)
+    with torch.no_grad():
+        keep_mask = model(**inputs, prune_budget=0.3).keep_mask
+    row, column = torch.nonzero(~keep_mask)[0].tolist()
+    inputs["attention_mask"] = inputs["attention_mask"].clone()
+    inputs["attention_mask"][row] = 0
+    inputs["attention_mask"][row, column] = 1
+    try:
+        with torch.no_grad():
+            base(**inputs)
+    except Exception as error:  # whatever the stock model raises, ours must raise too
+        with pytest.raises(type(error)):
+            model(**inputs, prune_budget=0.3)
+        return
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        out = model(**inputs, labels=labels, prune_budget=0.3)
+        reference = base(**masked_base_inputs(base, inputs, out.keep_mask)).logits
+    assert torch.equal(out.keep_mask, keep_mask) and torch.isfinite(out.loss)
+    others = out.keep_mask & inputs["attention_mask"].bool()
+    torch.testing.assert_close(out.logits[others], reference[others], atol=1e-4, rtol=0)
+    sequences = model.generate(**inputs, prune_budget=0.3, max_new_tokens=NEW_TOKENS)
+    assert torch.equal(sequences[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
+    # That row alone keeps nothing at all, and still runs as the stock model does.
+    sample = make_samples([2, 0, 1], IMAGE_SIZES[arch])[row]
+    alone = build_inputs(arch, [sample])
+    alone["attention_mask"] = inputs["attention_mask"][row : row + 1, -alone["input_ids"].shape[1] :]
+    with torch.no_grad():
+        base(**alone)
+        assert not model(**alone, prune_budget=0.3).keep_mask[alone["attention_mask"].bool()].any()
+    model.generate(**alone, prune_budget=0.3, max_new_tokens=NEW_TOKENS)
+
+
+# ---------------------------------------------------------------- contract 9: generation modes
+class RecordingStreamer(BaseStreamer):
+    def __init__(self):
+        self.puts = []
+
+    def put(self, value):
+        self.puts.append(value)
+
+    def end(self):
+        pass
+
+
+def greedy(model, inputs, **kwargs) -> torch.Tensor:
+    return model.generate(**inputs, prune_budget=0.3, max_new_tokens=NEW_TOKENS, **kwargs)
+
+
+GENERATION_MODES = ["beam", "sampling", "no_cache", "static_cache", "max_length", "scores", "streamer", "assisted"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("mode", GENERATION_MODES)
+def test_generation_modes_work_with_a_budget(base_models, arch, mode):
+    """Each stock mode against its oracle: greedy decoding at the same budget, or the masked base model."""
+    base = base_models(arch)
+    model = pruned(base, "divprune")
+    inputs = batch_inputs(arch)
+    length = inputs["input_ids"].shape[1]
+    expected = greedy(model, inputs, return_dict_in_generate=True)
+    masked = masked_base_inputs(base, inputs, expected.keep_mask)
+    if mode in ("beam", "sampling"):
+        settings = dict(num_beams=3) if mode == "beam" else dict(do_sample=True, top_k=0)
+        torch.manual_seed(0)
+        got = greedy(model, inputs, num_return_sequences=2, **settings)
+        torch.manual_seed(0)
+        reference = base.generate(**masked, max_new_tokens=NEW_TOKENS, num_return_sequences=2, **settings)
+        assert torch.equal(got[:, :length], inputs["input_ids"].repeat_interleave(2, dim=0))
+        assert torch.equal(got[:, length:], reference[:, length:])
+    elif mode == "no_cache":
+        assert torch.equal(greedy(model, inputs, use_cache=False), expected.sequences)
+    elif mode == "static_cache":
+        assert torch.equal(greedy(model, inputs, cache_implementation="static"), expected.sequences)
+    elif mode == "max_length":  # counts the caller's prompt, as in the stock model
+        assert torch.equal(
+            model.generate(**inputs, prune_budget=0.3, max_length=length + NEW_TOKENS), expected.sequences
+        )
+        assert base.generate(**inputs, max_length=length + NEW_TOKENS).shape == expected.sequences.shape
+    elif mode == "scores":
+        out = greedy(model, inputs, return_dict_in_generate=True, output_scores=True)
+        assert torch.equal(out.sequences, expected.sequences) and len(out.scores) == NEW_TOKENS
+        assert torch.equal(torch.stack(out.scores, 1).argmax(-1), out.sequences[:, length:])
+        with torch.no_grad():
+            prefill = model(**inputs, prune_budget=0.3).logits[:, -1]
+        torch.testing.assert_close(out.scores[0], prefill, atol=1e-5, rtol=0)
+    elif mode == "streamer":
+        single = build_inputs(arch, make_samples([1], IMAGE_SIZES[arch]))
+        streamer = RecordingStreamer()
+        sequences = greedy(model, single, streamer=streamer)
+        assert torch.equal(streamer.puts[0], single["input_ids"]), "the prompt part is the caller's prompt"
+        assert torch.equal(torch.cat(streamer.puts[1:]), sequences[0, single["input_ids"].shape[1] :])
+        tokenizer = tiny_tokenizer()
+        text_streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
+        greedy(model, single, streamer=text_streamer)
+        new_text = tokenizer.decode(sequences[0, single["input_ids"].shape[1] :])
+        assert "".join(text_streamer).strip() == new_text.strip()
+    elif mode == "assisted":  # batch size 1 only, as in the stock model
+        single = build_inputs(arch, make_samples([1], IMAGE_SIZES[arch]))
+        reference = greedy(model, single)
+        for assistant in (model, base):
+            assert torch.equal(greedy(model, single, assistant_model=assistant), reference)
+        assert torch.equal(greedy(model, single, prompt_lookup_num_tokens=2), reference)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_continuing_from_a_pruned_cache_is_refused(base_models, arch):
+    """The returned cache holds the kept sequence, not the caller's: passing it back fails, naming the argument."""
+    model = pruned(base_models(arch), "divprune")
+    inputs = batch_inputs(arch)
+    out = greedy(model, inputs, return_dict_in_generate=True)
+    continued = dict(
+        inputs,
+        input_ids=out.sequences,
+        attention_mask=torch.nn.functional.pad(inputs["attention_mask"], (0, NEW_TOKENS), value=1),
+        past_key_values=out.past_key_values,
+    )
+    for budget in (0.3, None):
+        with pytest.raises(ValueError, match="past_key_values.*pruned.*generate"):
+            model.generate(**continued, prune_budget=budget, max_new_tokens=2)
+        with pytest.raises(ValueError, match="past_key_values.*pruned.*generate"):
+            model(**continued, prune_budget=budget)
