@@ -69,11 +69,14 @@ FORMAT_1_METHOD_FIELDS = {
 }
 
 
+#: method name -> its config class. `token_selectors.register_selector` fills it; it lives here so that the config
+#: can dispatch without importing the selector registry (which imports this module).
+METHOD_CONFIG_CLASSES: dict[str, type[TokenPruneConfig]] = {}
+
+
 def config_class_for(method: Any) -> type[TokenPruneConfig]:
     """The config class registered for `method`, or `TokenPruneConfig` itself for an unregistered name."""
-    from .token_selectors import registered_config_class  # the registry imports this module
-
-    return registered_config_class(method) or TokenPruneConfig
+    return (METHOD_CONFIG_CLASSES.get(method) if isinstance(method, str) else None) or TokenPruneConfig
 
 
 def _split_fields(config_cls: type[TokenPruneConfig], data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -15,7 +15,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from .configuration_token_prune import FEATURE_SOURCES, TokenPruneConfig
+from .configuration_token_prune import FEATURE_SOURCES, METHOD_CONFIG_CLASSES, TokenPruneConfig
 from .selection_ops import hard_topk_indices
 
 
@@ -104,6 +104,7 @@ def register_selector(
             "pass overwrite=True to replace it"
         )
     _SELECTORS[name] = RegisteredMethod(config_cls, selector_cls)
+    METHOD_CONFIG_CLASSES[name] = config_cls
 
 
 def get_selector_class(name: str, argument: str = "prune_method") -> type[TokenSelector]:
