@@ -110,6 +110,8 @@ def third_party_methods(monkeypatch):
     """Register both methods in copies of the registries, so nothing leaks into other tests."""
     monkeypatch.setattr(token_selectors, "_SELECTORS", dict(token_selectors._SELECTORS))
     monkeypatch.setattr(recipe_registry, "_RECIPES", dict(recipe_registry._RECIPES))
+    for name in ("edge_tokens", "linear_scorer"):  # register_selector fills the config dispatch table too: undo it
+        monkeypatch.setitem(token_selectors.METHOD_CONFIG_CLASSES, name, None)
     register_selector("edge_tokens", EdgeTokensConfig, EdgeTokensSelector)
     register_selector("linear_scorer", LinearScorerConfig, LinearScorer)
     register_recipe("linear_scorer", LinearScorerArguments, LinearScorerRecipe)
