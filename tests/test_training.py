@@ -395,3 +395,43 @@ def test_image_reconstructor_trains(arch, tmp_path):
 def test_image_reconstruction_without_token_pixels_fails_before_training(tmp_path):
     with pytest.raises(NotImplementedError, match="image_reconstruction"):
         make_trainer("internvl", "reconstruction", tmp_path, image_reconstruction=True)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_selector_and_train_only_modules_train_in_float32_on_a_bfloat16_model(method, tmp_path):
+    """Issue 15, defect 1: AdamW on bf16 weights loses every update below a weight's bf16 spacing."""
+    base = BUILDERS["qwen2_5_vl"]().to(torch.bfloat16)
+    model = get_pruned_model(base, TokenPruneConfig(method=method))
+    records = load_conversation_records(write_records(tmp_path), image_folder=tmp_path)
+    # 5e-6 is the InternVL3 reconstruction recipe's rate: in bf16 most weights would not move at all.
+    args = training_args(tmp_path / "out", max_steps=2, learning_rate=5e-6, save_strategy="steps", save_steps=2)
+    trainer = TokenPruneTrainer(
+        model=model,
+        args=args,
+        train_dataset=records,
+        processing_class=tiny_processor("qwen2_5_vl"),
+        image_folder=tmp_path,
+    )
+    frozen_before = {name: p.detach().clone() for name, p in base.named_parameters()}
+    trainable = {name: p for name, p in trainer.model.named_parameters() if p.requires_grad}
+    before = {name: p.detach().clone() for name, p in trainable.items()}
+    trainer.train()
+
+    assert all(p.dtype == torch.bfloat16 for p in base.parameters())
+    for name, parameter in trainable.items():
+        assert parameter.dtype == torch.float32, name
+    for state in trainer.optimizer.state.values():
+        assert all(value.dtype == torch.float32 for key, value in state.items() if key != "step")
+    for name, frozen in frozen_before.items():
+        assert torch.equal(frozen, dict(base.named_parameters())[name]), f"frozen {name} changed"
+    # A trained weight is one the optimizer moved; bf16 would leave most of them unchanged at this rate.
+    weights = [name for name, p in trainable.items() if p.ndim == 2 and p.abs().max() > 0]
+    changed = torch.cat([(trainable[n].detach() != before[n]).flatten().float() for n in weights]).mean()
+    assert changed > 0.9, f"only {changed:.0%} of the {method} weights moved"
+
+    # The float32 checkpoint loads into a fresh bfloat16 model and prunes with it.
+    reloaded = get_pruned_model(BUILDERS["qwen2_5_vl"]().to(torch.bfloat16), tmp_path / "out" / "checkpoint-2")
+    inputs = trainer.data_collator([records[0], records[1]])
+    inputs.pop("labels")
+    out = reloaded.generate(**inputs, prune_budget=0.5, max_new_tokens=2, return_dict_in_generate=True)
+    assert out.keep_mask.sum() < out.keep_mask.numel()

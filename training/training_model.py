@@ -1,6 +1,8 @@
 """`TokenPruneTrainingModel`: what the `Trainer` trains, a frozen pruned VLM plus its method's recipe.
 
-It freezes every base parameter, keeps the selector trainable, and owns the recipe's train-only modules. Its
+It freezes every base parameter, keeps the selector trainable, and owns the recipe's train-only modules. The
+selector and those modules hold float32 weights (so the optimizer keeps float32 state) whatever the frozen VLM's
+dtype; the recipes cast at the boundary between the two. Its
 `forward(**batch)` returns `{"loss", "metrics"}`, so the stock `Trainer` loop, DDP (`accelerate launch`) and
 gradient accumulation work unchanged.
 """
@@ -16,6 +18,8 @@ from transformers import TrainingArguments
 from ..modeling.pruning import TokenPruningMixin
 from . import methods  # noqa: F401  (importing the package registers the built-in recipes)
 from .recipe import get_recipe
+
+TRAINABLE_DTYPE = torch.float32  # of the selector and the train-only modules, whatever the VLM's dtype
 
 
 class TokenPruneTrainingModel(nn.Module):
@@ -44,10 +48,12 @@ class TokenPruneTrainingModel(nn.Module):
             )
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        model.token_selector.requires_grad_(True)
+        # A bf16 selector has no float32 master copy in the Trainer: AdamW steps below the bf16 spacing of a
+        # weight are lost, so small learning rates and every schedule's tail would not train.
+        model.token_selector.to(dtype=TRAINABLE_DTYPE).requires_grad_(True)
         self.model = model
         reference = next(model.token_selector.parameters())
-        self.recipe = entry.recipe_cls(model, args).to(device=reference.device, dtype=reference.dtype)
+        self.recipe = entry.recipe_cls(model, args).to(device=reference.device, dtype=TRAINABLE_DTYPE)
 
     def forward(self, **batch) -> dict[str, Any]:
         return self.recipe(self.model, batch)
