@@ -217,7 +217,7 @@ def test_training_model_rejects_untrainable_setups():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("train_budget", 0.0), ("train_budget", 1.5), ("tau_end", 0.0), ("reg_p", 0.05), ("lambda_end", -1.0)],
+    [("train_budget", 0.0), ("train_budget", 1.5), ("tau_end", 0.0), ("reg_p", 1.5), ("lambda_end", -1.0)],
 )
 def test_bad_recipe_arguments_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -330,6 +330,36 @@ def test_clipped_regularizer_values_and_gradients():
         result.backward()
         assert result.item() == pytest.approx(value)
         assert fraction.grad.item() == pytest.approx(gradient)
+
+
+def test_reconstruction_keep_rate_follows_train_budget_per_image():
+    """Issue 15, defect 2: p = train_budget, q = p / 6 (the paper's 0.6 / 0.1 ratio), Eq. 8 applied per image.
+
+    At train_budget 0.1 an image keeping 50% is pushed down and one keeping 1% up, although their batch mean
+    (0.255) lies inside the paper's flat [0.1, 0.6], where the old batch-mean term had no gradient at all.
+    """
+    from hf_tokenprune.training.methods.reconstruction import clipped_regularizer, keep_rate_bounds
+
+    args = training_args("unused", train_budget=0.1)
+    p, q = keep_rate_bounds(args)
+    assert (p, q) == pytest.approx((0.1, 0.1 / 6))
+    assert keep_rate_bounds(training_args("unused", train_budget=0.1, reg_p=0.6, reg_q=0.1)) == (0.6, 0.1)
+    fractions = torch.tensor([0.5, 0.01], requires_grad=True)
+    value = clipped_regularizer(fractions, p, q, args.reg_alpha1, args.reg_alpha2)
+    value.backward()
+    assert value.item() == pytest.approx((0.1 * 0.5 - 0.1 * q + 0.1 * 0.1 - 0.1 * 0.01) / 2)
+    assert fractions.grad.tolist() == pytest.approx([0.1 / 2, -0.1 / 2])
+
+    # Through the recipe: its logged regulariser uses these bounds (p = 0.6 would give a1 * 0.6 - a2 * 0.1 = 0.05).
+    base = BUILDERS["qwen2_5_vl"]()
+    model = get_pruned_model(base, TokenPruneConfig(method="reconstruction"))
+    with torch.no_grad():
+        model.token_selector.head.bias.copy_(torch.tensor([-10.0, 10.0]))  # keep every token: L = 1
+    from hf_tokenprune.testing import build_inputs, make_samples
+
+    inputs = build_inputs("qwen2_5_vl", make_samples([1, 1], [(8, 8), (16, 8)]))
+    metrics = TokenPruneTrainingModel(model, args)(**inputs)["metrics"]
+    assert metrics["regularizer"] == pytest.approx(0.1 * 1.0 - 0.1 * q, rel=1e-5)
 
 
 def test_loading_a_bad_selector_file_names_it_and_leaves_the_model_unchanged(tmp_path):

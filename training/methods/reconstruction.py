@@ -1,7 +1,8 @@
 """How `reconstruction` trains (paper 001): its arguments, recipe and train-only reconstructors.
 
 No LLM: a Gumbel-Softmax keep mask M picks tokens, dropped features become the learnable mask embedding, a
-feature reconstructor restores them. loss = MSE + a1 * max(L, p) - a2 * min(L, q), L = mean(M).
+feature reconstructor restores them. loss = MSE + a1 * max(L, p) - a2 * min(L, q), L = mean(M) per image,
+p = train_budget and q = p / 6 unless `reg_p` / `reg_q` are set.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class ReconstructionArguments(RecipeArguments):
 
     Fields:
         gumbel_temperature: Gumbel-Softmax temperature of the keep/drop head.
-        reg_p, reg_q: the bounds p and q of Eq. 8, 0 <= q <= p <= 1.
+        reg_p, reg_q: the bounds p and q of Eq. 8, 0 <= q <= p <= 1; by default p = train_budget and q = p / 6
+            (`keep_rate_bounds`), so the keep rate the recipe trains toward follows `train_budget`.
         reg_alpha1, reg_alpha2: the weights a1 of max(L, p) and a2 of min(L, q).
         reconstructor_num_layers: Transformer layers of the feature reconstructor.
         image_reconstruction: also train the optional image reconstructor.
@@ -41,11 +43,17 @@ class ReconstructionArguments(RecipeArguments):
     gumbel_temperature: float = field(
         default=1.0, metadata={"help": "reconstruction: Gumbel-Softmax temperature of the keep/drop head."}
     )
-    reg_p: float = field(
-        default=0.6, metadata={"help": "reconstruction: upper bound p of Eq. 8 (paper 001 Sec. 4.4: 0.6)."}
+    reg_p: float | None = field(
+        default=None,
+        metadata={
+            "help": "reconstruction: upper bound p of Eq. 8; None = train_budget (paper 001 Sec. 4.4: 0.6, with q = 0.1)."
+        },
     )
-    reg_q: float = field(
-        default=0.1, metadata={"help": "reconstruction: lower bound q of Eq. 8 (paper 001 Sec. 4.4: 0.1)."}
+    reg_q: float | None = field(
+        default=None,
+        metadata={
+            "help": "reconstruction: lower bound q of Eq. 8; None = p / 6 (the paper's q / p = 0.1 / 0.6)."
+        },
     )
     reg_alpha1: float = field(
         default=0.1, metadata={"help": "reconstruction: weight a1 of max(L, p) (paper 001: 0.1)."}
@@ -65,10 +73,12 @@ class ReconstructionArguments(RecipeArguments):
         for name in ("reg_alpha1", "reg_alpha2"):
             check_non_negative(getattr(self, name), name)
         check_positive(self.gumbel_temperature, "gumbel_temperature")
-        if not 0.0 <= self.reg_q <= self.reg_p <= 1.0:
-            raise ValueError(
-                f"`reg_q` and `reg_p` must satisfy 0 <= reg_q <= reg_p <= 1, got {self.reg_q}, {self.reg_p}"
-            )
+        for name in ("reg_p", "reg_q"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"`{name}` must be a number in [0, 1] or None, got {value!r}")
+        if self.reg_p is not None and self.reg_q is not None and self.reg_q > self.reg_p:
+            raise ValueError(f"`reg_q` and `reg_p` must satisfy reg_q <= reg_p, got {self.reg_q}, {self.reg_p}")
         if self.reconstructor_num_layers < 1:
             raise ValueError(f"`reconstructor_num_layers` must be >= 1, got {self.reconstructor_num_layers!r}")
         super().__post_init__()
@@ -94,8 +104,27 @@ class ImageReconstructor(nn.Module):
 
 
 def clipped_regularizer(keep_fraction: torch.Tensor, p: float, q: float, a1: float, a2: float) -> torch.Tensor:
-    """Paper 001 Eq. 4 / 8: a1 * max(L, p) - a2 * min(L, q); flat (no gradient) while q < L < p."""
-    return a1 * torch.clamp(keep_fraction, min=p) - a2 * torch.clamp(keep_fraction, max=q)
+    """Paper 001 Eq. 4 / 8: a1 * max(L, p) - a2 * min(L, q); flat (no gradient) while q < L < p.
+
+    keep_fraction: () or (n_images,), one L per image; returns the mean of the per-image terms.
+    """
+    return (a1 * torch.clamp(keep_fraction, min=p) - a2 * torch.clamp(keep_fraction, max=q)).mean()
+
+
+# The paper's bounds, p = 0.6 and q = 0.1: q / p is kept when p follows `train_budget`.
+PAPER_Q_OVER_P = 0.1 / 0.6
+
+
+def keep_rate_bounds(args) -> tuple[float, float]:
+    """(p, q) of Eq. 8: `reg_p` / `reg_q` when set, else p = `train_budget` and q = p * 0.1 / 0.6.
+
+    The feature reconstruction loss always prefers more kept tokens, so it pushes L up to p, where the
+    regulariser starts to push back: p is the keep rate the recipe trains toward. With the paper's fixed
+    p = 0.6 a selector trained for a 10% budget would sit anywhere in [0.1, 0.6], the flat part of Eq. 8.
+    """
+    p = args.reg_p if args.reg_p is not None else float(args.train_budget)
+    q = args.reg_q if args.reg_q is not None else p * PAPER_Q_OVER_P
+    return p, min(q, p)
 
 
 class ReconstructionRecipe(Recipe):
@@ -137,7 +166,7 @@ class ReconstructionRecipe(Recipe):
             raise ValueError("the batch has no images: the reconstruction recipe trains on vision features alone")
         dtype = next(selector.parameters()).dtype
         metrics = MetricSum()
-        reconstruction, image_reconstruction, keep_fraction = 0.0, 0.0, 0.0
+        reconstruction, image_reconstruction, keep_fractions = 0.0, 0.0, []
         pixels = [None] * len(placed)
         if self.image_reconstructor is not None:
             pixels = model.prune_hooks.token_pixels(model, vision_inputs)
@@ -158,16 +187,18 @@ class ReconstructionRecipe(Recipe):
                 # Eq. 6: I_rec = R_im(F_rec); pixels come normalised by the processor.
                 image_error = F.mse_loss(self.image_reconstructor(restored), segment_pixels.to(dtype))
                 image_reconstruction = image_reconstruction + image_error / len(placed)
-            keep_fraction = keep_fraction + keep.mean() / len(placed)
+            keep_fractions.append(keep.mean())
             metrics.add("mask_polarization", polarization(torch.softmax(logits.detach().float(), dim=-1)[:, 1]))
         args = self.args
-        regularizer = clipped_regularizer(keep_fraction, args.reg_p, args.reg_q, args.reg_alpha1, args.reg_alpha2)
+        keep_fraction = torch.stack(keep_fractions)
+        # Per image, as the budget: the batch mean could sit inside [q, p] with every image outside it.
+        regularizer = clipped_regularizer(keep_fraction, *keep_rate_bounds(args), args.reg_alpha1, args.reg_alpha2)
         loss = reconstruction + image_reconstruction + regularizer
         values = {
             "reconstruction_loss": float(reconstruction.detach()),
             **({"image_reconstruction_loss": float(image_reconstruction.detach())} if pixels[0] is not None else {}),
             "regularizer": float(regularizer.detach()),
-            "mask_mass": float(keep_fraction.detach()),
+            "mask_mass": float(keep_fraction.detach().mean()),
             **self.schedule_values(),
             **metrics.means(),
         }
