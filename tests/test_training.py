@@ -85,11 +85,12 @@ def make_trainer(arch, method, tmp_path, **overrides):
 
 
 def expected_schedule(method, step, max_steps, args):
-    """The papers' schedules, written out here: paper 000 Eq. 12 (linear lambda), paper 002 A (cosine tau)."""
+    """The papers' schedules, written out here: paper 000 Eq. 12 (linear lambda), paper 002 A (cosine tau, then held)."""
     if method == "visionselector":
-        return "lambda_t", args.lambda_start + (args.lambda_end - args.lambda_start) * min(step / max_steps, 1.0)
+        total = max(1, round(args.lambda_anneal_fraction * max_steps))
+        return "lambda_t", args.lambda_start + (args.lambda_end - args.lambda_start) * min(step / total, 1.0)
     if method == "autoselect":
-        total = args.tau_anneal_steps or max_steps
+        total = args.tau_anneal_steps or max(1, round(args.tau_anneal_fraction * max_steps))
         progress = min(step / total, 1.0)
         return "temperature", args.tau_end + (args.tau_start - args.tau_end) * (1 + math.cos(math.pi * progress)) / 2
     return "gumbel_temperature", args.gumbel_temperature
@@ -215,9 +216,29 @@ def test_training_model_rejects_untrainable_setups():
         TokenPruneTrainingModel(get_pruned_model(base, TokenPruneConfig(method="divprune")), args)
 
 
+def test_schedules_anneal_over_their_steps_and_then_hold():
+    """Issue 15, defect 4: tau reaches tau_end after half the run by default (paper 002 A: 2,000 of ~4,000
+    steps) or after `tau_anneal_steps`, and stays there; lambda's ramp can end early the same way."""
+    from hf_tokenprune.training.callbacks import recipe_callbacks
+    from hf_tokenprune.training.methods import AutoSelectRecipe, VisionSelectorRecipe
+
+    model = get_pruned_model(BUILDERS["llava"](), TokenPruneConfig(method="autoselect"))
+    for overrides, annealed_at in (({}, 50), ({"tau_anneal_steps": 20}, 20)):
+        args = training_args("unused", max_steps=100, **overrides)
+        (callback,) = recipe_callbacks(AutoSelectRecipe(model, args), args)
+        assert callback.value(annealed_at - 1, 100) > args.tau_end
+        for step in (annealed_at, annealed_at + 1, 99, 100):
+            assert callback.value(step, 100) == pytest.approx(args.tau_end)
+    args = training_args("unused", max_steps=100, lambda_anneal_fraction=0.8)
+    vs_model = get_pruned_model(BUILDERS["llava"](), TokenPruneConfig(method="visionselector"))
+    (callback,) = recipe_callbacks(VisionSelectorRecipe(vs_model, args), args)
+    assert callback.value(40, 100) == pytest.approx(0.1 + 1.9 * 0.5)
+    assert callback.value(80, 100) == callback.value(99, 100) == pytest.approx(2.0)
+
+
 @pytest.mark.parametrize(
     "field, value",
-    [("train_budget", 0.0), ("train_budget", 1.5), ("tau_end", 0.0), ("reg_p", 1.5), ("lambda_end", -1.0)],
+    [("train_budget", 0.0), ("train_budget", 1.5), ("tau_end", 0.0), ("reg_p", 1.5), ("lambda_end", -1.0), ("tau_anneal_fraction", 0.0), ("lambda_anneal_fraction", 1.5)],
 )
 def test_bad_recipe_arguments_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):

@@ -25,31 +25,43 @@ def cosine_schedule(step: int, total_steps: int, start: float, end: float) -> fl
     return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))
 
 
-class Schedule(NamedTuple):
-    """A recipe attribute annealed from `start` to `end` by `function(step, total_steps, start, end)`.
+def anneal_steps(steps: int | None, fraction: float, max_steps: int) -> int:
+    """Steps a schedule anneals over: `steps` when set, else `fraction` of the run (at least 1); it then holds."""
+    return steps if steps is not None else max(1, round(fraction * max_steps))
 
-    total_steps: fixed number of steps, or None for the run's `max_steps`.
+
+class Schedule(NamedTuple):
+    """A recipe attribute annealed from `start` to `end` by `function(step, total_steps, start, end)`, then held.
+
+    total_steps: fixed number of steps; None for the run's `max_steps`; a float in (0, 1] for that fraction of it.
     """
 
     attribute: str
     function: Callable[[int, int, float, float], float]
     start: float
     end: float
-    total_steps: int | None = None
+    total_steps: int | float | None = None
 
 
 class ScheduleCallback(TrainerCallback):
     """Set `target.<attribute>` to `schedule(global_step, total_steps, start, end)` before each step.
 
-    total_steps: fixed number, or None for the run's `max_steps`.
+    total_steps: fixed number; None for the run's `max_steps`; a float in (0, 1] for that fraction of it.
     """
 
-    def __init__(self, target, attribute: str, schedule, start: float, end: float, total_steps: int | None = None):
+    def __init__(
+        self, target, attribute: str, schedule, start: float, end: float, total_steps: int | float | None = None
+    ):
         self.target, self.attribute, self.schedule = target, attribute, schedule
         self.start, self.end, self.total_steps = start, end, total_steps
 
     def value(self, step: int, max_steps: int) -> float:
-        return self.schedule(step, self.total_steps or max_steps, self.start, self.end)
+        total = self.total_steps
+        if total is None:
+            total = max_steps
+        elif isinstance(total, float):
+            total = anneal_steps(None, total, max_steps)
+        return self.schedule(step, total, self.start, self.end)
 
     def _apply(self, state) -> None:
         setattr(self.target, self.attribute, self.value(state.global_step, state.max_steps))

@@ -129,6 +129,12 @@ def check_positive(value: Any, name: str) -> None:
         raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
 
 
+def check_fraction(value: Any, name: str) -> None:
+    """Raise ValueError naming `name` unless `value` is a number in (0, 1]."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1):
+        raise ValueError(f"`{name}` must be a number in (0, 1], got {value!r}")
+
+
 @dataclass
 class RecipeArguments:
     """Base of a recipe's argument dataclass: a mixin of `TrainingArguments`.

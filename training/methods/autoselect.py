@@ -2,7 +2,8 @@
 
 Per image, with k = tokens kept at `train_budget`: alpha = SoftTopK(zscore(s) / tau, k); VP noise
 x~ = sqrt(alpha) x + sqrt(1 - alpha) eps on the pre-projector features; a diagonal-attention denoiser; then the
-frozen projector and LLM. loss = CE; tau is cosine-annealed from `tau_start` to `tau_end`.
+frozen projector and LLM. loss = CE; tau is cosine-annealed from `tau_start` to `tau_end` over
+`tau_anneal_steps` (default: half the run), then held.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import nn
 
 from ...modeling.selector_autoselect import TokenTransformer
 from ..callbacks import Schedule, cosine_schedule
-from ..recipe import Recipe, RecipeArguments, check_positive, polarization, register_recipe
+from ..recipe import Recipe, RecipeArguments, check_fraction, check_positive, polarization, register_recipe
 from ..relaxations import soft_topk
 
 VP_EPS = 1e-6
@@ -27,7 +28,9 @@ class AutoSelectArguments(RecipeArguments):
     Fields:
         tau_start: Soft Top-K temperature at step 0.
         tau_end: temperature after annealing.
-        tau_anneal_steps: steps of the cosine annealing; None = the whole run.
+        tau_anneal_steps: steps of the cosine annealing, after which tau stays at `tau_end`; None = use
+            `tau_anneal_fraction`.
+        tau_anneal_fraction: the annealing's share of the run when `tau_anneal_steps` is None.
     """
 
     tau_start: float = field(
@@ -39,7 +42,15 @@ class AutoSelectArguments(RecipeArguments):
     tau_anneal_steps: int | None = field(
         default=None,
         metadata={
-            "help": "autoselect: steps of the cosine annealing of tau (paper 002 A: 2000); default: the whole run."
+            "help": "autoselect: steps of the cosine annealing of tau, then held at tau_end (paper 002 A: 2000); "
+            "None: tau_anneal_fraction of the run."
+        },
+    )
+    tau_anneal_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "autoselect: share of the run tau anneals over when tau_anneal_steps is None (paper 002 A: "
+            "2,000 of about 4,000 steps), in (0, 1]."
         },
     )
 
@@ -48,6 +59,7 @@ class AutoSelectArguments(RecipeArguments):
             check_positive(getattr(self, name), name)
         if self.tau_anneal_steps is not None and self.tau_anneal_steps < 1:
             raise ValueError(f"`tau_anneal_steps` must be an int >= 1 or None, got {self.tau_anneal_steps!r}")
+        check_fraction(self.tau_anneal_fraction, "tau_anneal_fraction")
         super().__post_init__()
 
 
@@ -103,7 +115,8 @@ class AutoSelectRecipe(Recipe):
         self.denoiser = DiagonalDenoiser(selector.input_dim, selector.hidden_size, config.scorer_num_heads)
 
     def schedules(self, args: AutoSelectArguments) -> list[Schedule]:
-        return [Schedule("temperature", cosine_schedule, args.tau_start, args.tau_end, args.tau_anneal_steps)]
+        total = args.tau_anneal_steps if args.tau_anneal_steps is not None else float(args.tau_anneal_fraction)
+        return [Schedule("temperature", cosine_schedule, args.tau_start, args.tau_end, total)]
 
     def segment_embeds(self, model, segment, num_keep, metrics):
         selector = model.token_selector

@@ -17,6 +17,7 @@ from ..callbacks import Schedule, linear_schedule
 from ..recipe import (
     Recipe,
     RecipeArguments,
+    check_fraction,
     check_non_negative,
     polarization,
     register_recipe,
@@ -30,7 +31,8 @@ class VisionSelectorArguments(RecipeArguments):
 
     Fields:
         lambda_start: BCE constraint weight at step 0.
-        lambda_end: BCE constraint weight at the last step.
+        lambda_end: BCE constraint weight at the end of the ramp.
+        lambda_anneal_fraction: share of the run the linear ramp takes (paper 000 Eq. 12: the whole run), then held.
     """
 
     lambda_start: float = field(
@@ -41,7 +43,16 @@ class VisionSelectorArguments(RecipeArguments):
         metadata={"help": "visionselector: BCE constraint weight at the last step (paper 000 Eq. 12: 2.0)."},
     )
 
+    lambda_anneal_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "visionselector: share of the run lambda ramps over, then held at lambda_end (paper 000 Eq. 12: "
+            "1.0), in (0, 1]."
+        },
+    )
+
     def __post_init__(self) -> None:
+        check_fraction(self.lambda_anneal_fraction, "lambda_anneal_fraction")
         for name in ("lambda_start", "lambda_end"):
             check_non_negative(getattr(self, name), name)
         super().__post_init__()
@@ -51,7 +62,8 @@ class VisionSelectorRecipe(Recipe):
     """Paper 000, Sec. 3.3-3.4: Differentiable Top-K soft mask times the projector output; CE + lambda_t BCE."""
 
     def schedules(self, args: VisionSelectorArguments) -> list[Schedule]:
-        return [Schedule("lambda_t", linear_schedule, args.lambda_start, args.lambda_end)]
+        fraction = float(args.lambda_anneal_fraction)
+        return [Schedule("lambda_t", linear_schedule, args.lambda_start, args.lambda_end, fraction)]
 
     def segment_embeds(self, model, segment, num_keep, metrics):
         selector = model.token_selector
