@@ -217,6 +217,38 @@ class CallerPromptStreamer(BaseStreamer):
         self.streamer.end()
 
 
+BUDGET_SCOPES = ("image", "sample")
+
+
+def check_budget_scope(scope: Any, name: str = "prune_budget_scope") -> str:
+    """The budget's unit: "image" (each image / frame, the default for None) or "sample" (all of a sample's together)."""
+    if scope is None:
+        return "image"
+    if not isinstance(scope, str) or scope not in BUDGET_SCOPES:
+        raise ValueError(f"`{name}` must be one of {BUDGET_SCOPES} or None, got {scope!r}")
+    return scope
+
+
+def selection_units(
+    placed: list[tuple[VisualSegment, torch.Tensor, torch.Tensor]], scope: str
+) -> list[tuple[VisualSegment, torch.Tensor, torch.Tensor]]:
+    """The units a budget applies to: `placed` itself for scope "image"; for "sample", one merged segment per batch
+    row holding all its images and frames (features concatenated in order, no grid), so k = b * N_sample."""
+    if scope == "image":
+        return placed
+    units = []
+    for row in sorted({int(rows[0]) for _, rows, _ in placed}):
+        members = [item for item in placed if int(item[1][0]) == row]
+        features = [segment.features for segment, _, _ in members]
+        merged = VisualSegment(
+            embeds=torch.cat([segment.embeds for segment, _, _ in members]),
+            features=None if features[0] is None else torch.cat(features),
+            token_id=members[0][0].token_id,
+        )
+        units.append((merged, torch.cat([rows for _, rows, _ in members]), torch.cat([cols for _, _, cols in members])))
+    return units
+
+
 class TokenPruningMixin:
     """Adds `prune_budget=` / `prune_method=` to `forward` and `generate` of a stock VLM class.
 
@@ -242,7 +274,7 @@ class TokenPruningMixin:
             if "forward" in klass.__dict__
         )
 
-        forward_signature = advertised_signature(stock_forward, ("prune_budget", "prune_method"))
+        forward_signature = advertised_signature(stock_forward, ("prune_budget", "prune_method", "prune_budget_scope"))
         positional_names = [
             p.name for p in list(forward_signature.parameters.values())[1:] if p.kind == p.POSITIONAL_OR_KEYWORD
         ]
@@ -450,8 +482,9 @@ class TokenPruningMixin:
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         shift_labels: torch.Tensor | None = None,
+        budget_scope: str = "image",
     ) -> PrunePlan:
-        """Encode the images, select per image, and compact the sequence. Shapes: input_ids (B, L)."""
+        """Encode the images, select per image (or per sample: `budget_scope`), compact. Shapes: input_ids (B, L)."""
         hooks = self.prune_hooks
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -464,7 +497,7 @@ class TokenPruningMixin:
             rows = torch.cat([seg_rows for _, seg_rows, _ in placed])
             cols = torch.cat([seg_cols for _, _, seg_cols in placed])
             inputs_embeds[rows, cols] = torch.cat([segment.embeds for segment, _, _ in placed]).to(inputs_embeds.dtype)
-        for segment, seg_rows, seg_cols in placed:
+        for segment, seg_rows, seg_cols in selection_units(placed, budget_scope):
             size = seg_rows.numel()
             num_keep = tokens_to_keep(budget, size)
             if num_keep == size:
@@ -528,11 +561,20 @@ class TokenPruningMixin:
         return super().forward(**kwargs)
 
     # ----------------------------------------------------------------- forward
-    def forward(self, input_ids=None, attention_mask=None, prune_budget=None, prune_method=None, **kwargs):
-        """Stock forward plus `prune_budget` / `prune_method`; the output carries `keep_mask` (B, L).
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        prune_budget=None,
+        prune_method=None,
+        prune_budget_scope=None,
+        **kwargs,
+    ):
+        """Stock forward plus `prune_budget` / `prune_method` / `prune_budget_scope`; the output carries `keep_mask` (B, L).
 
         With `return_dict=False` the output is the stock tuple (no `keep_mask`, as `generate`'s tensor output).
         """
+        budget_scope = check_budget_scope(prune_budget_scope)
         budget, selector = self.resolve_pruning(prune_budget, prune_method)
         past = kwargs.get("past_key_values")
         refuse_pruned_cache(past)
@@ -556,6 +598,7 @@ class TokenPruningMixin:
             position_ids=language_kwargs.pop("position_ids", None),
             labels=language_kwargs.pop("labels", None),
             shift_labels=language_kwargs.pop("shift_labels", None),
+            budget_scope=budget_scope,
         )
         if plan.shift_labels is not None:
             language_kwargs["shift_labels"] = plan.shift_labels
@@ -578,14 +621,15 @@ class TokenPruningMixin:
 
     # ----------------------------------------------------------------- generate
     @torch.no_grad()
-    def generate(self, inputs=None, *args, prune_budget=None, prune_method=None, **kwargs):
-        """Stock `generate` plus `prune_budget` / `prune_method`.
+    def generate(self, inputs=None, *args, prune_budget=None, prune_method=None, prune_budget_scope=None, **kwargs):
+        """Stock `generate` plus `prune_budget` / `prune_method` / `prune_budget_scope`.
 
         Returns the caller's `input_ids` followed by the new tokens, as the stock model does (repeated per returned
         sequence with `num_return_sequences`); a dict-style output (`return_dict_in_generate=True`) also carries
         `keep_mask` (B, L). `max_length` / `min_length` count the caller's prompt, as in the stock model. The
         returned cache holds the kept sequence: passing it back as `past_key_values` raises.
         """
+        budget_scope = check_budget_scope(prune_budget_scope)
         budget, selector = self.resolve_pruning(prune_budget, prune_method)
         refuse_pruned_cache(kwargs.get("past_key_values"))
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
@@ -611,6 +655,7 @@ class TokenPruningMixin:
             budget,
             selector,
             position_ids=generate_kwargs.pop("position_ids", None),
+            budget_scope=budget_scope,
         )
         self.prune_hooks.after_generate_plan(self, plan)
         generate_kwargs.update(

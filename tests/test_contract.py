@@ -152,6 +152,51 @@ def test_budget_semantics(base_models, arch, method):
         assert kept_per_run(inputs["input_ids"], keep_mask) == expected_kept(inputs["input_ids"], budget)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_budget_semantics_sample_scope(base_models, arch, method):
+    """Line 2's sample-level twin: all images of a sample share one budget, k = max(1, round(b * N_sample))."""
+    model = pruned(base_models(arch), method)
+    inputs = build_inputs(arch, make_samples([3, 0, 2, 1], IMAGE_SIZES[arch]))
+    input_ids = inputs["input_ids"]
+    is_visual = (input_ids == IMAGE_ID) | (input_ids == VIDEO_ID)
+    per_sample = is_visual.sum(-1).tolist()
+    for budget in (0.3, 0.5, 0.01, 1, 3, 10_000):
+        with torch.no_grad():
+            keep_mask = model(**inputs, prune_budget=budget, prune_budget_scope="sample").keep_mask
+            per_image = model(**inputs, prune_budget=budget, prune_budget_scope="image").keep_mask
+            default = model(**inputs, prune_budget=budget).keep_mask
+        assert keep_mask[~is_visual].all(), "text and padding are never pruned"
+        expected = [
+            0
+            if size == 0
+            else min(size, max(1, math.floor(budget * size + 0.5)) if isinstance(budget, float) else budget)
+            for size in per_sample
+        ]
+        assert (keep_mask & is_visual).sum(-1).tolist() == expected
+        assert torch.equal(per_image, default), "scope 'image' is the default"
+    generated = model.generate(
+        **inputs, prune_budget=0.3, prune_budget_scope="sample", max_new_tokens=1, return_dict_in_generate=True
+    )
+    with torch.no_grad():
+        assert torch.equal(
+            generated.keep_mask, model(**inputs, prune_budget=0.3, prune_budget_scope="sample").keep_mask
+        )
+
+
+@pytest.mark.parametrize("entry", ["forward", "generate"])
+@pytest.mark.parametrize("bad_scope", ["images", "", 1, True])
+def test_bad_budget_scope_fails_before_compute(base_models, entry, bad_scope):
+    model = pruned(base_models("llava"), "visionselector")
+    counter = VisionCallCounter(model)
+    try:
+        with pytest.raises(ValueError, match="prune_budget_scope.*'image', 'sample'"):
+            getattr(model, entry)(**batch_inputs("llava"), prune_budget=0.2, prune_budget_scope=bad_scope)
+    finally:
+        counter.handle.remove()
+    assert counter.calls == 0
+
+
 def test_config_default_budget_applies(base_models):
     base = base_models("qwen2_5_vl")
     inputs = batch_inputs("qwen2_5_vl")

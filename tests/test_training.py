@@ -238,7 +238,15 @@ def test_schedules_anneal_over_their_steps_and_then_hold():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("train_budget", 0.0), ("train_budget", 1.5), ("tau_end", 0.0), ("reg_p", 1.5), ("lambda_end", -1.0), ("tau_anneal_fraction", 0.0), ("lambda_anneal_fraction", 1.5)],
+    [
+        ("train_budget", 0.0),
+        ("train_budget", 1.5),
+        ("tau_end", 0.0),
+        ("reg_p", 1.5),
+        ("lambda_end", -1.0),
+        ("tau_anneal_fraction", 0.0),
+        ("lambda_anneal_fraction", 1.5),
+    ],
 )
 def test_bad_recipe_arguments_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -486,3 +494,29 @@ def test_selector_and_train_only_modules_train_in_float32_on_a_bfloat16_model(me
     inputs.pop("labels")
     out = reloaded.generate(**inputs, prune_budget=0.5, max_new_tokens=2, return_dict_in_generate=True)
     assert out.keep_mask.sum() < out.keep_mask.numel()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sample_budget_scope_trains_one_mask_per_sample(method, tmp_path):
+    """Issue 15, defect 7: with train_budget_scope='sample' each recipe sees one unit per sample (all its images)."""
+    from hf_tokenprune.testing import build_inputs, make_samples
+
+    model = get_pruned_model(BUILDERS["qwen2_5_vl"](), TokenPruneConfig(method=method))
+    args = training_args(tmp_path, train_budget=0.25, train_budget_scope="sample")
+    training_model = TokenPruneTrainingModel(model, args)
+    sizes = []
+    original = training_model.recipe.segment_embeds if method != "reconstruction" else None
+    if original is not None:
+        training_model.recipe.segment_embeds = lambda model, segment, k, metrics: (
+            sizes.append((segment.embeds.shape[0], k)) or original(model, segment, k, metrics)
+        )
+    inputs = build_inputs("qwen2_5_vl", make_samples([2, 1], [(8, 8), (16, 8)]))
+    inputs["labels"] = inputs["input_ids"].masked_fill(inputs["input_ids"] == inputs["input_ids"][0, 0], -100)
+    outputs = training_model(**inputs)
+    outputs["loss"].backward()
+    assert all(p.grad is not None for p in model.token_selector.parameters() if p.requires_grad)
+    if original is not None:
+        per_sample = (inputs["input_ids"] == model.config.image_token_id).sum(-1).tolist()
+        assert sizes == [(n, max(1, math.floor(0.25 * n + 0.5))) for n in per_sample]
+    with pytest.raises(ValueError, match="train_budget_scope"):
+        training_args(tmp_path, train_budget_scope="batch")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..modeling.configuration_token_prune import check_budget
+from ..modeling.pruning import check_budget_scope
 from .methods import AutoSelectArguments, ReconstructionArguments, VisionSelectorArguments
 from .recipe import RecipeArguments, get_recipe, registered_recipes
 
@@ -25,6 +26,7 @@ class TokenPruneTrainingArguments(
 
     Fields added here (the recipes' own are documented in their argument classes):
         train_budget: fraction of each image's tokens the recipes' soft masks keep.
+        train_budget_scope: "image" or "sample", the unit `train_budget` applies to.
 
     Defaults changed from `TrainingArguments`: `remove_unused_columns=False` (the collator needs the raw
     records) and `ddp_find_unused_parameters=True` (a batch without images leaves the scorer unused).
@@ -34,6 +36,13 @@ class TokenPruneTrainingArguments(
         default=0.2,
         metadata={
             "help": "visionselector / autoselect: fraction of each image's tokens the soft mask keeps (paper 000 Sec. 4.2: 0.2)."
+        },
+    )
+    train_budget_scope: str = field(
+        default="image",
+        metadata={
+            "help": "What train_budget applies to: 'image' (each image / frame) or 'sample' (all of a sample's images "
+            "and frames together, paper 000's k = b * N); use the same prune_budget_scope at inference."
         },
     )
     remove_unused_columns: bool = field(
@@ -46,6 +55,7 @@ class TokenPruneTrainingArguments(
     def __post_init__(self) -> None:
         # Every recipe field is checked (each mixin's `__post_init__`) before `TrainingArguments` touches devices.
         check_budget(self.train_budget, "train_budget")
+        check_budget_scope(self.train_budget_scope, "train_budget_scope")
         super().__post_init__()
 
 

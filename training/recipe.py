@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import TrainingArguments
 
-from ..modeling.pruning import TokenPruningMixin, tokens_to_keep
+from ..modeling.pruning import TokenPruningMixin, selection_units, tokens_to_keep
 from ..modeling.token_selectors import learned_selectors
 from .callbacks import Schedule
 
@@ -88,6 +88,7 @@ class Recipe(nn.Module):
         metrics = MetricSum()
         auxiliary = inputs_embeds.new_zeros(())
         if placed:
+            placed = selection_units(placed, self.args.train_budget_scope)
             new_embeds = []
             for segment, rows, _ in placed:
                 embeds, aux = self.segment_embeds(

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...modeling.pruning import selection_units
 from ...modeling.selector_autoselect import TokenTransformer
 from ..callbacks import Schedule, linear_schedule
 from ..recipe import (
@@ -51,9 +52,7 @@ class ReconstructionArguments(RecipeArguments):
     )
     reg_q: float | None = field(
         default=None,
-        metadata={
-            "help": "reconstruction: lower bound q of Eq. 8; None = p / 6 (the paper's q / p = 0.1 / 0.6)."
-        },
+        metadata={"help": "reconstruction: lower bound q of Eq. 8; None = p / 6 (the paper's q / p = 0.1 / 0.6)."},
     )
     reg_alpha1: float = field(
         default=0.1, metadata={"help": "reconstruction: weight a1 of max(L, p) (paper 001: 0.1)."}
@@ -147,6 +146,10 @@ class ReconstructionRecipe(Recipe):
         )
         self.reconstructor_head = nn.Linear(hidden_size, selector.input_dim)
         self.image_reconstructor = None
+        if args.image_reconstruction and args.train_budget_scope != "image":
+            raise ValueError(
+                "`image_reconstruction` needs train_budget_scope='image' (its pixel targets are per image)"
+            )
         if args.image_reconstruction:
             self.image_reconstructor = ImageReconstructor(
                 model, selector.input_dim, hidden_size, config.scorer_num_heads
@@ -164,6 +167,7 @@ class ReconstructionRecipe(Recipe):
             placed = model.place_visual_segments(input_ids, vision_inputs, need_features=True)
         if not placed:
             raise ValueError("the batch has no images: the reconstruction recipe trains on vision features alone")
+        placed = selection_units(placed, self.args.train_budget_scope)
         dtype = next(selector.parameters()).dtype
         metrics = MetricSum()
         reconstruction, image_reconstruction, keep_fractions = 0.0, 0.0, []
