@@ -520,3 +520,41 @@ def test_sample_budget_scope_trains_one_mask_per_sample(method, tmp_path):
         assert sizes == [(n, max(1, math.floor(0.25 * n + 0.5))) for n in per_sample]
     with pytest.raises(ValueError, match="train_budget_scope"):
         training_args(tmp_path, train_budget_scope="batch")
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_visionselector_attention_bias_mask_simulates_dropping(arch, attn, monkeypatch):
+    """Issue 15, defect 3: with a binary soft mask, the default training forward (log m on the visual keys) gives
+    the hard-pruned forward's loss; the paper's m * V does not (the first RMSNorm undoes most of the scaling)."""
+    from hf_tokenprune.modeling.selection_ops import hard_topk_indices
+    from hf_tokenprune.testing import IMAGE_ID, IMAGE_SIZES, VIDEO_ID, build_inputs, make_samples
+    from hf_tokenprune.training.methods import visionselector as recipe_module
+
+    def binary_topk(scores, k):
+        mask = torch.zeros_like(scores)
+        mask[hard_topk_indices(scores.detach(), k)] = 1.0
+        return mask + scores - scores.detach()  # carries the selector's gradient, values exactly 0 / 1
+
+    monkeypatch.setattr(recipe_module, "differentiable_topk", binary_topk)
+    model = get_pruned_model(BUILDERS[arch](attn), TokenPruneConfig(method="visionselector"))
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for parameter in model.token_selector.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    inputs = build_inputs(arch, make_samples([2, 0, 1], IMAGE_SIZES[arch]))
+    ids = inputs["input_ids"]
+    visual = (ids == IMAGE_ID) | (ids == VIDEO_ID)
+    # Text tokens whose previous token is real text: the same predictions exist in the full and the pruned sequence.
+    text = ~visual & inputs["attention_mask"].bool()
+    after_text = torch.cat([torch.zeros_like(text[:, :1]), text[:, :-1]], dim=1)
+    inputs["labels"] = ids.masked_fill(visual | ~after_text | (inputs["attention_mask"] == 0), -100)
+    with torch.no_grad():
+        hard = float(model(**inputs, prune_budget=0.3).loss)
+        losses = {}
+        for mode in ("attention_bias", "multiply"):
+            args = training_args("unused", train_budget=0.3, soft_mask_mode=mode)
+            losses[mode] = TokenPruneTrainingModel(model, args)(**inputs)["metrics"]["task_loss"]
+    assert training_args("unused").soft_mask_mode == "attention_bias"
+    assert losses["attention_bias"] == pytest.approx(hard, abs=1e-5)
+    assert abs(losses["multiply"] - hard) > 1e-3

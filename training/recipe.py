@@ -63,8 +63,12 @@ class Recipe(nn.Module):
         """The values this recipe anneals during training (none by default), read from `args`."""
         return []
 
-    def segment_embeds(self, model, segment, num_keep: int, metrics: MetricSum) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (new embeds (N, llm_hidden) carrying the selector's gradient, auxiliary loss of this image)."""
+    def segment_embeds(self, model, segment, num_keep: int, metrics: MetricSum) -> tuple[torch.Tensor, ...]:
+        """-> (new embeds (N, llm_hidden) carrying the selector's gradient, auxiliary loss of this image[, key weights]).
+
+        Key weights (N,) in [0, 1], when returned, scale the attention every query pays to these tokens: log(w) is
+        added to the attention logits on their keys, so w = 0 is exactly the token dropped (contract line 3).
+        """
         raise NotImplementedError
 
     def forward(self, model: TokenPruningMixin, batch: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +81,7 @@ class Recipe(nn.Module):
         attention_mask = batch.pop("attention_mask", None)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        padding_mask = attention_mask
         labels = batch.pop("labels", None)
         if labels is None:
             raise ValueError("the batch has no `labels`: the language-model recipes need the answer tokens")
@@ -89,18 +94,23 @@ class Recipe(nn.Module):
         auxiliary = inputs_embeds.new_zeros(())
         if placed:
             placed = selection_units(placed, self.args.train_budget_scope)
-            new_embeds = []
+            new_embeds, key_weights = [], []
             for segment, rows, _ in placed:
-                embeds, aux = self.segment_embeds(
+                embeds, aux, *weights = self.segment_embeds(
                     model, segment, tokens_to_keep(self.args.train_budget, rows.numel()), metrics
                 )
                 new_embeds.append(embeds.to(inputs_embeds.dtype))
+                key_weights.append(weights[0] if weights else None)
                 auxiliary = auxiliary + aux / len(placed)
             rows = torch.cat([seg_rows for _, seg_rows, _ in placed])
             cols = torch.cat([seg_cols for _, _, seg_cols in placed])
             # Out of place, so autograd sees the selector's contribution.
             inputs_embeds = inputs_embeds.index_put((rows, cols), torch.cat(new_embeds))
-        position_ids = model.prune_hooks.position_ids(model, input_ids, attention_mask, vision_inputs)
+            if any(weights is not None for weights in key_weights):
+                ones = [torch.ones(len(seg_rows), device=rows.device) for _, seg_rows, _ in placed]
+                weights = torch.cat([w if w is not None else one for w, one in zip(key_weights, ones, strict=True)])
+                attention_mask = key_weighted_mask(attention_mask, rows, cols, weights, inputs_embeds.dtype)
+        position_ids = model.prune_hooks.position_ids(model, input_ids, padding_mask, vision_inputs)
         outputs = model.base_forward(
             input_ids=None,
             inputs_embeds=inputs_embeds,
@@ -116,6 +126,25 @@ class Recipe(nn.Module):
 
     def schedule_values(self) -> dict[str, float]:
         return {schedule.attribute: float(getattr(self, schedule.attribute)) for schedule in self.schedules(self.args)}
+
+
+def key_weighted_mask(
+    padding_mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """A 4-D additive attention mask (B, 1, L, L): causal and padding as the stock mask, plus log(w) on the keys at
+    (rows, cols); transformers passes a 4-D mask through unchanged, to eager and sdpa alike.
+
+    padding_mask: (B, L) 1 for real tokens; weights: (n,) in [0, 1] for the n keys at (rows, cols).
+    """
+    batch, length = padding_mask.shape
+    lowest = torch.finfo(dtype).min
+    causal = torch.ones(length, length, dtype=torch.bool, device=padding_mask.device).tril()
+    allowed = causal[None] & padding_mask.bool()[:, None, :]
+    log_weights = padding_mask.new_zeros((batch, length), dtype=torch.float32)
+    # Clamped so that w = 0 gives a finite, fully masking bias (a row of -inf would make NaN).
+    log_weights = log_weights.index_put((rows, cols), weights.float().clamp_min(torch.finfo(torch.float32).tiny).log())
+    bias = log_weights[:, None, :].clamp_min(lowest).masked_fill(~allowed, lowest)
+    return bias[:, None].to(dtype)
 
 
 def check_non_negative(value: Any, name: str) -> None:

@@ -1,7 +1,8 @@
 """How `visionselector` trains (paper 000, Sec. 3.3-3.4): its arguments, recipe and schedule.
 
-Per image, with k = tokens kept at `train_budget`: m = DifferentiableTopK(s, k) multiplies the projector output;
-the LLM sees every token. loss = CE + lambda_t * BCE(m, hard top-k), lambda_t linear from `lambda_start` to
+Per image, with k = tokens kept at `train_budget`: m = DifferentiableTopK(s, k) weights the visual tokens: by default
+log m is added to the attention logits on their keys (m = 0 is a drop); `soft_mask_mode="multiply"` multiplies the
+projector output by m as the paper does. The LLM sees every token. loss = CE + lambda_t * BCE(m, hard top-k), lambda_t linear from `lambda_start` to
 `lambda_end` over the run (Eq. 12).
 """
 
@@ -24,6 +25,8 @@ from ..recipe import (
 )
 from ..relaxations import differentiable_topk
 
+SOFT_MASK_MODES = ("attention_bias", "multiply")
+
 
 @dataclass
 class VisionSelectorArguments(RecipeArguments):
@@ -32,6 +35,7 @@ class VisionSelectorArguments(RecipeArguments):
     Fields:
         lambda_start: BCE constraint weight at step 0.
         lambda_end: BCE constraint weight at the end of the ramp.
+        soft_mask_mode: "attention_bias" (log m on the visual tokens' attention keys) or "multiply" (m * V, Eq. 8).
         lambda_anneal_fraction: share of the run the linear ramp takes (paper 000 Eq. 12: the whole run), then held.
     """
 
@@ -43,6 +47,14 @@ class VisionSelectorArguments(RecipeArguments):
         metadata={"help": "visionselector: BCE constraint weight at the last step (paper 000 Eq. 12: 2.0)."},
     )
 
+    soft_mask_mode: str = field(
+        default="attention_bias",
+        metadata={
+            "help": "visionselector: how the soft mask m acts in training: 'multiply' (paper 000: m * V, which the "
+            "LLM's first RMSNorm largely undoes) or 'attention_bias' (log m added to the attention logits on the "
+            "visual tokens' keys, so m = 0 is exactly a drop)."
+        },
+    )
     lambda_anneal_fraction: float = field(
         default=1.0,
         metadata={
@@ -53,6 +65,8 @@ class VisionSelectorArguments(RecipeArguments):
 
     def __post_init__(self) -> None:
         check_fraction(self.lambda_anneal_fraction, "lambda_anneal_fraction")
+        if self.soft_mask_mode not in SOFT_MASK_MODES:
+            raise ValueError(f"`soft_mask_mode` must be one of {SOFT_MASK_MODES}, got {self.soft_mask_mode!r}")
         for name in ("lambda_start", "lambda_end"):
             check_non_negative(getattr(self, name), name)
         super().__post_init__()
@@ -81,6 +95,8 @@ class VisionSelectorRecipe(Recipe):
         metrics.add("mask_mass", soft.detach().sum() / size)
         metrics.add("topk_mass", (soft.detach() * hard).sum() / num_keep)
         metrics.add("mask_polarization", polarization(soft))
+        if self.args.soft_mask_mode == "attention_bias":
+            return embeds, self.lambda_t * constraint, soft
         return soft[:, None].to(embeds.dtype) * embeds, self.lambda_t * constraint
 
 
