@@ -508,3 +508,28 @@ def test_reproduce_rejects_a_negative_cache_size_before_training(tmp_path):
     with pytest.raises(ValueError, match="vlm_cached_records"):
         run_reproduce(ReproduceArguments(output=str(tmp_path / "run"), vlm_cached_records=-1, threads=1))
     assert not (tmp_path / "run").exists()
+
+
+def test_selector_records_hold_captions_per_the_papers(tmp_path):
+    """Issue 15, defect 5: the selector stage writes caption records (papers 002 / 004 train on dense captions);
+    they load through the library's loader and the collator labels the whole caption."""
+    from hf_tokenprune.training import TokenPruneDataCollator, load_conversation_records
+    from hf_tokenprune_testbed.model import CAPTION_PROMPT, load_testbed
+    from hf_tokenprune_testbed.pipeline import SELECTOR_CAPTION_EVERY, caption_text, write_records
+
+    assert SELECTOR_CAPTION_EVERY["autoselect"] == 1 and SELECTOR_CAPTION_EVERY["visionselector"] >= 1
+    path = write_records("train", 4, tmp_path, caption_every=2)
+    raw = json.loads(path.read_text())
+    assert [record["kind"] == "caption" for record in raw] == [True, False, True, False]
+    examples = make_split("train", 4)
+    assert raw[0]["conversations"][0]["value"].startswith(CAPTION_PROMPT)
+    assert (
+        raw[0]["conversations"][1]["value"] == caption_text(examples[0]) and len(caption_text(examples[0]).split()) >= 4
+    )
+    assert raw[1]["conversations"][1]["value"] == examples[1].answer
+    records = load_conversation_records(path, image_folder=tmp_path / "images")
+    _, processor = load_testbed()
+    batch = TokenPruneDataCollator(processor, image_folder=tmp_path / "images")([records[0]])
+    labelled = batch["labels"][batch["labels"] != -100]
+    words = processor.tokenizer.decode(labelled, skip_special_tokens=True).split()
+    assert words == caption_text(examples[0]).split()

@@ -63,11 +63,16 @@ def caption_record(example) -> dict:
     scratch on questions only sat at that prior for its whole 2,500-step run here. A caption has no such shortcut:
     every word needs the image.
     """
+    return conversation_record(example.image, CAPTION_PROMPT, caption_text(example))
+
+
+def caption_text(example) -> str:
+    """Every object of the example left to right: "<colour> <shape>" or "<colour> box <word>"."""
     parts = [
         f"{item.colour} box {item.word}" if item.word is not None else f"{item.colour} {item.shape}"
         for item in sorted(example.objects, key=lambda item: (item.box[0] + item.box[2], item.box[1]))
     ]
-    return conversation_record(example.image, CAPTION_PROMPT, " ".join(parts))
+    return " ".join(parts)
 
 
 class GeneratedExamples(torch.utils.data.Dataset):
@@ -442,22 +447,46 @@ def train_vlm(
     return model, processor
 
 
-def write_records(split: str, n: int, folder: Path) -> Path:
-    """`n` examples of `split` as JPEG images + a records JSON (the format `hf-tokenprune train` reads)."""
+def write_records(split: str, n: int, folder: Path, caption_every: int = 0) -> Path:
+    """`n` examples of `split` as JPEG images + a records JSON (the format `hf-tokenprune train` reads).
+
+    Every `caption_every`-th record (0: none, 1: all) is the image's caption (`caption_record`, kind "caption")
+    instead of its question; the JSON is `<split>.json`, or `<split>-captions-<caption_every>.json` with captions.
+    """
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
     records = []
-    for example in GeneratedExamples(split, n):  # one image in memory at a time
+    for index, example in enumerate(GeneratedExamples(split, n)):  # one image in memory at a time
         name = f"{split}-{example.seed}.jpg"
-        example.image.save(images / name, quality=92)
-        records.append({**conversation_record(name, example.question, example.answer), "kind": example.kind})
-    path = folder / f"{split}.json"
+        if not (images / name).is_file():
+            example.image.save(images / name, quality=92)
+        if caption_every and index % caption_every == 0:
+            records.append({**conversation_record(name, CAPTION_PROMPT, caption_text(example)), "kind": "caption"})
+        else:
+            records.append({**conversation_record(name, example.question, example.answer), "kind": example.kind})
+    path = folder / (f"{split}-captions-{caption_every}.json" if caption_every else f"{split}.json")
     path.write_text(json.dumps(records) + "\n")
     return path
 
 
-def train_selector(method: str, base_dir: Path, records: Path, output_dir: Path, args: ReproduceArguments) -> Path:
-    """Train one selector through the library's training entry point and save it as an adapter repo next to the base."""
+# Papers 002 / 004 train autoselect on dense captions only; paper 000 trains visionselector on a mix of VQA and
+# captioned (COCO) images. A one-word answer gives a question-blind selector contradictory gradients across
+# questions about similar images; a caption needs every object. (reconstruction reads no text.)
+SELECTOR_CAPTION_EVERY = {"visionselector": 2, "autoselect": 1, "reconstruction": 0}
+
+
+def train_selector(
+    method: str,
+    base_dir: Path,
+    records: Path,
+    output_dir: Path,
+    args: ReproduceArguments,
+    training_overrides: dict | None = None,
+) -> Path:
+    """Train one selector through the library's training entry point and save it as an adapter repo next to the base.
+
+    training_overrides: further `TokenPruneTrainingArguments` fields (e.g. `soft_mask_mode`).
+    """
     from .model import load_testbed
 
     model_args = TrainModelArguments(
@@ -481,6 +510,7 @@ def train_selector(method: str, base_dir: Path, records: Path, output_dir: Path,
         save_strategy="no",
         report_to="none",
         seed=args.seed,
+        **(training_overrides or {}),
     )
     run_train(model_args, data_args, training_args)
     base, _ = load_testbed(base_dir)
@@ -528,12 +558,15 @@ def run_reproduce(args: ReproduceArguments) -> dict:
     timings["vlm_seconds"] = time.perf_counter() - start
 
     stage = time.perf_counter()
-    records = write_records("train", args.selector_records, output / "selector_data")
+    records = {
+        method: write_records("train", args.selector_records, output / "selector_data", SELECTOR_CAPTION_EVERY[method])
+        for method in BUNDLED_METHODS
+    }
     timings["records_seconds"] = time.perf_counter() - stage
     adapters = {}
     for method in BUNDLED_METHODS:
         stage = time.perf_counter()
-        adapters[method] = train_selector(method, base_dir, records, output, args)
+        adapters[method] = train_selector(method, base_dir, records[method], output, args)
         timings[f"{method}_seconds"] = time.perf_counter() - stage
 
     stage = time.perf_counter()
