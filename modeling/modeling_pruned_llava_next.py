@@ -53,12 +53,10 @@ class LlavaNextPruneHooks(LlavaPruneHooks):
         ]
 
     def project_features(self, model, features):
-        # Packed features hold zero rows at the row-newline tokens, whose embedding is `image_newline`, not the
-        # projector of a zero feature; training through altered features would need that bookkeeping too.
-        raise NotImplementedError(
-            "LLaVA-NeXT: training a selector on `vision_features` through the projector is not supported; "
-            "use feature_source='projector_output' (e.g. method 'visionselector')"
-        )
+        # `encode` packs the row-newline tokens as zero features; their embedding is `image_newline`, not a projection.
+        embeds = model.model.multi_modal_projector(features)
+        newline = (features == 0).all(dim=-1, keepdim=True)
+        return torch.where(newline, model.model.image_newline.to(embeds.dtype), embeds)
 
 
 class PrunedLlavaNextForConditionalGeneration(TokenPruningMixin, PrunedHubMixin, LlavaNextForConditionalGeneration):

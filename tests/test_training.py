@@ -269,10 +269,31 @@ def test_project_features_reproduces_the_stock_projector_output(arch):
         assert torch.allclose(projected, segment.embeds, atol=1e-5, rtol=1e-5)
 
 
-def test_llava_next_refuses_feature_training_by_name():
+def test_autoselect_trains_on_llava_next(tmp_path):
+    """Issue 15, defect 6: project_features keeps the row-newline tokens' `image_newline` embedding, so the
+    autoselect recipe trains on LLaVA-NeXT (paper 004 reports it) and its selector's weights move."""
+    from hf_tokenprune.testing import IMAGE_SIZES, build_inputs, make_samples
+
     model = get_pruned_model(BUILDERS["llava_next"](), TokenPruneConfig(method="autoselect"))
-    with pytest.raises(NotImplementedError, match="LLaVA-NeXT"):
-        model.prune_hooks.project_features(model, torch.zeros(4, model.token_selector.input_dim))
+    inputs = build_inputs("llava_next", make_samples([1, 2], IMAGE_SIZES["llava_next"][:2] * 2))
+    vision_inputs, _ = model.split_vision_inputs(inputs)
+    placed = model.place_visual_segments(inputs["input_ids"], vision_inputs, need_features=True)
+    for segment, _, _ in placed:
+        newline = (segment.features == 0).all(-1)
+        assert newline.any()
+        projected = model.prune_hooks.project_features(model, segment.features)
+        assert torch.allclose(projected, segment.embeds, atol=1e-5, rtol=1e-5)
+    records = load_conversation_records(write_records(tmp_path), image_folder=tmp_path)
+    trainer = TokenPruneTrainer(
+        model=model,
+        args=training_args(tmp_path / "out", max_steps=2),
+        train_dataset=records,
+        processing_class=tiny_processor("llava_next"),
+        image_folder=tmp_path,
+    )
+    before = {name: p.detach().clone() for name, p in model.token_selector.named_parameters()}
+    trainer.train()
+    assert any(not torch.equal(p, before[name]) for name, p in model.token_selector.named_parameters())
 
 
 @pytest.mark.parametrize("method", ["visionselector", "autoselect"])

@@ -130,7 +130,10 @@ class AutoSelectRecipe(Recipe):
         metrics.add("mask_mass", alpha.detach().sum() / size)
         metrics.add("mask_polarization", polarization(alpha))
         throttled = vp_noise(features.to(dtype), alpha)
-        denoised = self.denoiser(throttled)
+        # Rows with no vision features (all zero: LLaVA-NeXT's row newlines) stay zero, so the projector hook
+        # still recognises them.
+        carries_features = (features != 0).any(dim=-1, keepdim=True)
+        denoised = torch.where(carries_features, self.denoiser(throttled), throttled)
         embeds = model.prune_hooks.project_features(model, denoised.to(features.dtype))
         return embeds, embeds.new_zeros(())
 
