@@ -216,6 +216,7 @@ def predict(
     batch_size: int = 32,
     progress: Callable[[int], Any] | None = None,
     messages_for: Callable[[str], list[dict[str, Any]]] = image_then_question,
+    keep_masks: list[torch.Tensor] | None = None,
     **generate_kwargs,
 ):
     """Greedy one-word answers of `model` (stock or pruned) to (image, question) pairs, in batches.
@@ -223,6 +224,7 @@ def predict(
     Returns (answers, kept_visual_tokens, total_visual_tokens) per example: the kept counts come from the pruned
     model's `keep_mask` (all visual tokens when the model does not prune). `generate_kwargs` go to `generate`, e.g.
     `prune_budget=0.1, prune_method="divprune"`. `progress`, when given, is called with each batch's size.
+    `keep_masks`, when given, receives each example's (N,) bool keep mask over its visual tokens, in order.
     """
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} images for {len(questions)} questions")
@@ -243,6 +245,8 @@ def predict(
         keep_mask = output.get("keep_mask") if hasattr(output, "get") else None
         keep_mask = keep_mask if keep_mask is not None else torch.ones_like(visual)
         kept += (keep_mask & visual).sum(dim=1).tolist()
+        if keep_masks is not None:
+            keep_masks += [row_keep[row_visual].cpu() for row_keep, row_visual in zip(keep_mask, visual, strict=True)]
         total += visual.sum(dim=1).tolist()
         if progress is not None:
             progress(len(texts))
@@ -276,6 +280,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     messages_for: Callable[[str], list[dict[str, Any]]] = image_then_question,
+    evidence_of: Callable[[Any], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Accuracy of `base` (a stock VLM) unpruned and pruned by each method at each budget.
 
@@ -286,6 +291,10 @@ def evaluate(
     (the JSON schema of `check_eval_results`; `eval_results_json` keeps just that) plus "unpruned_kind_accuracy"
     ({kind: accuracy}), "kind_accuracy" (one {kind: accuracy} per row of "results") and "visual_tokens" (mean per
     image). Accuracies and retention are fractions. Raises when the unpruned accuracy is 0 (retention undefined).
+
+    `evidence_of(example)`, when given, is a (N,) bool mask of the visual tokens that hold the answer's evidence;
+    the results also hold "evidence_recall", one per row of "results": the mean over examples of the share of
+    evidence tokens kept (a selection-quality probe that needs no LLM answer, in the spirit of paper 004 Sec. 4.3).
     """
     from tqdm.auto import tqdm
 
@@ -309,6 +318,7 @@ def evaluate(
 
     def run(model, **generate_kwargs):
         torch.manual_seed(seed)  # each configuration starts from the same state, whatever ran before it
+        generate_kwargs["keep_masks"] = masks = [] if evidence_of is not None else None
         answers, kept, total = predict(
             model,
             processor,
@@ -319,26 +329,30 @@ def evaluate(
             messages_for=messages_for,
             **generate_kwargs,
         )
-        return answers, sum(kept) / len(kept), sum(total) / len(total)
+        recall = None
+        if masks is not None:
+            recall = sum(evidence_recall(mask, evidence_of(ex)) for mask, ex in zip(masks, examples, strict=True))
+            recall /= len(examples)
+        return answers, sum(kept) / len(kept), sum(total) / len(total), recall
 
     was_training = base.training
     base.eval()  # restored below: the caller's model is left as it came
     try:
         bar.set_postfix_str("unpruned")
-        answers, _, total_tokens = run(base)
+        answers, _, total_tokens, _ = run(base)
         unpruned_accuracy, unpruned_by_kind = _accuracies(answers, examples, kinds)
         if unpruned_accuracy == 0:
             raise ValueError(
                 f"the unpruned model answers none of the {len(examples)} examples correctly, so retention (pruned "
                 "accuracy / unpruned accuracy) is undefined; evaluate a trained model"
             )
-        rows, rows_by_kind = [], []
+        rows, rows_by_kind, recalls = [], [], []
         for method in methods:
             config = adapters[method] if method in adapters else TokenPruneConfig(method=method, seed=seed)
             pruned = get_pruned_model(base, config).eval()
             for budget in budgets:
                 bar.set_postfix_str(f"{method} @ {budget:g}")
-                answers, kept_tokens, _ = run(pruned, prune_budget=budget)
+                answers, kept_tokens, _, recall = run(pruned, prune_budget=budget)
                 accuracy, by_kind = _accuracies(answers, examples, kinds)
                 rows.append(
                     {
@@ -349,6 +363,7 @@ def evaluate(
                         "kept_tokens": kept_tokens,
                     }
                 )
+                recalls.append(recall)
                 rows_by_kind.append(by_kind)
             del pruned
     finally:
@@ -360,6 +375,7 @@ def evaluate(
         "unpruned_kind_accuracy": unpruned_by_kind,
         "kind_accuracy": rows_by_kind,
         "visual_tokens": total_tokens,
+        **({"evidence_recall": recalls} if evidence_of is not None else {}),
     }
 
 
@@ -367,6 +383,14 @@ def evaluate(
 def eval_results_json(results: Mapping[str, Any], name: str = "eval results") -> dict[str, Any]:
     """The part of `evaluate`'s results that the JSON file holds, validated with `check_eval_results`."""
     return check_eval_results({key: results[key] for key in SCHEMA_FIELDS}, name)
+
+
+def evidence_recall(keep_mask: torch.Tensor, evidence: torch.Tensor) -> float:
+    """Share of the evidence tokens kept: keep_mask, evidence: (N,) bool over one example's visual tokens."""
+    evidence = torch.as_tensor(evidence, dtype=torch.bool)
+    if evidence.shape != keep_mask.shape:
+        raise ValueError(f"evidence mask of {tuple(evidence.shape)} for {tuple(keep_mask.shape)} visual tokens")
+    return float(keep_mask[evidence].float().mean()) if evidence.any() else 1.0
 
 
 def format_table(results: Mapping[str, Any]) -> str:
@@ -380,6 +404,8 @@ def format_table(results: Mapping[str, Any]) -> str:
     kinds = list(unpruned_by_kind)
     kind_rows = [unpruned_by_kind, *results.get("kind_accuracy", [{}] * len(rows))]
     header = ["method", "budget", "accuracy %", "retention %", "kept tokens", *(f"{kind} %" for kind in kinds)]
+    recalls = results.get("evidence_recall")
+    header += ["evidence recall %"] if recalls is not None else []
     visual_tokens = results.get("visual_tokens")
     table = [
         [
@@ -401,8 +427,10 @@ def format_table(results: Mapping[str, Any]) -> str:
         for row in rows
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for cells, by_kind in zip(table, kind_rows, strict=True):
+    for cells, by_kind, recall in zip(table, kind_rows, [None, *(recalls or rows)], strict=True):
         cells += [f"{100 * by_kind[kind]:.1f}" if kind in by_kind else "-" for kind in kinds]
+        if recalls is not None:
+            cells.append("-" if recall is None else f"{100 * recall:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -367,3 +367,47 @@ def test_library_evaluate_takes_any_examples_and_lays_out_the_image_first(testbe
     out = evaluate_module.evaluate(base, processor, plain, ["uniform"], [1.0], batch_size=BATCH, progress=False)
     assert out["unpruned_accuracy"] == 1.0 and out["results"][0]["retention"] == 1.0
     assert out["unpruned_kind_accuracy"] == {} and out["kind_accuracy"] == [{}]
+
+
+def test_evidence_recall_is_the_share_of_evidence_tokens_kept(testbed):
+    """Issue 15: the LLM-free selection probe. Oracle: the keep masks of a hand loop over `predict`, scored against
+    the testbed generator's evidence cells; keeping everything recalls all of it."""
+    from hf_tokenprune.evaluate import evaluate as library_evaluate
+    from hf_tokenprune.evaluate import evidence_recall
+
+    base, processor, _, _ = testbed
+    import dataclasses
+
+    drawn = [tasks.make_example(200 + i, kind=tasks.KINDS[i % len(tasks.KINDS)]) for i in range(4)]
+    answers, _, _ = predict(base, processor, [e.image for e in drawn], [e.question for e in drawn], BATCH)
+    drawn = [dataclasses.replace(example, answer=answer) for example, answer in zip(drawn, answers, strict=True)]
+    evidence = [torch.from_numpy(tasks.evidence_token_mask(example)) for example in drawn]
+    found = library_evaluate(
+        base,
+        processor,
+        drawn,
+        ["uniform"],
+        [0.3, 1.0],
+        batch_size=BATCH,
+        progress=False,
+        messages_for=testbed_model.messages_for,
+        evidence_of=lambda example: evidence[drawn.index(example)],
+    )
+    masks = []
+    pruned = get_pruned_model(base, TokenPruneConfig(method="uniform"))
+    predict(
+        pruned,
+        processor,
+        [e.image for e in drawn],
+        [e.question for e in drawn],
+        BATCH,
+        keep_masks=masks,
+        prune_budget=0.3,
+    )
+    hand = sum(float(mask[truth].float().mean()) for mask, truth in zip(masks, evidence, strict=True)) / len(drawn)
+    assert all(mask.shape == truth.shape for mask, truth in zip(masks, evidence, strict=True))
+    assert found["evidence_recall"][0] == pytest.approx(hand)
+    assert 0.0 < hand < 1.0
+    assert found["evidence_recall"][1] == 1.0
+    assert "evidence recall %" in format_table(found)
+    assert evidence_recall(torch.tensor([True, False, True]), torch.tensor([True, True, False])) == 0.5

@@ -67,6 +67,8 @@ def evaluate(
     base, processor, examples: Sequence[Any], methods: Sequence[str], budgets: Sequence[float | int], *args, **kwargs
 ) -> dict[str, Any]:
     """`hf_tokenprune.evaluate.evaluate` with the testbed's prompt layout; same arguments and results."""
+    if all(isinstance(example, tasks.VQAExample) for example in examples):  # the generator knows their evidence
+        kwargs.setdefault("evidence_of", lambda example: torch.from_numpy(tasks.evidence_token_mask(example)))
     return evaluation.evaluate(base, processor, examples, methods, budgets, *args, messages_for=messages_for, **kwargs)
 
 

@@ -116,6 +116,12 @@ def token_grid(width: int, height: int) -> tuple[int, int]:
 
 def evidence_token_fraction(example: VQAExample) -> float:
     """Share of the image's visual tokens whose 28 x 28 cell (in the resized image) overlaps an evidence box."""
+    return float(evidence_token_mask(example).mean())
+
+
+def evidence_token_mask(example: VQAExample) -> np.ndarray:
+    """(rows * cols,) bool in the visual tokens' row-major order: the tokens whose 28 x 28 cell (in the resized
+    image) overlaps an evidence box, i.e. the tokens a selector must keep for the answer."""
     width, height = example.image.size
     rows, cols = token_grid(width, height)
     scale_x, scale_y = cols * TOKEN_PIXELS / width, rows * TOKEN_PIXELS / height
@@ -124,7 +130,7 @@ def evidence_token_fraction(example: VQAExample) -> float:
         col0, col1 = math.floor(x0 * scale_x / TOKEN_PIXELS), math.ceil(x1 * scale_x / TOKEN_PIXELS)
         row0, row1 = math.floor(y0 * scale_y / TOKEN_PIXELS), math.ceil(y1 * scale_y / TOKEN_PIXELS)
         touched[max(row0, 0) : min(row1, rows), max(col0, 0) : min(col1, cols)] = True
-    return float(touched.mean())
+    return touched.reshape(-1)
 
 
 def make_split(split: str, n: int) -> list[VQAExample]:
