@@ -66,6 +66,22 @@ def trained_base():
     return base.eval().requires_grad_(False)
 
 
+def marker_training_args(output_dir, learning_rate: float, max_steps: int, **overrides):
+    """Constant-rate CPU training on batches of 16 marker images, no checkpoints."""
+    return TokenPruneTrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=16,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        **overrides,
+    )
+
+
 def marker_kept_rate(model, method, inputs, where):
     with torch.no_grad():
         keep = model(**inputs, prune_budget=0.2, prune_method=method).keep_mask
@@ -86,17 +102,7 @@ def test_learned_selectors_keep_the_answer_token_far_more_often_than_random(tmp_
     for method, learning_rate in (("visionselector", 3e-2), ("autoselect", 1e-3)):
         model = get_pruned_model(base, TokenPruneConfig(method=method))
         generator = torch.Generator().manual_seed(5)
-        args = TokenPruneTrainingArguments(
-            output_dir=str(tmp_path / method),
-            max_steps=60,
-            per_device_train_batch_size=16,
-            learning_rate=learning_rate,
-            lr_scheduler_type="constant",
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            disable_tqdm=True,
-        )
+        args = marker_training_args(tmp_path / method, learning_rate, max_steps=60)
         collate = lambda items, generator=generator: marker_batch(len(items), generator)[0]  # noqa: E731
         TokenPruneTrainer(model=model, args=args, train_dataset=Endless(), data_collator=collate).train()
         rates[method] = marker_kept_rate(model, None, prompt, where)
@@ -151,18 +157,7 @@ def test_each_recipe_learns_in_bf16_base_with_float32_selector(method, learning_
     base = trained_base().to(torch.bfloat16)
     model = get_pruned_model(base, TokenPruneConfig(method=method))
     generator = torch.Generator().manual_seed(5)
-    args = TokenPruneTrainingArguments(
-        output_dir=str(tmp_path / method),
-        max_steps=40,
-        per_device_train_batch_size=16,
-        learning_rate=learning_rate,
-        lr_scheduler_type="constant",
-        train_budget=0.2,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = marker_training_args(tmp_path / method, learning_rate, max_steps=40, train_budget=0.2)
     collate = lambda items: marker_batch(len(items), generator)[0]  # noqa: E731
     trainer = TokenPruneTrainer(model=model, args=args, train_dataset=Endless(), data_collator=collate)
     held_out, _ = marker_batch(64, torch.Generator().manual_seed(77))
