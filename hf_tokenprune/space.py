@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from transformers.utils import logging
 
+from .evaluate import build_batch
 from .hub import TESTBED
 from .modeling.token_selectors import available_selectors, get_selector_class
 
@@ -162,12 +163,6 @@ def _answer_text(processor, new_tokens: torch.Tensor) -> str:
     return processor.batch_decode(new_tokens, skip_special_tokens=True)[0].strip()
 
 
-def _generic_inputs(processor, image: Image.Image, question: str):
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return processor(text=[text], images=[image], return_tensors="pt")
-
-
 class SpaceModel:
     """The pruned models of one Space and how to prompt them.
 
@@ -223,7 +218,7 @@ class SpaceModel:
             model_ref,
             {model.token_prune_config.method: model},
             processor,
-            inputs=lambda image, question: _generic_inputs(processor, image, question),
+            inputs=lambda image, question: build_batch(processor, [image], [question]),
             max_new_tokens=max_new_tokens or 32,
             hub_id=model_ref if not Path(model_ref).exists() else None,
         )
