@@ -40,7 +40,7 @@ def bundled_testbed() -> SimpleNamespace:
     """What the Space's default model takes from the testbed example package (`examples/testbed`, installed as
     `hf_tokenprune_testbed`): imported only when the Space runs `--model testbed`, the one place that names it."""
     from hf_tokenprune_testbed.model import DEFAULT_ADAPTERS, build_batch, load_testbed
-    from hf_tokenprune_testbed.tasks import make_split
+    from hf_tokenprune_testbed.scenes import task_split as make_split  # the bundled VLM's task (v2)
 
     from .evaluate import first_word
     from .processing import load_processor

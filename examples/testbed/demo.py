@@ -1,8 +1,8 @@
 """`hf-tokenprune demo`: the bundled testbed VLM answers a task question with and without pruning.
 
-It draws a task image, asks its question, answers with the unpruned model and with the selector at the budget,
-writes a PNG with the kept visual tokens outlined over the image, and prints the time-to-first-token speed-up it
-measured side by side (vision encoding included: the selector prunes what the language model sees).
+It draws a test-split image of task v2 (or v1), asks its question, answers with the unpruned model and with the
+selector at the budget, writes a PNG with the kept visual tokens outlined over the image, and prints the time to first
+token of both, measured side by side (vision encoding included), and the KV-cache bytes each prefill left.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from hf_tokenprune import TokenPruneConfig, get_pruned_model, get_selector_class
+from hf_tokenprune.cost import cache_bytes
 from hf_tokenprune.evaluate import first_word, parse_budgets
 
 from .model import DEFAULT_ADAPTERS, DEFAULT_MODEL_DIR, MERGE_SIZE, TOKEN_PIXELS, build_batch, load_testbed
@@ -28,7 +29,10 @@ class DemoArguments:
     method: str = field(default="visionselector", metadata={"help": "Selector: a learned one (bundled) or any other."})
     budget: float = field(default=0.2, metadata={"help": "Fraction of the image's visual tokens to keep, in (0, 1]."})
     seed: int = field(default=0, metadata={"help": "Which test-split task image to use (0, 1, 2, ...)."})
-    kind: str | None = field(default=None, metadata={"help": "Question kind (attribute, count, reading, ...)."})
+    kind: str | None = field(
+        default=None, metadata={"help": "Question kind (v2: attribute, identity, count, existence; v1 adds reading)."}
+    )
+    task: str = field(default="v2", metadata={"help": "Task: v2 (the bundled VLM's) or v1."})
     output: str = field(default="demo.png", metadata={"help": "PNG with the kept tokens drawn over the image."})
     model: str = field(default=str(DEFAULT_MODEL_DIR), metadata={"help": "Testbed base model (folder or Hub id)."})
     adapter: str | None = field(
@@ -64,12 +68,13 @@ def kept_token_overlay(image: Image.Image, grid_hw: tuple[int, int], keep: torch
 
 
 def run_demo(args: DemoArguments) -> dict:
-    from .tasks import KINDS, make_example, make_split
+    from . import scenes, tasks
 
     parse_budgets([args.budget], "budget")
     selector_cls = get_selector_class(args.method, argument="method")
-    if args.kind is not None and args.kind not in KINDS:
-        raise ValueError(f"`kind` must be one of {KINDS}, got {args.kind!r}")
+    kinds = scenes.KINDS if scenes.check_task(args.task) == "v2" else tasks.KINDS
+    if args.kind is not None and args.kind not in kinds:
+        raise ValueError(f"`kind` must be one of {kinds} for task {args.task}, got {args.kind!r}")
     if args.seed < 0 or args.repeats < 1:
         raise ValueError("`seed` must be >= 0 and `repeats` >= 1")
     adapter = args.adapter
@@ -78,7 +83,7 @@ def run_demo(args: DemoArguments) -> dict:
             raise ValueError(f"`adapter` is needed for the learned method {args.method!r} with this --model")
         adapter = str(DEFAULT_ADAPTERS[args.method])
 
-    example = make_example(make_split("test", 1)[0].seed + args.seed, kind=args.kind)
+    example = scenes.task_example(tasks.SPLIT_SEED_OFFSETS["test"] + args.seed, args.task, kind=args.kind)
     base, processor = load_testbed(args.model)
     pruned = get_pruned_model(base, adapter if selector_cls.trainable else TokenPruneConfig(method=args.method))
     batch = build_batch(processor, [example.image], [example.question])
@@ -88,8 +93,10 @@ def run_demo(args: DemoArguments) -> dict:
         text = processor.batch_decode(output.sequences[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         return first_word(text[0]), output
 
-    unpruned_answer, _ = answer(base)
+    unpruned_answer, unpruned_output = answer(base)
     pruned_answer, output = answer(pruned, prune_budget=args.budget)
+    unpruned_kv, unpruned_length = cache_bytes(unpruned_output.past_key_values)
+    pruned_kv, pruned_length = cache_bytes(output.past_key_values)
     visual = batch["input_ids"][0] == base.config.image_token_id
     keep = output.keep_mask[0][visual]
     grid_t, grid_h, grid_w = batch["image_grid_thw"][0].tolist()
@@ -99,7 +106,7 @@ def run_demo(args: DemoArguments) -> dict:
     pruned_time = _time_to_first_token(pruned, batch, args.repeats, prune_budget=args.budget)
 
     print(f"model: testbed Qwen2.5-VL trained from scratch ({sum(p.numel() for p in base.parameters()):,} parameters)")
-    print(f"question ({example.kind}): {example.question}")
+    print(f"task {args.task}, test example {args.seed}; question ({example.kind}): {example.question}")
     print(f"expected answer: {example.answer}")
     print(f"unpruned answer: {unpruned_answer}")
     print(f"{args.method} at budget {args.budget}: {pruned_answer}")
@@ -107,6 +114,10 @@ def run_demo(args: DemoArguments) -> dict:
     print(
         f"time to first token: unpruned {unpruned_time * 1e3:.1f} ms, pruned {pruned_time * 1e3:.1f} ms, "
         f"speed-up {unpruned_time / pruned_time:.2f}x (median of {args.repeats}, vision encoder included)"
+    )
+    print(
+        f"KV cache after the answer: unpruned {unpruned_kv:,} bytes ({unpruned_length} positions), pruned "
+        f"{pruned_kv:,} bytes ({pruned_length} positions), {unpruned_kv / pruned_kv:.2f}x smaller"
     )
     print(f"kept tokens drawn on the image: {Path(args.output).resolve()}")
     return {
@@ -117,4 +128,8 @@ def run_demo(args: DemoArguments) -> dict:
         "kept": int(keep.sum()),
         "total": int(visual.sum()),
         "speedup": unpruned_time / pruned_time,
+        "unpruned_ttft": unpruned_time,
+        "pruned_ttft": pruned_time,
+        "unpruned_kv_bytes": unpruned_kv,
+        "pruned_kv_bytes": pruned_kv,
     }

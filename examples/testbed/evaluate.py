@@ -19,13 +19,15 @@ from hf_tokenprune.evaluate import DEFAULT_BUDGETS, format_table, write_outputs
 
 from . import tasks
 from .model import DEFAULT_ADAPTERS, DEFAULT_MODEL_DIR, messages_for
+from .scenes import SceneSpec, check_task, task_split
 
 
 @dataclass
 class EvalArguments:
     """Arguments of `hf-tokenprune eval`.
 
-    Fields: model, adapters, methods, budgets, split, limit, seed, batch_size, output, threads.
+    Fields: model, adapters, methods, budgets, task, split, limit, seed, batch_size, output, threads, and the v2
+    generator's knobs (objects, clutter, clutter_kinds, side, kinds).
     """
 
     model: str = field(
@@ -53,6 +55,9 @@ class EvalArguments:
             "an integer >= 1 that many tokens."
         },
     )
+    task: str = field(
+        default="v2", metadata={"help": "Task: v2 (shapes among distinctive clutter, the default) or v1 (the first)."}
+    )
     split: str = field(default="test", metadata={"help": "Task split: train, validation or test."})
     limit: int = field(default=500, metadata={"help": "Examples: the first N of the split (>= 1)."})
     seed: int = field(default=0, metadata={"help": "Seed of the `random` baseline and of torch."})
@@ -61,6 +66,28 @@ class EvalArguments:
         default="eval_results.json", metadata={"help": "JSON results; the retention plot goes beside it (.png)."}
     )
     threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: leave as is)."})
+    # The v2 generator's knobs (`scenes.SceneSpec`), to measure a model on a shifted distribution; unset: the default.
+    objects: str | None = field(default=None, metadata={"help": "v2: `min,max` objects per image (default 3,8)."})
+    clutter: str | None = field(default=None, metadata={"help": "v2: `min,max` clutter glyphs per image (24,64)."})
+    clutter_kinds: str | None = field(
+        default=None, metadata={"help": "v2: comma-separated clutter glyphs (ring,diamond,frame,bar,xmark,dot)."}
+    )
+    side: str | None = field(default=None, metadata={"help": "v2: `min,max` image side in cells/tokens (12,18)."})
+    kinds: str | None = field(
+        default=None,
+        metadata={"help": "v2: comma-separated question kinds, cycled (attribute,identity,count,existence)."},
+    )
+
+    def scene_spec(self) -> SceneSpec:
+        """The v2 generator's settings from the knob flags; a knob with --task v1 is refused."""
+        knobs = {name: getattr(self, name) for name in SCENE_KNOBS}
+        given = [name for name, value in knobs.items() if value is not None]
+        if check_task(self.task) == "v1" and given:
+            raise ValueError(f"`--{given[0]}` sets the v2 generator; it does not apply to --task v1")
+        return SceneSpec.from_flags(**knobs)
+
+
+SCENE_KNOBS = ("objects", "clutter", "clutter_kinds", "side", "kinds")
 
 
 def evaluate(
@@ -83,8 +110,9 @@ def check_eval_arguments(args: EvalArguments) -> dict[str, Any]:
         raise ValueError(f"`--split` must be one of {splits}, got {args.split!r}")
     if isinstance(args.limit, bool) or not isinstance(args.limit, int) or not 1 <= args.limit <= tasks.SPLIT_SIZE:
         raise ValueError(f"`--limit` must be an integer in [1, {tasks.SPLIT_SIZE}], got {args.limit!r}")
+    spec = args.scene_spec()
     defaults: Mapping[str, Path] = DEFAULT_ADAPTERS if _is_default_model(args.model) else {}
-    return evaluation.check_eval_options(
+    parsed = evaluation.check_eval_options(
         args.model,
         args.adapters,
         args.methods,
@@ -94,6 +122,7 @@ def check_eval_arguments(args: EvalArguments) -> dict[str, Any]:
         args.output,
         default_adapters=defaults,
     )
+    return {**parsed, "scene_spec": spec}
 
 
 def run_eval(args: EvalArguments) -> dict[str, Any]:
@@ -106,7 +135,7 @@ def run_eval(args: EvalArguments) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     try:
         base, processor = load_testbed(args.model)
-        examples = tasks.make_split(args.split, args.limit)
+        examples = task_split(args.split, args.limit, args.task, parsed["scene_spec"])
         results = evaluate(
             base,
             processor,
@@ -119,7 +148,9 @@ def run_eval(args: EvalArguments) -> dict[str, Any]:
         )
     finally:
         torch.set_num_threads(threads)
-    print(f"model: {args.model}, split: {args.split}, examples: {len(examples)}, seed: {args.seed}")
+    print(f"model: {args.model}, task: {args.task}, split: {args.split}, examples: {len(examples)}, seed: {args.seed}")
+    if args.task == "v2" and parsed["scene_spec"] != SceneSpec():
+        print(f"generator: {parsed['scene_spec']}")
     print(format_table(results))
     output, plot = write_outputs(results, parsed["output"])
     print(f"wrote {output} and {plot}")

@@ -1,8 +1,8 @@
 """The testbed VLM: the stock Qwen2.5-VL architecture at a small size, a word-level tokenizer over the task vocabulary,
 the stock (PIL-backend) image processor, and loading of the bundled trained model.
 
-Geometry: every image is resized to about 280 x 280 px (aspect kept, sides multiples of 28); 14 px patches merged
-2 x 2 make one visual token per 28 x 28 px cell, about 100 tokens per image.
+Geometry: 8 px patches merged 2 x 2 make one visual token per 16 x 16 px cell; task v2 images are drawn on that grid
+(12-18 cells a side, 144-324 tokens), others are resized to sides that are multiples of 16 px (aspect kept).
 """
 
 from __future__ import annotations
@@ -21,10 +21,14 @@ from hf_tokenprune.evaluate import predict as predict_answers
 from hf_tokenprune.modeling.repo_io import HUB_KWARGS
 from hf_tokenprune.processing import ImageOnlyQwen2_5_VLProcessor, load_processor
 
-PATCH_SIZE = 14
+from .tasks import MAX_PIXELS, MIN_PIXELS, TOKEN_PIXELS  # the processor's geometry, shared with the tasks
+
+PATCH_SIZE = 8
 MERGE_SIZE = 2
-TOKEN_PIXELS = PATCH_SIZE * MERGE_SIZE
-IMAGE_PIXELS = 280 * 280  # min_pixels = max_pixels: every image becomes about 10 x 10 visual tokens
+if PATCH_SIZE * MERGE_SIZE != TOKEN_PIXELS:
+    raise AssertionError("one visual token must cover one task cell")
+# The processor keeps any image whose sides are multiples of 16 px and whose area lies in [MIN_PIXELS, MAX_PIXELS]
+# (task v2 images are drawn on the token grid, 12-18 cells a side); others are resized to the nearest such size.
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_MODEL_DIR = DEFAULT_DIR / "base"
@@ -39,18 +43,23 @@ ROLES = ("system", "user", "assistant")
 CAPTION_PROMPT = "describe the image"  # the VLM's pre-training task besides VQA (see pipeline.caption_record)
 CHAT_TEMPLATE = testing.CHAT_TEMPLATE.replace("%(image)s", testing.IMAGE_PLACEHOLDER["qwen2_5_vl"])
 
-# Sizes of the testbed VLM: small enough to train from scratch on 2 CPU cores, deep enough to read short words.
-VISION_SIZES = dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4)
+# Sizes of the testbed VLM: small enough to train from scratch on 2 CPU cores; as in real VLMs the language model
+# carries most of the prefill compute (so pruning shows in time to first token), the vision tower the smaller part.
+VISION_SIZES = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2)
 TEXT_SIZES = dict(
-    hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
+    hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
 )
 
 
 def testbed_tokenizer():
     """Word-level tokenizer: specials, chat and vision tokens, roles, then every word of the task vocabulary."""
+    from .scenes import CLUTTER_KINDS
     from .tasks import VOCABULARY
 
-    words = list(dict.fromkeys([*SPECIAL_TOKENS, *CHAT_TOKENS, *ROLES, *VOCABULARY, *CAPTION_PROMPT.split()]))
+    # Clutter kinds are words too: the vision tower's stage-1 head names every glyph in the language model's words.
+    words = list(
+        dict.fromkeys([*SPECIAL_TOKENS, *CHAT_TOKENS, *ROLES, *VOCABULARY, *CLUTTER_KINDS, *CAPTION_PROMPT.split()])
+    )
     tokenizer = testing.word_level_tokenizer(
         {word: index for index, word in enumerate(words)},
         special_tokens=CHAT_TOKENS,
@@ -66,7 +75,7 @@ def testbed_processor(tokenizer=None) -> ImageOnlyQwen2_5_VLProcessor:
         patch_size=PATCH_SIZE,
         merge_size=MERGE_SIZE,
         temporal_patch_size=2,
-        size={"shortest_edge": IMAGE_PIXELS, "longest_edge": IMAGE_PIXELS},
+        size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
     )
     tokenizer = tokenizer if tokenizer is not None else testbed_tokenizer()
     return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
@@ -97,9 +106,9 @@ def testbed_config(tokenizer) -> Qwen2_5_VLConfig:
             patch_size=PATCH_SIZE,
             spatial_merge_size=MERGE_SIZE,
             temporal_patch_size=2,
-            window_size=112,
+            window_size=4 * TOKEN_PIXELS,  # 4 x 4 tokens per attention window
             out_hidden_size=TEXT_SIZES["hidden_size"],
-            fullatt_block_indexes=[1, 3],
+            fullatt_block_indexes=[1],
         ),
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),

@@ -34,6 +34,7 @@ from hf_tokenprune.training import TokenPruneDataCollator, TokenPruneTrainingArg
 from hf_tokenprune.training.entry import TrainDataArguments, TrainModelArguments, run_train
 
 from .model import BUNDLED_METHODS, CAPTION_PROMPT, new_testbed_model
+from .scenes import TASKS, check_task
 
 
 def conversation_record(image, prompt: str, answer: str) -> dict:
@@ -71,6 +72,7 @@ def caption_text(example) -> str:
     parts = [
         f"{item.colour} box {item.word}" if item.word is not None else f"{item.colour} {item.shape}"
         for item in sorted(example.objects, key=lambda item: (item.box[0] + item.box[2], item.box[1]))
+        if not item.clutter  # v2: clutter is what no question (and no caption) is about
     ]
     return " ".join(parts)
 
@@ -78,31 +80,32 @@ def caption_text(example) -> str:
 class GeneratedExamples(torch.utils.data.Dataset):
     """`n` examples of a split from consecutive seeds, `first` seeds into it, generated on demand (none held)."""
 
-    def __init__(self, split: str, n: int, first: int = 0) -> None:
+    def __init__(self, split: str, n: int, first: int = 0, task: str = "v2") -> None:
         from .tasks import SPLIT_SEED_OFFSETS
 
         if split not in SPLIT_SEED_OFFSETS:
             raise ValueError(f"`split` must be one of {tuple(SPLIT_SEED_OFFSETS)}, got {split!r}")
         self.first_seed = SPLIT_SEED_OFFSETS[split] + first
         self.n = n
+        self.task = check_task(task)
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index: int):
-        from .tasks import make_example
+        from .scenes import task_example
 
         if not 0 <= index < self.n:
             raise IndexError(index)
-        return make_example(self.first_seed + index)
+        return task_example(self.first_seed + index, self.task)
 
 
 class GeneratedRecords(GeneratedExamples):
     """Conversation records of `GeneratedExamples`; every `caption_every`-th one (0: none) is a caption
     (`caption_record`) instead of the example's question."""
 
-    def __init__(self, split: str, n: int, caption_every: int = 0, first: int = 0) -> None:
-        super().__init__(split, n, first)
+    def __init__(self, split: str, n: int, caption_every: int = 0, first: int = 0, task: str = "v2") -> None:
+        super().__init__(split, n, first, task)
         self.caption_every = caption_every
 
     def __getitem__(self, index: int) -> dict:
@@ -171,6 +174,18 @@ def collate_cached(items: list[dict], pad_token_id: int) -> dict:
 
 # ----------------------------------------------------------------------------------------- stage 1: the vision tower
 def token_labels(example) -> torch.Tensor:
+    """Per-token stage-1 labels of `example`, raster order, one column per group of `scenes.label_names`.
+
+    v2 images lie on the token grid, so a cell's label is its glyph; v1 goes through `v1_token_labels`.
+    """
+    from .scenes import grid_token_labels
+
+    if example.grid is not None:
+        return torch.from_numpy(grid_token_labels(example))
+    return v1_token_labels(example)
+
+
+def v1_token_labels(example) -> torch.Tensor:
     """(tokens, 3) labels of each visual token's 28 px cell, raster order: colour, shape and word of the object that
     covers at least a fifth of the cell or whose centre lies in it (0 = background; shape 6 = word box)."""
     from .tasks import COLOURS, SHAPES, WORDS, token_grid
@@ -214,14 +229,14 @@ class VisionPretraining(torch.nn.Module):
     and the scale train; the head is then discarded and the stock architecture trained on as usual.
     """
 
-    def __init__(self, vlm, tokenizer) -> None:
-        from .tasks import COLOURS, SHAPES, WORDS
+    def __init__(self, vlm, tokenizer, task: str = "v2") -> None:
+        from .scenes import label_names
 
         super().__init__()
         self.visual = vlm.model.visual
         self.embeddings = vlm.get_input_embeddings()
-        # Label groups as `token_labels` numbers them, class 0 (background) first; a word box's shape is "box".
-        names = (COLOURS, (*SHAPES, "box"), WORDS)
+        # Label groups as `token_labels` numbers them, class 0 (background) first; a v1 word box's shape is "box".
+        names = label_names(task)
         class_ids = [token for group in names for token in tokenizer.convert_tokens_to_ids(list(group))]
         if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in class_ids:
             raise ValueError("every colour, shape and word of the task must be a word of the tokenizer")
@@ -342,45 +357,39 @@ def parse_schedule(schedule: str) -> list[tuple[int, float]]:
 
 @dataclass
 class ReproduceArguments:
+    """The whole testbed recipe, in stages that a rerun with the same --output resumes from the last finished one."""
+
     output: str = field(default="runs/testbed", metadata={"help": "Folder for everything the recipe writes."})
     vision_steps: int = field(
-        default=3000, metadata={"help": "Stage 1: steps of the vision tower on per-token labels (0: skip)."}
+        default=300, metadata={"help": "Stage 1: steps of the vision tower on per-token labels (0: skip)."}
     )
     vlm_schedule: str = field(
-        default="6000:2e-3,10000:2e-3,10000:2e-3,10000:2e-3",
+        default="3000:2e-3",
         metadata={
-            "help": "Stage 2 as rounds `steps:peak_lr`, comma-separated; each round is a cosine run (warm-up: a twentieth of its steps) "
-            "that goes on from the previous one on records it has not seen."
+            "help": "Stage 2 as rounds `steps:peak_lr`, comma-separated; each round is a cosine run (warm-up: a "
+            "twentieth of its steps) that goes on from the previous one on records it has not seen."
         },
     )
     vlm_batch_size: int = field(default=16, metadata={"help": "VLM training batch size."})
     vlm_caption_every: int = field(
         default=4, metadata={"help": "Every n-th VLM training record is a caption instead of a question (0: none)."}
     )
-    vlm_freeze_vision: bool = field(
-        default=True,
-        metadata={
-            "help": "With --vlm_cached_records 0: stage 2 keeps the vision tower's blocks from stage 1 (its merger "
-            "trains)."
-        },
-    )
     vlm_cached_records: int = field(
         default=16000,
         metadata={
             "help": "Stage 2 trains each round on this many fresh records whose visual tokens the frozen tower "
-            "(merger too) computes once, for as many epochs as the round's steps take (0: stream fresh records "
-            "through the whole model every step, --vlm_freeze_vision deciding what trains)."
+            "computes once, for as many epochs as the round's steps take."
         },
     )
     selector_records: int = field(default=2400, metadata={"help": "Train-split records written for the selectors."})
     selector_steps: int = field(default=600, metadata={"help": "Optimiser steps per selector."})
     selector_batch_size: int = field(default=8, metadata={"help": "Selector training batch size."})
     train_budget: float = field(default=0.1, metadata={"help": "Budget the selectors are trained at."})
-    eval_limit: int = field(default=500, metadata={"help": "Test examples for the eval table."})
-    budgets: str = field(default="0.1,0.2,0.3,0.5", metadata={"help": "Budgets of the eval table."})
+    eval_limit: int = field(default=500, metadata={"help": "Test examples per task for the eval table."})
+    eval_tasks: str = field(default="v2,v1", metadata={"help": "Tasks the eval table covers (v2: the training task)."})
+    budgets: str = field(default="0.05,0.1,0.2,0.3,0.5", metadata={"help": "Budgets of the eval table."})
     seed: int = field(default=0, metadata={"help": "Seed of every stage."})
     threads: int = field(default=2, metadata={"help": "torch threads."})
-    skip_vlm: bool = field(default=False, metadata={"help": "Reuse OUTPUT/base instead of training the VLM."})
     bundle: bool = field(
         default=False, metadata={"help": "Write the base and what training produced of each adapter to --bundle_dir."}
     )
@@ -393,6 +402,18 @@ class ReproduceArguments:
     )
 
 
+def train_vision_stage(output_dir: Path, args: ReproduceArguments):
+    """Stage 1: a fresh testbed VLM whose vision tower learns per-token labels, its output rescaled to the word
+    embeddings' norm (`match_feature_scale`); saves model + processor (+ the stage's log) to `output_dir`."""
+    model, processor = new_testbed_model(args.seed)
+    log = pretrain_vision(model, processor, output_dir, args.vision_steps, args.vlm_batch_size, 2e-3, args.seed)
+    match_feature_scale(model, processor)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    (output_dir / "vision_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    shutil.rmtree(output_dir / "vision-trainer", ignore_errors=True)
+
+
 def train_vlm(
     output_dir: Path,
     steps: int,
@@ -402,48 +423,30 @@ def train_vlm(
     caption_every: int = 2,
     init_from: str | None = None,
     first_record: int = 0,
-    vision_steps: int = 0,
-    freeze_vision: bool = False,
-    cached_records: int = 0,
+    cached_records: int = 16000,
 ):
-    """Train the testbed VLM from scratch (or on from `init_from`) with the stock Trainer; saves model + processor.
-
-    `freeze_vision` keeps the vision tower's patch embedding and blocks as they are (the merger still trains): stage 1
-    has already taught them what each cell shows, and the backward pass through them is most of a step's time.
-    `cached_records` > 0 freezes the merger too and trains on that many records whose visual tokens are computed once
-    (`CachedVisualTokens`), for as many epochs as `steps` takes; 0 streams fresh records through the whole model.
-    """
+    """Stage 2 round: the language model of the VLM in `init_from` (a fresh one if None) trained with the stock
+    Trainer, its whole vision tower frozen, on `cached_records` train records from `first_record` whose visual tokens
+    are computed once (`CachedVisualTokens`), for as many epochs as `steps` takes; saves model + processor."""
     if init_from is not None:
         from .model import load_testbed
 
         model, processor = load_testbed(init_from)
     else:
         model, processor = new_testbed_model(seed)
-        if vision_steps:
-            vision_log = pretrain_vision(model, processor, output_dir, vision_steps, batch_size, 2e-3, seed)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / "vision_log.json").write_text(json.dumps(vision_log, indent=1) + "\n")
-            match_feature_scale(model, processor)
-    if freeze_vision or cached_records:
-        model.model.visual.requires_grad_(False)
-        model.model.visual.merger.requires_grad_(not cached_records)
-    if cached_records:
-        model.eval()  # the tower's pass (no dropout here either way), then the Trainer switches to train mode
-        records = GeneratedRecords("train", cached_records, caption_every, first=first_record)
-        dataset = CachedVisualTokens(model, processor, records)
-        collator = functools.partial(collate_cached, pad_token_id=processor.tokenizer.pad_token_id)
-    else:
-        dataset = GeneratedRecords("train", steps * batch_size, caption_every, first=first_record)
-        collator = TokenPruneDataCollator(processor)
-    args = _training_arguments(
-        output_dir / "trainer", steps, batch_size, learning_rate, seed, logs=60, num_workers=0 if cached_records else 1
-    )
+    model.model.visual.requires_grad_(False)
+    model.eval()  # the tower's pass (no dropout here either way), then the Trainer switches to train mode
+    records = GeneratedRecords("train", cached_records, caption_every, first=first_record)
+    dataset = CachedVisualTokens(model, processor, records)
+    collator = functools.partial(collate_cached, pad_token_id=processor.tokenizer.pad_token_id)
+    args = _training_arguments(output_dir / "trainer", steps, batch_size, learning_rate, seed, logs=60, num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     trainer.train()
     model.eval()
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     (output_dir / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+    shutil.rmtree(output_dir / "trainer", ignore_errors=True)
     return model, processor
 
 
@@ -479,14 +482,16 @@ def train_selector(
     method: str,
     base_dir: Path,
     records: Path,
-    output_dir: Path,
+    adapter: Path,
     args: ReproduceArguments,
     training_overrides: dict | None = None,
 ) -> Path:
-    """Train one selector through the library's training entry point and save it as an adapter repo next to the base.
+    """Train one selector through the library's training entry point and save it as the adapter repo `adapter`
+    (its training run goes to a `<adapter>-run` folder beside it).
 
     training_overrides: further `TokenPruneTrainingArguments` fields (e.g. `soft_mask_mode`).
     """
+    run_dir = adapter.with_name(adapter.name.removesuffix(".partial") + "-run")
     from .model import load_testbed
 
     model_args = TrainModelArguments(
@@ -499,7 +504,7 @@ def train_selector(
     )
     data_args = TrainDataArguments(train_file=str(records), image_folder=str(records.parent / "images"))
     training_args = TokenPruneTrainingArguments(
-        output_dir=str(output_dir / f"{method}-run"),
+        output_dir=str(run_dir),
         train_budget=args.train_budget,
         max_steps=args.selector_steps,
         per_device_train_batch_size=args.selector_batch_size,
@@ -514,82 +519,158 @@ def train_selector(
     )
     run_train(model_args, data_args, training_args)
     base, _ = load_testbed(base_dir)
-    pruned = get_pruned_model(base, output_dir / f"{method}-run")
-    adapter = output_dir / method
+    pruned = get_pruned_model(base, run_dir)
     pruned.save_pretrained(adapter, base_model_name_or_path="../base")
     return adapter
 
 
+class Stages:
+    """Resumable stages of one `reproduce` run in `output`: a finished stage is recorded in `stages.json` (written
+    atomically) with its time, and a rerun with the same arguments skips it.
+
+    Why by hand: the Trainer resumes one training run from its checkpoints; the recipe is a chain of runs and evals
+    whose unit of resumption is the stage. A stage writes its folder under a `.partial` name and renames it when it
+    is done, so a stage cut off mid-way is never taken for a finished one: its leftovers are removed and it reruns.
+    """
+
+    # Arguments that change no stage's result: a resumed run may change them.
+    FREE_ARGUMENTS = ("threads", "bundle", "bundle_dir")
+
+    def __init__(self, output: Path, args: ReproduceArguments) -> None:
+        self.output = output
+        self.path = output / "stages.json"
+        arguments = {key: value for key, value in asdict(args).items() if key not in self.FREE_ARGUMENTS}
+        arguments.pop("output")
+        state = json.loads(self.path.read_text()) if self.path.is_file() else {"arguments": arguments, "done": {}}
+        changed = sorted(key for key in arguments if state["arguments"].get(key) != arguments[key])
+        if changed:
+            raise ValueError(
+                f"`output` {str(output)!r} holds a run with other arguments ({', '.join(changed)}); resume it with the "
+                "same ones or choose a new --output"
+            )
+        self.state = state
+
+    def done(self, name: str) -> bool:
+        return name in self.state["done"]
+
+    def run(self, name: str, function, folder: Path | None = None):
+        """Run `function(target)` unless `name` is done; `target` is `folder`'s `.partial` twin, renamed on success."""
+        if self.done(name):
+            print(f"stage {name}: done in an earlier run ({self.state['done'][name]:.0f} s), skipped")
+            return None
+        partial = None if folder is None else folder.with_name(folder.name + ".partial")
+        for stale in (partial, folder):
+            if stale is not None and stale.exists():
+                shutil.rmtree(stale)
+        print(f"stage {name}: running")
+        start = time.perf_counter()
+        result = function(partial)
+        if folder is not None:
+            partial.rename(folder)
+        self.state["done"][name] = time.perf_counter() - start
+        write_json_atomically(self.path, self.state)
+        return result
+
+    def seconds(self) -> dict[str, float]:
+        return dict(self.state["done"])
+
+
+def write_json_atomically(path: Path, value) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, indent=2) + "\n")
+    temporary.replace(path)
+
+
 def run_reproduce(args: ReproduceArguments) -> dict:
-    """The whole recipe; returns the eval results. Times of every stage go to OUTPUT/timings.json."""
+    """The whole recipe in resumable stages (`Stages`); returns the v2 eval results. Stage times go to
+    OUTPUT/timings.json; the table of both tasks to OUTPUT/eval_table.md."""
     from hf_tokenprune.evaluate import format_table
 
     from . import evaluate
 
     rounds = parse_schedule(args.vlm_schedule)  # before anything is written: a typo fails at once
-    if args.vlm_cached_records < 0:
-        raise ValueError(f"`vlm_cached_records` must be >= 0 (0: no cache), got {args.vlm_cached_records}")
+    if args.vlm_cached_records < 1:
+        raise ValueError(f"`vlm_cached_records` must be >= 1, got {args.vlm_cached_records}")
+    tasks_to_eval = [task.strip() for task in args.eval_tasks.split(",") if task.strip()]
+    if not tasks_to_eval or any(task not in TASKS for task in tasks_to_eval):
+        raise ValueError(f"`eval_tasks` must name tasks among {TASKS}, got {args.eval_tasks!r}")
     torch.set_num_threads(args.threads)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
+    stages = Stages(output, args)
     (output / "reproduce_args.json").write_text(json.dumps(asdict(args), indent=2) + "\n")
-    timings = {}
-    start = time.perf_counter()
-    base_dir = output / "base"
-    if not args.skip_vlm:
-        init_from, first_record = None, 0
-        for index, (steps, learning_rate) in enumerate(rounds):
-            round_dir = base_dir if index == len(rounds) - 1 else output / f"vlm-round-{index + 1}"
-            train_vlm(
-                round_dir,
-                steps,
-                args.vlm_batch_size,
-                learning_rate,
-                args.seed,
-                args.vlm_caption_every,
-                init_from=init_from,
-                first_record=first_record,
-                vision_steps=args.vision_steps if index == 0 else 0,
-                freeze_vision=args.vlm_freeze_vision,
-                cached_records=args.vlm_cached_records,
-            )
-            seen = args.vlm_cached_records or steps * args.vlm_batch_size
-            init_from, first_record = str(round_dir), first_record + seen
-    timings["vlm_seconds"] = time.perf_counter() - start
 
-    stage = time.perf_counter()
-    records = {
-        method: write_records("train", args.selector_records, output / "selector_data", SELECTOR_CAPTION_EVERY[method])
-        for method in BUNDLED_METHODS
-    }
-    timings["records_seconds"] = time.perf_counter() - stage
+    previous = None
+    if args.vision_steps:
+        stages.run("vision", lambda target: train_vision_stage(target, args), output / "vlm-vision")
+        previous = output / "vlm-vision"
+    first_record = 0
+    for index, (steps, learning_rate) in enumerate(rounds):
+        last = index == len(rounds) - 1
+        folder = output / ("base" if last else f"vlm-round-{index + 1}")
+        stages.run(
+            f"vlm-round-{index + 1}",
+            functools.partial(
+                train_vlm,
+                steps=steps,
+                batch_size=args.vlm_batch_size,
+                learning_rate=learning_rate,
+                seed=args.seed,
+                caption_every=args.vlm_caption_every,
+                init_from=None if previous is None else str(previous),
+                first_record=first_record,
+                cached_records=args.vlm_cached_records,
+            ),
+            folder,
+        )
+        previous, first_record = folder, first_record + args.vlm_cached_records
+    base_dir = output / "base"
+
+    def write_all_records(target: Path) -> None:
+        for method in BUNDLED_METHODS:
+            write_records("train", args.selector_records, target, SELECTOR_CAPTION_EVERY[method])
+
+    stages.run("records", write_all_records, output / "selector_data")
     adapters = {}
     for method in BUNDLED_METHODS:
-        stage = time.perf_counter()
-        adapters[method] = train_selector(method, base_dir, records[method], output, args)
-        timings[f"{method}_seconds"] = time.perf_counter() - stage
-
-    stage = time.perf_counter()
-    results = evaluate.run_eval(
-        evaluate.EvalArguments(
-            model=str(base_dir),
-            adapters=",".join(f"{method}={path}" for method, path in adapters.items()),
-            budgets=args.budgets,
-            limit=args.eval_limit,
-            seed=args.seed,
-            output=str(output / "eval_results.json"),
+        every = SELECTOR_CAPTION_EVERY[method]
+        records = output / "selector_data" / (f"train-captions-{every}.json" if every else "train.json")
+        stages.run(
+            f"selector-{method}",
+            lambda target, method=method, records=records: train_selector(method, base_dir, records, target, args),
+            output / method,
         )
-    )
-    timings["eval_seconds"] = time.perf_counter() - stage
-    (output / "eval_table.md").write_text(format_table(results) + "\n")
-    for adapter in adapters.values():  # the adapters' model cards show the table
-        shutil.copy(output / "eval_results.json", adapter / "eval_results.json")
+        adapters[method] = output / method
+
+    results = {}
+    for task in tasks_to_eval:
+        name = "eval_results.json" if task == "v2" else f"eval_results_{task}.json"
+
+        def run_task_eval(target, task=task, name=name):
+            evaluated = evaluate.run_eval(
+                evaluate.EvalArguments(
+                    model=str(base_dir),
+                    adapters=",".join(f"{method}={path}" for method, path in adapters.items()),
+                    budgets=args.budgets,
+                    limit=args.eval_limit,
+                    seed=args.seed,
+                    task=task,
+                    output=str(output / name),
+                )
+            )
+            (output / name.replace(".json", "_table.md")).write_text(format_table(evaluated) + "\n")
+
+        stages.run(f"eval-{task}", run_task_eval)
+        results[task] = json.loads((output / name).read_text())
+    for adapter in adapters.values():  # the adapters' model cards show the v2 table
+        if (output / "eval_results.json").is_file():
+            shutil.copy(output / "eval_results.json", adapter / "eval_results.json")
         write_model_card(adapter)
-    timings["total_seconds"] = time.perf_counter() - start
-    timings["threads"] = args.threads
+    timings = {**{f"{name}_seconds": seconds for name, seconds in stages.seconds().items()}, "threads": args.threads}
+    timings["total_seconds"] = sum(stages.seconds().values())
     (output / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     if args.bundle:
         from .bundled import bundle
 
         bundle(output, adapters, args.bundle_dir)
-    return results
+    return results.get("v2", next(iter(results.values()), {}))

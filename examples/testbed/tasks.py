@@ -66,8 +66,10 @@ SPLIT_SEED_OFFSETS = {"train": 0, "validation": 10**7, "test": 2 * 10**7}
 SPLIT_SIZE = 10**7
 
 MIN_SIDE, MAX_SIDE = 224, 448
-TOKEN_PIXELS = 28  # 14 px patches merged 2 x 2: one visual token per 28 x 28 px cell of the resized image
-RESIZED_PIXELS = 280 * 280  # the processor's min_pixels = max_pixels
+# The testbed VLM's geometry (`model.py`): 8 px patches merged 2 x 2, one visual token per 16 x 16 px cell; its
+# processor keeps an image's aspect and rounds each side to a multiple of 16 px with the area in this range.
+TOKEN_PIXELS = 16
+MIN_PIXELS, MAX_PIXELS = TOKEN_PIXELS**2 * 16, TOKEN_PIXELS**2 * 1024
 OBJECT_SIDE = (0.08, 0.13)  # of the image's smaller side
 TEXT_HEIGHT = (0.08, 0.10)  # ascender height of a word, of the image's smaller side
 STAR_INNER_RADIUS = 0.45  # of the outer radius: fatter than a pentagram, so it stays a star at 20 px
@@ -87,6 +89,7 @@ class SceneObject:
     colour: str
     box: Box
     word: str | None = None
+    clutter: bool = False  # task v2 (`scenes.py`): a glyph no question names; ``shape`` holds its kind
 
     @property
     def is_word_box(self) -> bool:
@@ -105,11 +108,12 @@ class VQAExample:
     evidence: list[Box]
     seed: int
     objects: list[SceneObject] = field(default_factory=list)
+    grid: tuple[int, int] | None = None  # (rows, cols) of visual tokens when the image is drawn on the token grid (v2)
 
 
 def token_grid(width: int, height: int) -> tuple[int, int]:
-    """(rows, cols) of visual tokens of a ``width`` x ``height`` image after the processor's resize: the sides are
-    scaled to about 280 * 280 px of area, aspect kept, each rounded to a multiple of 28; one token per 28 px cell."""
+    """(rows, cols) of visual tokens of a ``width`` x ``height`` image after the testbed processor's resize (each
+    side rounded to a multiple of 16 px, aspect kept, area in [MIN_PIXELS, MAX_PIXELS]); one token per 16 px cell."""
     resized_height, resized_width = _resized_size(width, height)
     return resized_height // TOKEN_PIXELS, resized_width // TOKEN_PIXELS
 
@@ -123,7 +127,7 @@ def evidence_token_mask(example: VQAExample) -> np.ndarray:
     """(rows * cols,) bool in the visual tokens' row-major order: the tokens whose 28 x 28 cell (in the resized
     image) overlaps an evidence box, i.e. the tokens a selector must keep for the answer."""
     width, height = example.image.size
-    rows, cols = token_grid(width, height)
+    rows, cols = example.grid or token_grid(width, height)
     scale_x, scale_y = cols * TOKEN_PIXELS / width, rows * TOKEN_PIXELS / height
     touched = np.zeros((rows, cols), dtype=bool)
     for x0, y0, x1, y1 in example.evidence:
@@ -277,24 +281,15 @@ _QUESTION_BUILDERS = {
 
 
 def _resized_size(width: int, height: int) -> tuple[int, int]:
-    """(height, width) after the processor's resize (smart_resize with min_pixels = max_pixels = 280 * 280)."""
+    """(height, width) after the testbed processor's resize (the stock `smart_resize`, factor 16)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
     for name, value in (("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if max(width, height) / min(width, height) > 200:
         raise ValueError(f"width / height must be within 1/200 and 200, got {width} x {height}")
-    resized_height = round(height / TOKEN_PIXELS) * TOKEN_PIXELS
-    resized_width = round(width / TOKEN_PIXELS) * TOKEN_PIXELS
-    area = resized_height * resized_width
-    if area > RESIZED_PIXELS:  # shrink to at most the target area, rounding each side down
-        shrink = math.sqrt(width * height / RESIZED_PIXELS)
-        resized_height = max(TOKEN_PIXELS, math.floor(height / shrink / TOKEN_PIXELS) * TOKEN_PIXELS)
-        resized_width = max(TOKEN_PIXELS, math.floor(width / shrink / TOKEN_PIXELS) * TOKEN_PIXELS)
-    elif area < RESIZED_PIXELS:  # grow to at least the target area, rounding each side up
-        grow = math.sqrt(RESIZED_PIXELS / (width * height))
-        resized_height = math.ceil(height * grow / TOKEN_PIXELS) * TOKEN_PIXELS
-        resized_width = math.ceil(width * grow / TOKEN_PIXELS) * TOKEN_PIXELS
-    return resized_height, resized_width
+    return smart_resize(height, width, factor=TOKEN_PIXELS, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
 
 
 @lru_cache(maxsize=64)
