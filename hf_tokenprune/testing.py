@@ -545,9 +545,7 @@ def _smolvlm_processor(tokenizer, chat_template, overrides) -> ProcessorMixin:
 
     settings = dict(size={"longest_edge": 24}, max_image_size={"longest_edge": 8}, do_image_splitting=True)
     image_processor = SmolVLMImageProcessorPil(**{**settings, **overrides})
-    return Idefics3Processor(
-        image_processor, tokenizer, image_seq_len=SMOLVLM_VIEW_TOKENS, chat_template=chat_template
-    )
+    return Idefics3Processor(image_processor, tokenizer, image_seq_len=SMOLVLM_VIEW_TOKENS, chat_template=chat_template)
 
 
 def _image_and_video_names(start, end, image, video, *_) -> dict[str, str]:

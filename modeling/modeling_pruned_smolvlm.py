@@ -39,41 +39,42 @@ from .hub_io import PrunedHubMixin
 from .pruning import ArchitectureHooks, CaptureProjectorInput, TokenPruningMixin, VisualSegment
 
 
+def placeholder_run_spans(row: list[int], token_id: int) -> list[tuple[int, int]]:
+    """(start, end) of every maximal run of `token_id` in one row of ids, end exclusive."""
+    spans, start = [], None
+    for index, token in enumerate([*row, None]):
+        if token == token_id and start is None:
+            start = index
+        elif token != token_id and start is not None:
+            spans.append((start, index))
+            start = None
+    return spans
+
+
 def views_per_image(input_ids: torch.Tensor, image_token_id: int) -> list[list[int]]:
     """Placeholder counts of the views of each image, row-major: [[tokens of view 1, ...], ...]. input_ids: (B, L).
 
-    A view is a maximal run of `image_token_id`. An image's views end with its global view, recognised by its framing
-    tag: the tokens after the last framing token (the token that follows the row's last view) before the run.
+    A view is a maximal run of `image_token_id`; its tag is the text between the last framing token before it and the
+    run. An image's views end with its global view, whose tag is the tag of the row's last view (always a global
+    view); the framing token is the token that follows that view.
     """
     images = []
     for row in input_ids.tolist():
-        is_image = [token == image_token_id for token in row]
-        runs, start = [], None
-        for index, flag in enumerate([*is_image, False]):
-            if flag and start is None:
-                start = index
-            elif not flag and start is not None:
-                runs.append((start, index))
-                start = None
-        if not runs:
+        spans = placeholder_run_spans(row, image_token_id)
+        if not spans:
             continue
-        framing = row[runs[-1][1]] if runs[-1][1] < len(row) else None
-
-        def tag(run_start: int, previous_end: int) -> tuple[int, ...]:
-            gap = row[previous_end:run_start]
-            opened = max((i for i, token in enumerate(gap) if token == framing), default=-1)
-            return tuple(gap[opened + 1 :])
-
-        ends = [0] + [end for _, end in runs[:-1]]
-        tags = [tag(run_start, previous_end) for (run_start, _), previous_end in zip(runs, ends, strict=True)]
+        framing = row[spans[-1][1]] if spans[-1][1] < len(row) else None
+        tags = []
+        for (start, _), previous_end in zip(spans, [0] + [end for _, end in spans[:-1]], strict=True):
+            gap = row[previous_end:start]
+            opened = max((index for index, token in enumerate(gap) if token == framing), default=-1)
+            tags.append(tuple(gap[opened + 1 :]))
         views: list[int] = []
-        for (run_start, run_end), run_tag in zip(runs, tags, strict=True):
-            views.append(run_end - run_start)
-            if run_tag == tags[-1]:
+        for (start, end), tag in zip(spans, tags, strict=True):
+            views.append(end - start)
+            if tag == tags[-1]:
                 images.append(views)
                 views = []
-        if views:
-            images.append(views)
     return images
 
 
@@ -116,7 +117,9 @@ class SmolVLMPruneHooks(ArchitectureHooks):
             # Views stacked vertically: an even spread over this grid covers every view and every region of it.
             square = side * side == inner.image_seq_len and all(view == inner.image_seq_len for view in views)
             grid_hw = (len(views) * side, side) if square else None
-            segments.append(VisualSegment(embeds[rows], None if features is None else features[rows], token_id, grid_hw))
+            segments.append(
+                VisualSegment(embeds[rows], None if features is None else features[rows], token_id, grid_hw)
+            )
         return segments
 
 
@@ -137,5 +140,6 @@ __all__ = [
     "PrunedIdefics3ForConditionalGeneration",
     "PrunedSmolVLMForConditionalGeneration",
     "SmolVLMPruneHooks",
+    "placeholder_run_spans",
     "views_per_image",
 ]
