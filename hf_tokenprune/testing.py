@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
     InternVLConfig,
     InternVLForConditionalGeneration,
     LlavaConfig,
@@ -209,6 +211,18 @@ def tiny_smolvlm(attn_implementation: str = "eager") -> SmolVLMForConditionalGen
         pad_token_id=PAD,
     )
     return _build(SmolVLMForConditionalGeneration, config, attn_implementation)
+
+
+def tiny_idefics3(attn_implementation: str = "eager") -> Idefics3ForConditionalGeneration:
+    """SmolVLM's parent (the class of HuggingFaceTB/SmolVLM-Instruct) with `tiny_smolvlm`'s config and inputs."""
+    config = Idefics3Config(
+        text_config=dict(TEXT_CONFIG, model_type="llama"),
+        vision_config=dict(SMOLVLM_VISION_CONFIG),
+        scale_factor=2,
+        image_token_id=IMAGE_ID,
+        pad_token_id=PAD,
+    )
+    return _build(Idefics3ForConditionalGeneration, config, attn_implementation)
 
 
 def _build(model_cls, config, attn_implementation):
@@ -543,7 +557,7 @@ def _smolvlm_processor(tokenizer, chat_template, overrides) -> ProcessorMixin:
     from transformers import Idefics3Processor
     from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 
-    settings = dict(size={"longest_edge": 24}, max_image_size={"longest_edge": 8}, do_image_splitting=True)
+    settings = dict(size={"longest_edge": 16}, max_image_size={"longest_edge": 8}, do_image_splitting=True)
     image_processor = SmolVLMImageProcessorPil(**{**settings, **overrides})
     return Idefics3Processor(image_processor, tokenizer, image_seq_len=SMOLVLM_VIEW_TOKENS, chat_template=chat_template)
 
