@@ -291,6 +291,15 @@ def _tiny_internvl_config(layers: int, vision_layers: int) -> InternVLConfig:
     )
 
 
+def _tiny_smolvlm_config(layers: int, vision_layers: int) -> SmolVLMConfig:
+    return SmolVLMConfig(
+        text_config=_tiny_text(layers, "llama"),
+        vision_config=dict(testing.SMOLVLM_VISION_CONFIG, num_hidden_layers=vision_layers),
+        scale_factor=2,
+        image_token_id=testing.IMAGE_ID,
+    )
+
+
 _QWEN_TOKENS = (1000, 150000)
 _LLAMA_TOKENS = (1000, 31000)
 _TINY_TOKENS = (testing.TEXT_TOKENS.start, testing.TEXT_TOKENS.stop)
@@ -405,6 +414,17 @@ PRESETS: dict[str, Preset] = {
             full_layers=4,
             full_vision_layers=4,
             **_INTERNVL_PARTS,
+        ),
+        Preset(
+            "tiny-smolvlm",
+            "tiny random SmolVLM (hidden 32), one image of 2 x 2 sub-images + global view = 5 x 4 = 20 visual tokens",
+            "hf_tokenprune.testing",
+            SmolVLMForConditionalGeneration,
+            _tiny_smolvlm_config,
+            smolvlm_inputs((2, 2), testing.SMOLVLM_FAKE, _TINY_TOKENS),
+            full_layers=4,
+            full_vision_layers=4,
+            **_SMOLVLM_PARTS,
         ),
     )
 }
