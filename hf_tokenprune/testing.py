@@ -489,7 +489,7 @@ def tiny_chat_tokenizer(arch: str) -> PreTrainedTokenizerFast:
 
 
 def tiny_processor(arch: str, **image_processor_kwargs) -> ProcessorMixin:
-    """Stock-logic processor for the tiny `arch` model (`qwen2_5_vl`, `llava`, `llava_next`, `internvl`).
+    """Stock-logic processor for the tiny `arch` model (`qwen2_5_vl`, `llava`, `llava_next`, `internvl`, `smolvlm`).
 
     `processor.apply_chat_template(messages, add_generation_prompt=...)` renders a ChatML-style prompt with the
     architecture's image placeholder; `processor(text=..., images=..., return_tensors="pt", padding=True)` expands
@@ -501,6 +501,9 @@ def tiny_processor(arch: str, **image_processor_kwargs) -> ProcessorMixin:
     - llava_next: anyres over the pinpoints of `tiny_llava_next` with 8 x 8 tiles.
     - internvl: one 8 x 8 tile -> 4 tokens between `<img>` / `</img>` (58 / 59); pass `max_patches=n` for dynamic
       tiling (n tiles plus a thumbnail when n > 1).
+    - smolvlm: longest edge resized to 16, split into 8 x 8 views (up to 2 x 2) plus a global view, 4 tokens each,
+      each framed by `<fake_token_around_image>` (58) and a `<row_r_col_c>` (45..53) / `<global-img>` (59) tag; pass
+      `do_resize=False` to split at the image's own size (an image of at most 8 x 8 px is not split).
 
     `image_processor_kwargs` override the image processor's settings above.
     """
