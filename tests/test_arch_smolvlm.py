@@ -7,6 +7,7 @@ row / column counts, one-by-one runs, and inputs rebuilt by hand in the layout t
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -217,6 +218,31 @@ def test_idefics3_uses_the_same_hooks(attn, method):
     for row, sample in enumerate(samples):
         single = model.generate(**build_inputs("smolvlm", [sample]), prune_budget=0.3, max_new_tokens=NEW_TOKENS)
         assert torch.equal(batched[row, -NEW_TOKENS:], single[0, -NEW_TOKENS:])
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_idefics3_repo_round_trip_through_remote_code(tmp_path, merged):
+    """Adapter and merged repos of the Idefics3 class load with `trust_remote_code` as that class, same tokens."""
+    from transformers import AutoModelForImageTextToText
+
+    base_model = tiny_idefics3()
+    model = get_pruned_model(base_model, TokenPruneConfig(method="visionselector", budget=0.3))
+    with torch.no_grad():
+        for parameter in model.token_selector.parameters():
+            parameter.normal_(0.0, 0.5)
+    base_model.save_pretrained(tmp_path / "base")
+    model.save_pretrained(tmp_path / "repo", merged=merged, base_model_name_or_path=str(tmp_path / "base"))
+    config = json.loads((tmp_path / "repo" / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForImageTextToText"].endswith(
+        "modeling_pruned_smolvlm.PrunedIdefics3ForConditionalGeneration"
+    )
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "repo", trust_remote_code=True)
+    assert type(loaded).__name__ == "PrunedIdefics3ForConditionalGeneration"
+    inputs = build_inputs("smolvlm", make_samples([2, 1], IMAGE_SIZES["smolvlm"]))
+    expected = model.generate(**inputs, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True)
+    got = loaded.generate(**inputs, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True)
+    assert torch.equal(got.sequences, expected.sequences) and torch.equal(got.keep_mask, expected.keep_mask)
+    assert not expected.keep_mask.all()
 
 
 def test_smolvlm_is_not_an_idefics3_subclass(base):
