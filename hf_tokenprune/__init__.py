@@ -11,10 +11,12 @@ from .hub import push_folder, render_model_card, write_model_card
 from .model import PRUNED_CLASSES, get_pruned_model
 from .modeling.architectures import get_pruned_class, pruned_classes, register_pruned_class
 from .modeling.builtin_architectures import (
+    PrunedIdefics3ForConditionalGeneration,
     PrunedInternVLForConditionalGeneration,
     PrunedLlavaForConditionalGeneration,
     PrunedLlavaNextForConditionalGeneration,
     PrunedQwen2_5_VLForConditionalGeneration,
+    PrunedSmolVLMForConditionalGeneration,
 )
 from .modeling.configuration_token_prune import TokenPruneConfig
 from .modeling.token_selectors import (
@@ -54,10 +56,12 @@ def __getattr__(name: str):
 
 __all__ = [
     "PRUNED_CLASSES",
+    "PrunedIdefics3ForConditionalGeneration",
     "PrunedInternVLForConditionalGeneration",
     "PrunedLlavaForConditionalGeneration",
     "PrunedLlavaNextForConditionalGeneration",
     "PrunedQwen2_5_VLForConditionalGeneration",
+    "PrunedSmolVLMForConditionalGeneration",
     "TokenPruneConfig",
     "TokenPruneDataCollator",
     "TokenPruneTrainer",

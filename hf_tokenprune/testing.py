@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
     InternVLConfig,
     InternVLForConditionalGeneration,
     LlavaConfig,
@@ -29,6 +31,8 @@ from transformers import (
     ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
 )
 
 from .processing import ImageOnlyInternVLProcessor, ImageOnlyQwen2_5_VLProcessor  # re-exported for the tests
@@ -191,6 +195,36 @@ def tiny_internvl(attn_implementation: str = "eager") -> InternVLForConditionalG
     return _build(InternVLForConditionalGeneration, config, attn_implementation)
 
 
+# SmolVLM: one 8 x 8 px view = 4 x 4 patches -> 2 x 2 LLM tokens after the 2 x 2 pixel shuffle.
+SMOLVLM_VISION_CONFIG = dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=8, patch_size=2
+)
+SMOLVLM_VIEW_TOKENS = 4
+
+
+def tiny_smolvlm(attn_implementation: str = "eager") -> SmolVLMForConditionalGeneration:
+    config = SmolVLMConfig(
+        text_config=dict(TEXT_CONFIG, model_type="llama"),
+        vision_config=dict(SMOLVLM_VISION_CONFIG),
+        scale_factor=2,
+        image_token_id=IMAGE_ID,
+        pad_token_id=PAD,
+    )
+    return _build(SmolVLMForConditionalGeneration, config, attn_implementation)
+
+
+def tiny_idefics3(attn_implementation: str = "eager") -> Idefics3ForConditionalGeneration:
+    """SmolVLM's parent (the class of HuggingFaceTB/SmolVLM-Instruct) with `tiny_smolvlm`'s config and inputs."""
+    config = Idefics3Config(
+        text_config=dict(TEXT_CONFIG, model_type="llama"),
+        vision_config=dict(SMOLVLM_VISION_CONFIG),
+        scale_factor=2,
+        image_token_id=IMAGE_ID,
+        pad_token_id=PAD,
+    )
+    return _build(Idefics3ForConditionalGeneration, config, attn_implementation)
+
+
 def _build(model_cls, config, attn_implementation):
     torch.manual_seed(0)
     config._attn_implementation = attn_implementation
@@ -245,7 +279,7 @@ def build_inputs(arch: str, samples: list[Sample], seed: int = 0) -> dict[str, t
             generator = torch.Generator().manual_seed(seed + 1000 * sample.seed + image_index)
             tokens, pixels, extra = tiny.image_block(height, width, generator)
             pixel_values.append(pixels)
-            image_extras.append(extra)
+            image_extras.append(dict(extra, sample=len(rows), num_samples=len(samples)))
             row += tokens + sample.suffix[:1]
         row += sample.suffix
         rows.append(row)
@@ -315,6 +349,60 @@ def _pad_crops(pixel_values: list[torch.Tensor]) -> list[torch.Tensor]:
     return [torch.cat([p, p.new_zeros(most - p.shape[0], *p.shape[1:])]) for p in pixel_values]
 
 
+# SmolVLM's framing tokens: `<fake_token_around_image>` and `<global-img>` take the vision start / end ids, the
+# `<row_r_col_c>` tags of a grid of up to 3 x 3 sub-images take 45..53, `<end_of_utterance>` 54.
+SMOLVLM_FAKE, SMOLVLM_GLOBAL = VSTART, VEND
+SMOLVLM_ROW_COL = {(row, col): 45 + 3 * (row - 1) + (col - 1) for row in (1, 2, 3) for col in (1, 2, 3)}
+SMOLVLM_END_OF_UTTERANCE = 54
+
+
+def _smolvlm_image(height, width, generator):
+    # (height, width) = (rows, cols) of the sub-image grid; (0, 0) is an image that is not split (global view only).
+    # As Idefics3Processor writes it: each sub-image after its row/col tag, then the global view; the "\n" between
+    # rows is whitespace to the tiny tokenizer.
+    tokens = []
+    for row in range(1, height + 1):
+        for col in range(1, width + 1):
+            tokens += [SMOLVLM_FAKE, SMOLVLM_ROW_COL[row, col]] + [IMAGE_ID] * SMOLVLM_VIEW_TOKENS
+    tokens += [SMOLVLM_FAKE, SMOLVLM_GLOBAL] + [IMAGE_ID] * SMOLVLM_VIEW_TOKENS + [SMOLVLM_FAKE]
+    pixels = torch.randn(height * width + 1, 3, 8, 8, generator=generator)
+    return tokens, pixels, {}
+
+
+def _smolvlm_batch(pixel_values, extras):
+    # (B, most views of a sample, C, H, W), all-zero padding views; the mask is 1 on every pixel of a real view.
+    per_sample = [[] for _ in range(extras[0]["num_samples"])]
+    for pixels, extra in zip(pixel_values, extras, strict=True):
+        per_sample[extra["sample"]].append(pixels)
+    views = [torch.cat(sample) if sample else pixel_values[0][:0] for sample in per_sample]
+    padded = torch.stack(_pad_crops(views))
+    masks = [torch.ones(v.shape[0], *v.shape[2:], dtype=torch.long) for v in views]
+    return {"pixel_values": padded, "pixel_attention_mask": torch.stack(_pad_crops(masks))}
+
+
+def smolvlm_image_token_counts(input_ids: torch.Tensor) -> list[int]:
+    """Placeholder tokens of each SmolVLM image (all its views), row-major: the view after `<global-img>` ends one."""
+    counts = []
+    for row in input_ids.tolist():
+        count, tag = 0, None
+        for previous, token, following in zip([PAD, *row[:-1]], row, [*row[1:], PAD], strict=True):
+            if token != IMAGE_ID:
+                continue
+            tag = previous if previous != IMAGE_ID else tag
+            count += 1
+            if following != IMAGE_ID and tag == SMOLVLM_GLOBAL:
+                counts.append(count)
+                count = 0
+    return counts
+
+
+def placeholder_run_lengths(input_ids: torch.Tensor) -> list[int]:
+    """Placeholder tokens of each image, row-major, where every image is one run of `IMAGE_ID`."""
+    from .modeling.modeling_pruned_internvl import placeholder_runs
+
+    return placeholder_runs(input_ids, IMAGE_ID)
+
+
 def make_video_inputs(frames: int = 4, height: int = 4, width: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     """A Qwen2.5-VL video prompt: `frames` frames (temporal patch 2), each `height` x `width` patches."""
     generator = torch.Generator().manual_seed(seed)
@@ -359,6 +447,14 @@ LLAVA_VISION_TOKENS = {
     "<|video_pad|>": VIDEO_ID,
 }
 INTERNVL_VISION_TOKENS = {"<img>": VSTART, "</img>": VEND, "<IMG_CONTEXT>": IMAGE_ID, "<video>": VIDEO_ID}
+SMOLVLM_VISION_TOKENS = {
+    "<fake_token_around_image>": SMOLVLM_FAKE,
+    "<global-img>": SMOLVLM_GLOBAL,
+    "<image>": IMAGE_ID,
+    "<video>": VIDEO_ID,
+    "<end_of_utterance>": SMOLVLM_END_OF_UTTERANCE,
+    **{f"<row_{row}_col_{col}>": token for (row, col), token in SMOLVLM_ROW_COL.items()},
+}
 
 # ChatML with whitespace between words (the tokenizer splits on whitespace; special tokens split themselves).
 CHAT_TEMPLATE = (
@@ -393,7 +489,7 @@ def tiny_chat_tokenizer(arch: str) -> PreTrainedTokenizerFast:
 
 
 def tiny_processor(arch: str, **image_processor_kwargs) -> ProcessorMixin:
-    """Stock-logic processor for the tiny `arch` model (`qwen2_5_vl`, `llava`, `llava_next`, `internvl`).
+    """Stock-logic processor for the tiny `arch` model (`qwen2_5_vl`, `llava`, `llava_next`, `internvl`, `smolvlm`).
 
     `processor.apply_chat_template(messages, add_generation_prompt=...)` renders a ChatML-style prompt with the
     architecture's image placeholder; `processor(text=..., images=..., return_tensors="pt", padding=True)` expands
@@ -405,6 +501,9 @@ def tiny_processor(arch: str, **image_processor_kwargs) -> ProcessorMixin:
     - llava_next: anyres over the pinpoints of `tiny_llava_next` with 8 x 8 tiles.
     - internvl: one 8 x 8 tile -> 4 tokens between `<img>` / `</img>` (58 / 59); pass `max_patches=n` for dynamic
       tiling (n tiles plus a thumbnail when n > 1).
+    - smolvlm: longest edge resized to 16, split into 8 x 8 views (up to 2 x 2) plus a global view, 4 tokens each,
+      each framed by `<fake_token_around_image>` (58) and a `<row_r_col_c>` (45..53) / `<global-img>` (59) tag; pass
+      `do_resize=False` to split at the image's own size (an image of at most 8 x 8 px is not split).
 
     `image_processor_kwargs` override the image processor's settings above.
     """
@@ -455,8 +554,29 @@ def _internvl_processor(tokenizer, chat_template, overrides) -> ProcessorMixin:
     return ImageOnlyInternVLProcessor(image_processor, tokenizer, image_seq_length=4, chat_template=chat_template)
 
 
-def _image_and_video_names(start, end, image, video) -> dict[str, str]:
+def _smolvlm_processor(tokenizer, chat_template, overrides) -> ProcessorMixin:
+    # SmolVLMProcessor needs `num2words` (for its video prompts) at construction; Idefics3Processor, its parent, writes
+    # the identical image prompt (framing tokens, row/col tags, global view) and needs nothing more.
+    from transformers import Idefics3Processor
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    settings = dict(size={"longest_edge": 16}, max_image_size={"longest_edge": 8}, do_image_splitting=True)
+    image_processor = SmolVLMImageProcessorPil(**{**settings, **overrides})
+    return Idefics3Processor(image_processor, tokenizer, image_seq_len=SMOLVLM_VIEW_TOKENS, chat_template=chat_template)
+
+
+def _image_and_video_names(start, end, image, video, *_) -> dict[str, str]:
     return dict(image_token=image, video_token=video)
+
+
+def _smolvlm_names(fake, global_image, image, video, end_of_utterance, *_) -> dict[str, str]:
+    return dict(
+        image_token=image,
+        video_token=video,
+        fake_image_token=fake,
+        global_image_token=global_image,
+        end_of_utterance_token=end_of_utterance,
+    )
 
 
 def _internvl_names(start, end, image, video) -> dict[str, str]:
@@ -479,7 +599,9 @@ class TinyArchitecture:
     image_sizes: sizes to mix within one batch (arch-specific meaning: patches, pixels or tiles).
     image_block(height, width, generator) -> (placeholder ids of one image, its pixel values, its extras).
     batch_images(pixel values, extras per image) -> the batch's vision inputs, as the stock processor stacks them.
+    batch_images also finds `sample` (the image's row) and `num_samples` (the batch size) in each image's extras.
     text_inputs(input_ids) -> per-token extras the processor adds (e.g. Qwen's `mm_token_type_ids`).
+    image_token_counts(input_ids (B, L)) -> placeholder tokens of each image, row-major: the unit of the budget.
     vision_tokens: {name: id} of (vision start, vision end, image, video) in the chat tokenizer.
     special_token_names(start, end, image, video) -> the tokenizer's named special tokens.
     placeholder: the image placeholder as the processor expects it in the rendered chat text.
@@ -495,6 +617,7 @@ class TinyArchitecture:
     processor: Callable[[PreTrainedTokenizerFast, str, dict], ProcessorMixin]
     text_inputs: Callable[[torch.Tensor], dict[str, torch.Tensor]] = _no_text_inputs
     special_token_names: Callable[..., dict[str, str]] = _image_and_video_names
+    image_token_counts: Callable[[torch.Tensor], list[int]] = placeholder_run_lengths
 
 
 # Adding an architecture to the test suite is one entry here.
@@ -536,6 +659,17 @@ TINY_ARCHITECTURES: dict[str, TinyArchitecture] = {
         placeholder="<IMG_CONTEXT>",
         processor=_internvl_processor,
         special_token_names=_internvl_names,
+    ),
+    "smolvlm": TinyArchitecture(
+        build=tiny_smolvlm,
+        image_sizes=[(1, 2), (0, 0), (2, 2)],
+        image_block=_smolvlm_image,
+        batch_images=_smolvlm_batch,
+        vision_tokens=SMOLVLM_VISION_TOKENS,
+        placeholder="<image>",
+        processor=_smolvlm_processor,
+        special_token_names=_smolvlm_names,
+        image_token_counts=smolvlm_image_token_counts,
     ),
 }
 # Views of the table by what tests ask for.

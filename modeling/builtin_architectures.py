@@ -6,10 +6,13 @@ from .modeling_pruned_internvl import PrunedInternVLForConditionalGeneration
 from .modeling_pruned_llava import PrunedLlavaForConditionalGeneration
 from .modeling_pruned_llava_next import PrunedLlavaNextForConditionalGeneration
 from .modeling_pruned_qwen2_5_vl import PrunedQwen2_5_VLForConditionalGeneration
+from .modeling_pruned_smolvlm import PrunedIdefics3ForConditionalGeneration, PrunedSmolVLMForConditionalGeneration
 
 __all__ = [
+    "PrunedIdefics3ForConditionalGeneration",
     "PrunedInternVLForConditionalGeneration",
     "PrunedLlavaForConditionalGeneration",
     "PrunedLlavaNextForConditionalGeneration",
     "PrunedQwen2_5_VLForConditionalGeneration",
+    "PrunedSmolVLMForConditionalGeneration",
 ]

@@ -19,6 +19,7 @@ from hf_tokenprune.testing import (
     BUILDERS,
     IMAGE_ID,
     IMAGE_SIZES,
+    TINY_ARCHITECTURES,
     VIDEO_ID,
     build_inputs,
     make_samples,
@@ -84,11 +85,16 @@ def masked_base_inputs(base, inputs: dict, keep_mask: torch.Tensor) -> dict:
     return masked
 
 
-def expected_kept(input_ids: torch.Tensor, budget, frames_per_run: int = 1) -> list[int]:
+def image_runs(arch: str, input_ids: torch.Tensor) -> list[int]:
+    """Placeholder tokens of each image, row-major, as the architecture groups them (one run, or several views)."""
+    return TINY_ARCHITECTURES[arch].image_token_counts(input_ids)
+
+
+def expected_kept(arch: str, input_ids: torch.Tensor, budget, frames_per_run: int = 1) -> list[int]:
     """Tokens kept per image (or video frame), from the placeholder runs in `input_ids`."""
     kept = []
-    for token_id in (IMAGE_ID, VIDEO_ID):
-        for run in placeholder_runs(input_ids, token_id):
+    for runs in (image_runs(arch, input_ids), placeholder_runs(input_ids, VIDEO_ID)):
+        for run in runs:
             size = run // frames_per_run
             for _ in range(frames_per_run):
                 if isinstance(budget, float):
@@ -98,11 +104,12 @@ def expected_kept(input_ids: torch.Tensor, budget, frames_per_run: int = 1) -> l
     return kept
 
 
-def kept_per_run(input_ids: torch.Tensor, keep_mask: torch.Tensor, frames_per_run: int = 1) -> list[int]:
+def kept_per_run(arch: str, input_ids: torch.Tensor, keep_mask: torch.Tensor, frames_per_run: int = 1) -> list[int]:
     kept = []
     for token_id in (IMAGE_ID, VIDEO_ID):
         for row in range(input_ids.shape[0]):
-            runs = placeholder_runs(input_ids[row : row + 1], token_id)
+            row_ids = input_ids[row : row + 1]
+            runs = image_runs(arch, row_ids) if token_id == IMAGE_ID else placeholder_runs(row_ids, token_id)
             positions = torch.nonzero(input_ids[row] == token_id).flatten()
             offset = 0
             for run in runs:
@@ -149,7 +156,7 @@ def test_budget_semantics(base_models, arch, method):
             keep_mask = model(**inputs, prune_budget=budget).keep_mask
         assert keep_mask.shape == inputs["input_ids"].shape and keep_mask.dtype == torch.bool
         assert keep_mask[~is_visual].all(), "text and padding are never pruned"
-        assert kept_per_run(inputs["input_ids"], keep_mask) == expected_kept(inputs["input_ids"], budget)
+        assert kept_per_run(arch, inputs["input_ids"], keep_mask) == expected_kept(arch, inputs["input_ids"], budget)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -309,7 +316,10 @@ def test_qwen_video_frames_pruned_like_images(base_models, method):
     with torch.no_grad():
         out = model(**inputs, prune_budget=0.34)
         reference = base(**masked_base_inputs(base, inputs, out.keep_mask)).logits
-    assert kept_per_run(inputs["input_ids"], out.keep_mask, frames) == expected_kept(inputs["input_ids"], 0.34, frames)
+    input_ids = inputs["input_ids"]
+    assert kept_per_run("qwen2_5_vl", input_ids, out.keep_mask, frames) == expected_kept(
+        "qwen2_5_vl", input_ids, 0.34, frames
+    )
     torch.testing.assert_close(out.logits[out.keep_mask], reference[out.keep_mask], atol=1e-4, rtol=0)
     sequences = model.generate(**inputs, prune_budget=0.34, max_new_tokens=NEW_TOKENS)
     assert torch.equal(sequences[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])

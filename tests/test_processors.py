@@ -27,13 +27,14 @@ from hf_tokenprune.testing import (
     tiny_processor,
 )
 
-ARCHS = ["qwen2_5_vl", "llava", "llava_next", "internvl"]
+ARCHS = ["qwen2_5_vl", "llava", "llava_next", "internvl", "smolvlm"]
 # (height, width) in pixels; Qwen2.5-VL sees them at different grid sizes, the others resize or tile them.
 SIZES = {
     "qwen2_5_vl": [(16, 16), (16, 24), (32, 32), (24, 16)],
     "llava": [(16, 16), (12, 20), (8, 8), (20, 12)],
     "llava_next": [(8, 8), (8, 14), (16, 10), (12, 12)],
     "internvl": [(16, 16), (12, 20), (8, 8), (20, 12)],
+    "smolvlm": [(16, 16), (8, 20), (8, 8), (20, 12)],
 }
 
 

@@ -89,3 +89,38 @@ def internvl_inputs(tiles: int, start_end_ids: tuple[int, int], token_range: tup
         return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values": pixel_values}
 
     return make
+
+
+def smolvlm_inputs(grid: tuple[int, int], fake_id: int, token_range: tuple[int, int]):
+    """One image split into `grid` (rows, cols) sub-images plus its global view, framed as Idefics3Processor writes it.
+
+    Each view is `image_seq_len` placeholders after `<fake_token_around_image>` (`fake_id`) and a tag
+    (`<row_r_col_c>` / `<global-img>`), here one text token each (a checkpoint's tokenizer may spell a tag in
+    several); a newline ends every row of sub-images and precedes the global view. The framing counts towards
+    `text_tokens` (at least one prompt token is left).
+    """
+
+    def make(config, text_tokens, generator):
+        vision = config.vision_config
+        per_view = (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
+        rows, cols = grid
+        views = rows * cols + 1
+        tags = iter(_text_ids(views, token_range, generator))
+        newlines = iter(_text_ids(rows + 1, token_range, generator))
+        block = []
+        for _ in range(rows):
+            for _ in range(cols):
+                block += [fake_id, next(tags)] + [config.image_token_id] * per_view
+            block += [next(newlines)]
+        block += [next(newlines), fake_id, next(tags)] + [config.image_token_id] * per_view + [fake_id]
+        framing = len(block) - views * per_view
+        input_ids = _prompt(_text_ids(max(text_tokens - framing, 1), token_range, generator), block)
+        size = vision.image_size
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "pixel_values": torch.randn(1, views, 3, size, size, generator=generator),
+            "pixel_attention_mask": torch.ones(1, views, size, size, dtype=torch.long),
+        }
+
+    return make

@@ -23,10 +23,12 @@ from transformers import (
     PreTrainedModel,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
 )
 
 from .. import testing
-from .inputs import internvl_inputs, llava_inputs, llava_next_inputs, qwen2_5_vl_inputs
+from .inputs import internvl_inputs, llava_inputs, llava_next_inputs, qwen2_5_vl_inputs, smolvlm_inputs
 
 
 def vision_depth(vision_config: PretrainedConfig) -> int:
@@ -196,6 +198,40 @@ def _internvl3_8b_config(layers: int, vision_layers: int) -> InternVLConfig:
     )
 
 
+# SmolVLM-Instruct (HuggingFaceTB/SmolVLM-Instruct, 2.2B) config.json: SmolLM2-1.7B = Llama 2048 / 8192 / 24 layers /
+# 32 heads (no GQA), vocab 49155, rope theta 273768 (context extended to 16k); shape-optimised SigLIP 1152 / 4304 /
+# 27 layers / 16 heads, 384 px views, patch 14 (27 x 27 patches), 3 x 3 pixel shuffle -> 81 tokens per view;
+# <fake_token_around_image> 49152, <image> 49153. The checkpoint's class is Idefics3ForConditionalGeneration, whose
+# modules are SmolVLM's (SmolVLM's modeling is generated from Idefics3's); the preset builds the SmolVLM class.
+def _smolvlm_instruct_config(layers: int, vision_layers: int) -> SmolVLMConfig:
+    return SmolVLMConfig(
+        text_config=dict(
+            model_type="llama",
+            vocab_size=49155,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=layers,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=16384,
+            rms_norm_eps=1e-5,
+            rope_parameters={"rope_type": "default", "rope_theta": 273768.0},
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=16,
+            image_size=384,
+            patch_size=14,
+        ),
+        scale_factor=3,
+        image_token_id=49153,
+        tie_word_embeddings=False,
+    )
+
+
 # Tiny presets: the test suite's models (hf_tokenprune.testing, hidden size 32) at full depth 4 / 4, for tests. The text
 # and vision configs, the LLaVA-NeXT pinpoints and the token ids are testing's; only the depths differ.
 def _tiny_text(layers: int, model_type: str | None = None) -> dict[str, Any]:
@@ -255,6 +291,15 @@ def _tiny_internvl_config(layers: int, vision_layers: int) -> InternVLConfig:
     )
 
 
+def _tiny_smolvlm_config(layers: int, vision_layers: int) -> SmolVLMConfig:
+    return SmolVLMConfig(
+        text_config=_tiny_text(layers, "llama"),
+        vision_config=dict(testing.SMOLVLM_VISION_CONFIG, num_hidden_layers=vision_layers),
+        scale_factor=2,
+        image_token_id=testing.IMAGE_ID,
+    )
+
+
 _QWEN_TOKENS = (1000, 150000)
 _LLAMA_TOKENS = (1000, 31000)
 _TINY_TOKENS = (testing.TEXT_TOKENS.start, testing.TEXT_TOKENS.stop)
@@ -265,6 +310,7 @@ _INTERNVL_PARTS = dict(
     vision_modules=("vision_tower", "multi_modal_projector"), vision_blocks="vision_tower.encoder.layer"
 )
 _QWEN_PARTS = dict(vision_modules=("visual",), vision_blocks="visual.blocks", block_kinds=_qwen_block_kinds)
+_SMOLVLM_PARTS = dict(vision_modules=("vision_model", "connector"), vision_blocks="vision_model.encoder.layers")
 
 PRESETS: dict[str, Preset] = {
     preset.name: preset
@@ -314,6 +360,18 @@ PRESETS: dict[str, Preset] = {
             **_INTERNVL_PARTS,
         ),
         Preset(
+            "smolvlm-instruct",
+            "SmolVLM-Instruct (2.2B) widths; one 1536 x 1536 image = 4 x 4 sub-images + global view of 384 px "
+            "= 17 x 81 = 1,377 visual tokens",
+            "HuggingFaceTB/SmolVLM-Instruct config.json (SmolLM2-1.7B + SigLIP 384 px, 3 x 3 pixel shuffle)",
+            SmolVLMForConditionalGeneration,
+            _smolvlm_instruct_config,
+            smolvlm_inputs((4, 4), 49152, _LLAMA_TOKENS),
+            full_layers=24,
+            full_vision_layers=27,
+            **_SMOLVLM_PARTS,
+        ),
+        Preset(
             "tiny-qwen2.5-vl",
             "tiny random Qwen2.5-VL (hidden 32), one 16 x 16-patch image = 64 visual tokens",
             "hf_tokenprune.testing",
@@ -356,6 +414,17 @@ PRESETS: dict[str, Preset] = {
             full_layers=4,
             full_vision_layers=4,
             **_INTERNVL_PARTS,
+        ),
+        Preset(
+            "tiny-smolvlm",
+            "tiny random SmolVLM (hidden 32), one image of 2 x 2 sub-images + global view = 5 x 4 = 20 visual tokens",
+            "hf_tokenprune.testing",
+            SmolVLMForConditionalGeneration,
+            _tiny_smolvlm_config,
+            smolvlm_inputs((2, 2), testing.SMOLVLM_FAKE, _TINY_TOKENS),
+            full_layers=4,
+            full_vision_layers=4,
+            **_SMOLVLM_PARTS,
         ),
     )
 }

@@ -96,7 +96,7 @@ class PipelineProbe:
             self._watch(inner.get_submodule(name), "vision")
         for index, block in enumerate(inner.get_submodule(preset.vision_blocks)):
             self._watch(block, "vision_block", index)
-        language_model = inner.language_model
+        language_model = inner.get_decoder()  # `language_model`, or `text_model` in the Idefics3 family
         self._watch(language_model, "llm")
         for index, layer in enumerate(language_model.layers):
             self._watch(layer, "llm_layer", index)

@@ -89,7 +89,7 @@ def profile_prefill(preset, base, method, budgets, methods, inputs, depth: Depth
         "flops": {},
     }
     rows = [result["runs"]["unpruned"]["tokens"], result["runs"]["pruned"]["tokens"]]
-    result["gemm"] = gemm_scan(base.model.language_model, rows + [more["pruned"]["tokens"] for more in result["more"]])
+    result["gemm"] = gemm_scan(base.model.get_decoder(), rows + [more["pruned"]["tokens"] for more in result["more"]])
     flop_configs = [("unpruned", Configuration(None, None, base))] + [
         (name, Configuration(name, budget, get_pruned_model(base, TokenPruneConfig(method=name))))
         for name in methods
@@ -130,7 +130,7 @@ def _profile_llm_prefill(config: Configuration, inputs) -> dict[str, Any]:
     """Per-op self times of one language-model prefill, replayed from the inputs the real pipeline passes it."""
     from torch.profiler import ProfilerActivity, profile
 
-    language_model = config.model.model.language_model
+    language_model = config.model.model.get_decoder()
     cuda = next(language_model.parameters()).device.type == "cuda"
     captured: dict[str, Any] = {}
 
