@@ -15,6 +15,7 @@ from .modeling.builtin_architectures import (
     PrunedLlavaForConditionalGeneration,
     PrunedLlavaNextForConditionalGeneration,
     PrunedQwen2_5_VLForConditionalGeneration,
+    PrunedQwen3VLForConditionalGeneration,
 )
 from .modeling.configuration_token_prune import TokenPruneConfig
 from .modeling.token_selectors import (
@@ -58,6 +59,7 @@ __all__ = [
     "PrunedLlavaForConditionalGeneration",
     "PrunedLlavaNextForConditionalGeneration",
     "PrunedQwen2_5_VLForConditionalGeneration",
+    "PrunedQwen3VLForConditionalGeneration",
     "TokenPruneConfig",
     "TokenPruneDataCollator",
     "TokenPruneTrainer",

@@ -6,10 +6,12 @@ from .modeling_pruned_internvl import PrunedInternVLForConditionalGeneration
 from .modeling_pruned_llava import PrunedLlavaForConditionalGeneration
 from .modeling_pruned_llava_next import PrunedLlavaNextForConditionalGeneration
 from .modeling_pruned_qwen2_5_vl import PrunedQwen2_5_VLForConditionalGeneration
+from .modeling_pruned_qwen3_vl import PrunedQwen3VLForConditionalGeneration
 
 __all__ = [
     "PrunedInternVLForConditionalGeneration",
     "PrunedLlavaForConditionalGeneration",
     "PrunedLlavaNextForConditionalGeneration",
     "PrunedQwen2_5_VLForConditionalGeneration",
+    "PrunedQwen3VLForConditionalGeneration",
 ]
