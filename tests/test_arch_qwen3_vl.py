@@ -15,8 +15,8 @@ from hf_tokenprune import TokenPruneConfig, get_pruned_model
 from hf_tokenprune.testing import (
     IMAGE_ID,
     IMAGE_SIZES,
-    VEND,
     TINY_ARCHITECTURES,
+    VEND,
     VIDEO_ID,
     VSTART,
     build_inputs,
