@@ -1,8 +1,8 @@
 """Processors that need no torchvision, and loading a saved processor either way.
 
-The stock `Qwen2_5_VLProcessor`, `Qwen3VLProcessor` and `InternVLProcessor` refuse to build without a video processor, and the video
-processors need torchvision. The image-only subclasses here keep the stock logic for images; `load_processor` loads
-one where it was saved and `AutoProcessor` everywhere else.
+The stock `Qwen2_5_VLProcessor`, `Qwen3VLProcessor` and `InternVLProcessor` refuse to build without a video
+processor, and the video processors need torchvision. The image-only subclasses here keep the stock logic for images;
+`load_processor` loads one where it was saved and `AutoProcessor` everywhere else.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class Qwen3VLPruneHooks(Qwen2_5_VLPruneHooks):
             capture = CaptureProjectorInput(inner.visual.merger, inner.visual.merger.hidden_size, need_features)
             with capture:
                 outputs = encoder(inputs[pixel_key], grid_thw)
-            # deepstack_features: [level][item] (tokens of the item, llm_hidden); one row per token, levels side by side.
+            # deepstack_features: [level][item] (tokens of the item, llm_hidden); per token, its levels side by side.
             levels = outputs.deepstack_features or []
             for item, (merged, (frames, height, width)) in enumerate(
                 zip(outputs.pooler_output, grid_thw.tolist(), strict=True)

@@ -268,7 +268,7 @@ def selection_units(
 def placed_side_inputs(
     placed: list[tuple[VisualSegment, torch.Tensor, torch.Tensor]], input_ids: torch.Tensor
 ) -> torch.Tensor | None:
-    """The segments' `side_inputs` laid out like `input_ids` (B, L): (B, L, D), zeros elsewhere; None if none has any."""
+    """The segments' `side_inputs` laid out like `input_ids` (B, L): (B, L, D), zeros elsewhere; None without any."""
     carried = [(segment.side_inputs, rows, cols) for segment, rows, cols in placed if segment.side_inputs is not None]
     if not carried:
         return None
