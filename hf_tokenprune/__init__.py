@@ -16,6 +16,7 @@ from .modeling.builtin_architectures import (
     PrunedLlavaForConditionalGeneration,
     PrunedLlavaNextForConditionalGeneration,
     PrunedQwen2_5_VLForConditionalGeneration,
+    PrunedQwen3VLForConditionalGeneration,
     PrunedSmolVLMForConditionalGeneration,
 )
 from .modeling.configuration_token_prune import TokenPruneConfig
@@ -62,6 +63,7 @@ __all__ = [
     "PrunedLlavaNextForConditionalGeneration",
     "PrunedQwen2_5_VLForConditionalGeneration",
     "PrunedSmolVLMForConditionalGeneration",
+    "PrunedQwen3VLForConditionalGeneration",
     "TokenPruneConfig",
     "TokenPruneDataCollator",
     "TokenPruneTrainer",

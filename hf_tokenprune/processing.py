@@ -1,8 +1,8 @@
 """Processors that need no torchvision, and loading a saved processor either way.
 
-The stock `Qwen2_5_VLProcessor` and `InternVLProcessor` refuse to build without a video processor, and the video
-processors need torchvision. The image-only subclasses here keep the stock logic for images; `load_processor` loads
-one where it was saved and `AutoProcessor` everywhere else.
+The stock `Qwen2_5_VLProcessor`, `Qwen3VLProcessor` and `InternVLProcessor` refuse to build without a video
+processor, and the video processors need torchvision. The image-only subclasses here keep the stock logic for images;
+`load_processor` loads one where it was saved and `AutoProcessor` everywhere else.
 """
 
 from __future__ import annotations
@@ -10,12 +10,19 @@ from __future__ import annotations
 import json
 import os
 
-from transformers import AutoProcessor, InternVLProcessor, ProcessorMixin, Qwen2_5_VLProcessor
+from transformers import AutoProcessor, InternVLProcessor, ProcessorMixin, Qwen2_5_VLProcessor, Qwen3VLProcessor
 from transformers.utils import cached_file
 
 
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
     """The stock Qwen2.5-VL processor without its video processor (which needs torchvision); images only."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+    """The stock Qwen3-VL processor without its video processor (which needs torchvision); images only."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
@@ -28,7 +35,9 @@ class ImageOnlyInternVLProcessor(InternVLProcessor):
         super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template, **kwargs)
 
 
-IMAGE_ONLY_PROCESSORS = {cls.__name__: cls for cls in (ImageOnlyQwen2_5_VLProcessor, ImageOnlyInternVLProcessor)}
+IMAGE_ONLY_PROCESSORS = {
+    cls.__name__: cls for cls in (ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen3VLProcessor, ImageOnlyInternVLProcessor)
+}
 
 
 def load_processor(path_or_repo_id: str | os.PathLike, **hub_kwargs) -> ProcessorMixin:
@@ -45,4 +54,4 @@ def load_processor(path_or_repo_id: str | os.PathLike, **hub_kwargs) -> Processo
     return AutoProcessor.from_pretrained(path_or_repo_id, **hub_kwargs)
 
 
-__all__ = ["ImageOnlyInternVLProcessor", "ImageOnlyQwen2_5_VLProcessor", "load_processor"]
+__all__ = ["ImageOnlyInternVLProcessor", "ImageOnlyQwen2_5_VLProcessor", "ImageOnlyQwen3VLProcessor", "load_processor"]

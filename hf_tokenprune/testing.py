@@ -31,11 +31,17 @@ from transformers import (
     ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
 )
 
-from .processing import ImageOnlyInternVLProcessor, ImageOnlyQwen2_5_VLProcessor  # re-exported for the tests
+from .processing import (  # re-exported for the tests
+    ImageOnlyInternVLProcessor,
+    ImageOnlyQwen2_5_VLProcessor,
+    ImageOnlyQwen3VLProcessor,
+)
 
 VOCAB = 64
 PAD, BOS, EOS = 0, 1, 2
@@ -131,6 +137,19 @@ QWEN2_5_VL_VISION_CONFIG = dict(
     out_hidden_size=32,
     fullatt_block_indexes=[1],
 )
+# Qwen3-VL: no window attention; a 4 x 4 learned position grid (interpolated per image); DeepStack after both blocks.
+QWEN3_VL_VISION_CONFIG = dict(
+    depth=2,
+    hidden_size=16,
+    intermediate_size=32,
+    num_heads=2,
+    patch_size=2,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    out_hidden_size=32,
+    num_position_embeddings=16,
+    deepstack_visual_indexes=[0, 1],
+)
 INTERNVL_VISION_CONFIG = dict(
     hidden_size=16,
     intermediate_size=32,
@@ -153,6 +172,20 @@ def tiny_qwen2_5_vl(attn_implementation: str = "eager") -> Qwen2_5_VLForConditio
         vision_end_token_id=VEND,
     )
     return _build(Qwen2_5_VLForConditionalGeneration, config, attn_implementation)
+
+
+def tiny_qwen3_vl(attn_implementation: str = "eager") -> Qwen3VLForConditionalGeneration:
+    # Interleaved M-RoPE over head_dim 8: sections (t, h, w) = (2, 1, 1) frequency pairs.
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1], "mrope_interleaved": True}
+    config = Qwen3VLConfig(
+        text_config=dict(TEXT_CONFIG, head_dim=8, rope_parameters=rope),
+        vision_config=dict(QWEN3_VL_VISION_CONFIG),
+        image_token_id=IMAGE_ID,
+        video_token_id=VIDEO_ID,
+        vision_start_token_id=VSTART,
+        vision_end_token_id=VEND,
+    )
+    return _build(Qwen3VLForConditionalGeneration, config, attn_implementation)
 
 
 def tiny_llava(attn_implementation: str = "eager") -> LlavaForConditionalGeneration:
@@ -304,6 +337,25 @@ def _qwen2_5_vl_batch(pixel_values, extras):
         "pixel_values": torch.cat(pixel_values),
         "image_grid_thw": torch.tensor([extra["image_grid_thw"] for extra in extras]),
     }
+
+
+def _mrope_positions(model, inputs):
+    """Unpruned 3-D M-RoPE positions (3, B, L), from the stock `get_rope_index` (Qwen2.5-VL, Qwen3-VL)."""
+    positions, _ = model.model.get_rope_index(
+        inputs["input_ids"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs.get("image_grid_thw"),
+        video_grid_thw=inputs.get("video_grid_thw"),
+        second_per_grid_ts=inputs.get("second_per_grid_ts"),  # Qwen2.5-VL only; Qwen3-VL takes and ignores it
+        attention_mask=inputs["attention_mask"],
+    )
+    return positions
+
+
+def _mask_positions(model, inputs):
+    """Unpruned 1-D positions (B, L): the attention mask's cumulative sum, as `generate` makes them."""
+    mask = inputs["attention_mask"]
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
 def _llava_image(height, width, generator):
@@ -489,14 +541,15 @@ def tiny_chat_tokenizer(arch: str) -> PreTrainedTokenizerFast:
 
 
 def tiny_processor(arch: str, **image_processor_kwargs) -> ProcessorMixin:
-    """Stock-logic processor for the tiny `arch` model (`qwen2_5_vl`, `llava`, `llava_next`, `internvl`, `smolvlm`).
+    """Stock-logic processor for the tiny `arch` model (`qwen2_5_vl`, `qwen3_vl`, `llava`, `llava_next`, `internvl`,
+    `smolvlm`).
 
     `processor.apply_chat_template(messages, add_generation_prompt=...)` renders a ChatML-style prompt with the
     architecture's image placeholder; `processor(text=..., images=..., return_tensors="pt", padding=True)` expands
     it to `image_token_id` (60) tokens and returns exactly the model's inputs. Image sizes the tiny towers see:
 
     - qwen2_5_vl: resized to multiples of 4 px with 16 * 16 <= h * w <= 24 * 24 (a 16 x 16 image -> 4 x 4 merged
-      tokens, 32 x 32 -> 24 x 24 px -> 6 x 6 tokens); any sizes mix in one batch.
+      tokens, 32 x 32 -> 24 x 24 px -> 6 x 6 tokens); any sizes mix in one batch. qwen3_vl: the same.
     - llava: shortest edge resized to 8, centre-cropped to 8 x 8 -> 16 tokens.
     - llava_next: anyres over the pinpoints of `tiny_llava_next` with 8 x 8 tiles.
     - internvl: one 8 x 8 tile -> 4 tokens between `<img>` / `</img>` (58 / 59); pass `max_patches=n` for dynamic
@@ -520,6 +573,55 @@ def _qwen2_5_vl_processor(tokenizer, chat_template, overrides) -> ProcessorMixin
     )
     image_processor = Qwen2VLImageProcessorPil(**{**settings, **overrides})
     return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=chat_template)
+
+
+def _qwen3_vl_processor(tokenizer, chat_template, overrides) -> ProcessorMixin:
+    # Qwen3-VL checkpoints ship the Qwen2-VL image processor (patch 16 there); its video processor needs torchvision.
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    settings = dict(
+        patch_size=2, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 24 * 24}
+    )
+    image_processor = Qwen2VLImageProcessorPil(**{**settings, **overrides})
+    return ImageOnlyQwen3VLProcessor(image_processor, tokenizer, chat_template=chat_template)
+
+
+class _PrecomputedVideoProcessor:
+    """Stands in for `Qwen3VLVideoProcessor` (torchvision): returns given pixels, grid and frame timing unchanged."""
+
+    merge_size = 2
+    temporal_patch_size = 2
+
+    def __init__(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor, metadata) -> None:
+        self.outputs = {"pixel_values_videos": pixel_values_videos, "video_grid_thw": video_grid_thw}
+        self.metadata = metadata
+
+    def __call__(self, videos, **kwargs):
+        return {**self.outputs, "video_metadata": self.metadata}
+
+
+def tiny_qwen3_vl_video_inputs(
+    frames: int = 4, height: int = 4, width: int = 6, fps: float = 2.0, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """A Qwen3-VL video prompt laid out by the stock `Qwen3VLProcessor`: `frames` frames (temporal patch 2) of
+    `height` x `width` patches, each frame group preceded by its text timestamp `<t seconds>` and framed by vision
+    start / end tokens. Only the pixels are made here (the video processor needs torchvision); the text expansion,
+    `mm_token_type_ids` and padding are the stock processor's. The tiny tokenizer reads each timestamp as text words.
+    """
+    from transformers.video_utils import VideoMetadata
+
+    generator = torch.Generator().manual_seed(seed)
+    grid_t = frames // 2
+    processor = tiny_processor("qwen3_vl")
+    processor.video_processor = _PrecomputedVideoProcessor(
+        torch.randn(grid_t * height * width, 3 * 2 * 2 * 2, generator=generator),
+        torch.tensor([[grid_t, height, width]]),
+        [VideoMetadata(total_num_frames=frames, fps=fps, frames_indices=list(range(frames)))],
+    )
+    prefix, suffix = (" ".join(WORDS[token - TEXT_TOKENS[0]] for token in _text(seed + n, 3 + n)) for n in (0, 1))
+    text = f"<s> {prefix} <|vision_start|><|video_pad|><|vision_end|> {suffix}"
+    video = torch.zeros(frames, 2 * height, 2 * width, 3, dtype=torch.uint8)  # never read: the stub has the pixels
+    return dict(processor(text=[text], videos=[video], return_tensors="pt"))
 
 
 # CLIP's CLS is one additional token, dropped again by the "default" strategy.
@@ -606,6 +708,7 @@ class TinyArchitecture:
     special_token_names(start, end, image, video) -> the tokenizer's named special tokens.
     placeholder: the image placeholder as the processor expects it in the rendered chat text.
     processor(tokenizer, chat_template, image processor overrides) -> the stock-logic processor.
+    positions(model, inputs) -> the unpruned sequence's positions, by the stock code ((B, L), or (3, B, L) M-RoPE).
     """
 
     build: Callable[[str], PreTrainedModel]
@@ -618,6 +721,7 @@ class TinyArchitecture:
     text_inputs: Callable[[torch.Tensor], dict[str, torch.Tensor]] = _no_text_inputs
     special_token_names: Callable[..., dict[str, str]] = _image_and_video_names
     image_token_counts: Callable[[torch.Tensor], list[int]] = placeholder_run_lengths
+    positions: Callable[[PreTrainedModel, dict[str, torch.Tensor]], torch.Tensor] = _mask_positions
 
 
 # Adding an architecture to the test suite is one entry here.
@@ -631,6 +735,18 @@ TINY_ARCHITECTURES: dict[str, TinyArchitecture] = {
         vision_tokens=CHATML_VISION_TOKENS,
         placeholder="<|vision_start|><|image_pad|><|vision_end|>",
         processor=_qwen2_5_vl_processor,
+        positions=_mrope_positions,
+    ),
+    "qwen3_vl": TinyArchitecture(
+        build=tiny_qwen3_vl,
+        image_sizes=[(4, 4), (4, 6), (6, 4)],
+        image_block=_qwen2_5_vl_image,  # the same placeholder run and patch layout as Qwen2.5-VL
+        batch_images=_qwen2_5_vl_batch,
+        text_inputs=_qwen2_5_vl_text_inputs,
+        vision_tokens=CHATML_VISION_TOKENS,
+        placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        processor=_qwen3_vl_processor,
+        positions=_mrope_positions,
     ),
     "llava": TinyArchitecture(
         build=tiny_llava,

@@ -6,6 +6,7 @@ from .modeling_pruned_internvl import PrunedInternVLForConditionalGeneration
 from .modeling_pruned_llava import PrunedLlavaForConditionalGeneration
 from .modeling_pruned_llava_next import PrunedLlavaNextForConditionalGeneration
 from .modeling_pruned_qwen2_5_vl import PrunedQwen2_5_VLForConditionalGeneration
+from .modeling_pruned_qwen3_vl import PrunedQwen3VLForConditionalGeneration
 from .modeling_pruned_smolvlm import PrunedIdefics3ForConditionalGeneration, PrunedSmolVLMForConditionalGeneration
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "PrunedLlavaNextForConditionalGeneration",
     "PrunedQwen2_5_VLForConditionalGeneration",
     "PrunedSmolVLMForConditionalGeneration",
+    "PrunedQwen3VLForConditionalGeneration",
 ]

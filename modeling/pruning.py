@@ -9,6 +9,7 @@ from, how positions are computed) lives in a small `ArchitectureHooks` object pe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -35,12 +36,15 @@ class VisualSegment:
     features: (N, vision_feature_dim) pre-projector features grouped per LLM token, or None if not requested.
     token_id: the placeholder id of these tokens in `input_ids`.
     grid_hw: (rows, cols) layout of the N tokens when they form a grid, else None.
+    side_inputs: (N, D) what the language model reads at these tokens besides `embeds` (e.g. Qwen3-VL's DeepStack
+        features), or None; kept and dropped with the tokens, fed by `ArchitectureHooks.feed_side_inputs`.
     """
 
     embeds: torch.Tensor
     features: torch.Tensor | None
     token_id: int
     grid_hw: tuple[int, int] | None = None
+    side_inputs: torch.Tensor | None = None
 
 
 class ArchitectureHooks:
@@ -95,6 +99,16 @@ class ArchitectureHooks:
     def after_generate_plan(self, model, plan: PrunePlan) -> None:
         """Hook for per-architecture state that must follow the compacted sequence (e.g. cached rope deltas)."""
 
+    def feed_side_inputs(
+        self, model, visual_mask: torch.Tensor, side_inputs: torch.Tensor
+    ) -> contextlib.AbstractContextManager:
+        """A context in which the stock forward reads `side_inputs` (B, l, D) at the visual tokens `visual_mask` (B, l).
+
+        For inputs the stock code derives from pixels only, so a forward on `inputs_embeds` would lack them (Qwen3-VL's
+        DeepStack). Called only when the segments carry `side_inputs`; the default feeds nothing.
+        """
+        return contextlib.nullcontext()
+
 
 class CaptureProjectorInput:
     """Context manager: append a projector's input to its output along the last dim.
@@ -138,6 +152,7 @@ class PrunePlan:
     source_index: (B, Lc) position in the caller's row of each compacted slot (0 at padding slots).
     attention_mask: (B, Lc) compacted, left-padded.
     input_ids / inputs_embeds / position_ids: compacted; position_ids keep the unpruned positions.
+    side_inputs: (B, Lc, D) the segments' `side_inputs` at the kept slots (zeros elsewhere), or None.
     """
 
     keep_mask: torch.Tensor
@@ -148,6 +163,7 @@ class PrunePlan:
     position_ids: torch.Tensor
     labels: torch.Tensor | None = None
     shift_labels: torch.Tensor | None = None
+    side_inputs: torch.Tensor | None = None
 
     def gather(self, values: torch.Tensor, fill: float | int) -> torch.Tensor:
         """Compact a (..., B, L) tensor laid out like the caller's input_ids; padding slots get `fill`."""
@@ -249,6 +265,24 @@ def selection_units(
     return units
 
 
+def placed_side_inputs(
+    placed: list[tuple[VisualSegment, torch.Tensor, torch.Tensor]], input_ids: torch.Tensor
+) -> torch.Tensor | None:
+    """The segments' `side_inputs` laid out like `input_ids` (B, L): (B, L, D), zeros elsewhere; None without any."""
+    carried = [(segment.side_inputs, rows, cols) for segment, rows, cols in placed if segment.side_inputs is not None]
+    if not carried:
+        return None
+    first = carried[0][0]
+    full = first.new_zeros(*input_ids.shape, first.shape[-1])
+    for values, rows, cols in carried:
+        full[rows, cols] = values.to(full.dtype)
+    return full
+
+
+#: Model input that `prepare_inputs_for_generation` adds for `forward`: (visual_mask, side_inputs) of the kept prompt.
+SIDE_INPUTS_KEY = "token_prune_side_inputs"
+
+
 class TokenPruningMixin:
     """Adds `prune_budget=` / `prune_method=` to `forward` and `generate` of a stock VLM class.
 
@@ -298,7 +332,7 @@ class TokenPruningMixin:
             return TokenPruningMixin.prepare_inputs_for_generation(self, *args, **kwargs)
 
         prepare_inputs_for_generation.__signature__ = advertised_signature(
-            cls._stock_class().prepare_inputs_for_generation, ("kept_prompt_embeds",)
+            cls._stock_class().prepare_inputs_for_generation, ("kept_prompt_embeds", "kept_prompt_side_inputs")
         )
         prepare_inputs_for_generation.__doc__ = TokenPruningMixin.prepare_inputs_for_generation.__doc__
         prepare_inputs_for_generation.__name__ = prepare_inputs_for_generation.__qualname__ = (
@@ -511,7 +545,25 @@ class TokenPruningMixin:
             keep_mask[seg_rows[dropped], seg_cols[dropped]] = False
         if position_ids is None:
             position_ids = hooks.position_ids(self, input_ids, attention_mask, vision_inputs)
-        return self._compact(input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels, shift_labels)
+        plan = self._compact(input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels, shift_labels)
+        side_inputs = placed_side_inputs(placed, input_ids)
+        if side_inputs is not None:
+            side_index = plan.source_index[..., None].expand(-1, -1, side_inputs.shape[-1])
+            plan.side_inputs = side_inputs.gather(1, side_index) * plan.attention_mask[..., None].to(side_inputs.dtype)
+        return plan
+
+    def visual_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) True at the visual placeholder tokens of `input_ids` (B, L)."""
+        token_ids = torch.tensor(self.prune_hooks.visual_token_ids(self), device=input_ids.device)
+        return torch.isin(input_ids, token_ids)
+
+    def feeding_side_inputs(
+        self, visual_mask: torch.Tensor, side_inputs: torch.Tensor | None
+    ) -> contextlib.AbstractContextManager:
+        """The context in which a stock forward reads `side_inputs` (B, l, D) at `visual_mask` (B, l); none for None."""
+        if side_inputs is None:
+            return contextlib.nullcontext()
+        return self.prune_hooks.feed_side_inputs(self, visual_mask, side_inputs)
 
     def _compact(
         self, input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels, shift_labels=None
@@ -579,8 +631,10 @@ class TokenPruningMixin:
         past = kwargs.get("past_key_values")
         refuse_pruned_cache(past)
         prefill = past is None or past.get_seq_length() == 0
+        side_inputs = kwargs.pop(SIDE_INPUTS_KEY, None) or (None, None)  # set by a pruned `generate`
         if budget is None or input_ids is None or not prefill or not self.prune_hooks.has_visual_inputs(kwargs):
-            outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            with self.feeding_side_inputs(*side_inputs):
+                outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             if input_ids is not None and isinstance(outputs, ModelOutput):
                 outputs["keep_mask"] = torch.ones_like(input_ids, dtype=torch.bool)
             return outputs
@@ -602,15 +656,16 @@ class TokenPruningMixin:
         )
         if plan.shift_labels is not None:
             language_kwargs["shift_labels"] = plan.shift_labels
-        outputs = super().forward(
-            input_ids=None,
-            attention_mask=plan.attention_mask,
-            inputs_embeds=plan.inputs_embeds,
-            position_ids=plan.position_ids,
-            labels=plan.labels,
-            return_dict=True,
-            **language_kwargs,
-        )
+        with self.feeding_side_inputs(self.visual_token_mask(plan.input_ids), plan.side_inputs):
+            outputs = super().forward(
+                input_ids=None,
+                attention_mask=plan.attention_mask,
+                inputs_embeds=plan.inputs_embeds,
+                position_ids=plan.position_ids,
+                labels=plan.labels,
+                return_dict=True,
+                **language_kwargs,
+            )
         # Logits come back in the caller's layout (zeros at dropped tokens) unless only the last few were asked for.
         if not language_kwargs.get("logits_to_keep"):
             outputs["logits"] = plan.scatter(outputs.logits, input_ids.shape[1])
@@ -663,6 +718,8 @@ class TokenPruningMixin:
         )
         if generate_kwargs.get("streamer") is not None:
             generate_kwargs["streamer"] = CallerPromptStreamer(generate_kwargs["streamer"], input_ids)
+        if plan.side_inputs is not None:
+            generate_kwargs["kept_prompt_side_inputs"] = plan.side_inputs
         output = super().generate(
             input_ids=plan.input_ids,
             attention_mask=plan.attention_mask,
@@ -703,8 +760,11 @@ class TokenPruningMixin:
                 limits[total] = max(lookup(total) - dropped_columns, 0)
         return limits
 
-    def prepare_inputs_for_generation(self, input_ids, *args, kept_prompt_embeds=None, **kwargs):
-        """Stock preparation; in a pruned `generate`, the kept prompt's positions read `kept_prompt_embeds` (B, Lc, H).
+    def prepare_inputs_for_generation(
+        self, input_ids, *args, kept_prompt_embeds=None, kept_prompt_side_inputs=None, **kwargs
+    ):
+        """Stock preparation; in a pruned `generate`, the kept prompt's positions read `kept_prompt_embeds` (B, Lc, H)
+        and, where the architecture has them, `kept_prompt_side_inputs` (B, Lc, D).
 
         So every forward that (re)reads the prompt sees the kept visual tokens: the prefill, each step with
         `use_cache=False`, and assisted decoding's first pass over prompt plus candidates.
@@ -718,6 +778,12 @@ class TokenPruningMixin:
         embeds = self.get_input_embeddings()(new_ids)
         from_prompt = min(kept_prompt_embeds.shape[1] - start, new_ids.shape[1])
         embeds[:, :from_prompt] = kept_prompt_embeds[:, start : start + from_prompt].to(embeds.dtype)
+        if kept_prompt_side_inputs is not None:
+            side_inputs = kept_prompt_side_inputs.new_zeros(*new_ids.shape, kept_prompt_side_inputs.shape[-1])
+            side_inputs[:, :from_prompt] = kept_prompt_side_inputs[:, start : start + from_prompt]
+            visual_mask = self.visual_token_mask(new_ids)
+            visual_mask[:, from_prompt:] = False  # a generated token is never a visual one, whatever its id
+            model_inputs[SIDE_INPUTS_KEY] = (visual_mask, side_inputs)
         model_inputs["input_ids"], model_inputs["inputs_embeds"] = None, embeds
         return model_inputs
 
@@ -726,6 +792,6 @@ class TokenPruningMixin:
         generator = super()._get_candidate_generator(*args, **kwargs)
         assistant = getattr(generator, "assistant_model", None)
         if assistant is not None and not isinstance(assistant, TokenPruningMixin):
-            for name in ("kept_prompt_embeds", "prune_budget"):
+            for name in ("kept_prompt_embeds", "kept_prompt_side_inputs", "prune_budget"):
                 generator.assistant_kwargs.pop(name, None)
         return generator

@@ -198,6 +198,7 @@ def test_outputs_doc_and_report_mode(qwen_run):
 @pytest.mark.parametrize(
     ("preset", "visual"),
     [
+        ("tiny-qwen3-vl", 16 * 16 // 2**2),
         ("tiny-llava", (8 // 2) ** 2),
         ("tiny-llava-next", testing.llava_next_token_count(16, 16)),
         ("tiny-internvl", 3 * 4),

@@ -62,19 +62,8 @@ def batch_inputs(arch: str) -> dict:
 
 
 def unpruned_positions(base, inputs: dict) -> torch.Tensor:
-    """Positions of the full sequence, computed with the stock code: M-RoPE for Qwen2.5-VL, else mask cumsum."""
-    mask = inputs["attention_mask"]
-    if base.config.model_type == "qwen2_5_vl":
-        positions, _ = base.model.get_rope_index(
-            inputs["input_ids"],
-            mm_token_type_ids=inputs["mm_token_type_ids"],
-            image_grid_thw=inputs.get("image_grid_thw"),
-            video_grid_thw=inputs.get("video_grid_thw"),
-            second_per_grid_ts=inputs.get("second_per_grid_ts"),
-            attention_mask=mask,
-        )
-        return positions
-    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    """Positions of the full sequence, computed with the stock code (M-RoPE for the Qwen models, else mask cumsum)."""
+    return TINY_ARCHITECTURES[base.config.model_type].positions(base, inputs)
 
 
 def masked_base_inputs(base, inputs: dict, keep_mask: torch.Tensor) -> dict:

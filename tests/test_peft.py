@@ -18,7 +18,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from hf_tokenprune import TokenPruneConfig, get_pruned_model
 from hf_tokenprune.testing import BUILDERS, IMAGE_SIZES, build_inputs, make_samples
 
-ARCHS = ["qwen2_5_vl", "llava", "llava_next", "internvl"]
+ARCHS = ["qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "internvl"]
 BUDGET = 0.5
 # The language model's attention projections only: the vision towers and the selector have `*_proj` layers too.
 LANGUAGE_ATTENTION = r"model\.language_model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"

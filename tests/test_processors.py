@@ -27,10 +27,12 @@ from hf_tokenprune.testing import (
     tiny_processor,
 )
 
-ARCHS = ["qwen2_5_vl", "llava", "llava_next", "internvl", "smolvlm"]
-# (height, width) in pixels; Qwen2.5-VL sees them at different grid sizes, the others resize or tile them.
+ARCHS = ["qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "internvl", "smolvlm"]
+QWEN = ("qwen2_5_vl", "qwen3_vl")
+# (height, width) in pixels; the Qwen models see them at different grid sizes, the others resize or tile them.
 SIZES = {
     "qwen2_5_vl": [(16, 16), (16, 24), (32, 32), (24, 16)],
+    "qwen3_vl": [(16, 16), (16, 24), (32, 32), (24, 16)],
     "llava": [(16, 16), (12, 20), (8, 8), (20, 12)],
     "llava_next": [(8, 8), (8, 14), (16, 10), (12, 12)],
     "internvl": [(16, 16), (12, 20), (8, 8), (20, 12)],
@@ -153,7 +155,7 @@ def test_placeholders_match_the_vision_tower(models, processors, arch):
     expected = [vision_tokens(model, processor, picture) for picture in images]
     assert int((ids == model.config.image_token_id).sum()) == sum(expected)
     assert model.config.image_token_id == IMAGE_ID
-    if arch in ("qwen2_5_vl", "internvl"):  # each image framed by start/end tokens: check per image
+    if arch in (*QWEN, "internvl"):  # each image framed by start/end tokens: check per image
         starts = torch.nonzero(ids == VSTART).flatten().tolist()
         ends = torch.nonzero(ids == VEND).flatten().tolist()
         assert [end - start - 1 for start, end in zip(starts, ends, strict=True)] == expected
@@ -203,7 +205,7 @@ def batch(arch: str, processor):
 def test_batch_is_left_padded_singles(models, processors, arch):
     model, processor = models(arch), processors(arch)
     texts, images = batch(arch, processor)
-    if arch == "qwen2_5_vl":
+    if arch in QWEN:
         assert len({picture.size for sample in images for picture in sample}) == 3
     batched = process(processor, texts, images)
     nested = processor(text=texts, images=images, return_tensors="pt", padding=True)  # per-sample image lists
@@ -226,7 +228,7 @@ def test_batch_is_left_padded_singles(models, processors, arch):
     for key in ("image_grid_thw", "image_sizes"):
         if key in batched:
             assert torch.equal(batched[key], torch.cat([single[key] for single in singles]))
-    if arch == "qwen2_5_vl":
+    if arch in QWEN:
         assert torch.equal(batched["mm_token_type_ids"], (batched["input_ids"] == IMAGE_ID).long())
 
     with torch.no_grad():

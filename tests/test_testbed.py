@@ -147,7 +147,9 @@ def test_reproduce_resumes_from_the_last_finished_stage(tmp_path, monkeypatch):
     row = {"method": "random", "budget": 0.5, "accuracy": 0.5, "retention": 1.0, "kept_tokens": 1.0}
     fake_results = json.dumps({"unpruned_accuracy": 0.5, "results": [row]})
     monkeypatch.setattr(
-        evaluate_module, "run_eval", lambda args: Path(args.output).write_text(fake_results) and json.loads(fake_results)
+        evaluate_module,
+        "run_eval",
+        lambda args: Path(args.output).write_text(fake_results) and json.loads(fake_results),
     )
     real_train_selector = pipeline.train_selector
 

@@ -27,7 +27,7 @@ class TrainModelArguments:
         default=None,
         metadata={
             "help": "Base VLM: a Hub id or a local directory (loaded with AutoModelForImageTextToText), or "
-            "'tiny:<arch>' (arch: qwen2_5_vl, llava, internvl) for a tiny random model and processor built "
+            "'tiny:<arch>' (arch: qwen2_5_vl, qwen3_vl, llava, internvl) for a tiny random model and processor built "
             "from configs, for smoke tests."
         },
     )

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import TrainingArguments
 
-from ..modeling.pruning import TokenPruningMixin, selection_units, tokens_to_keep
+from ..modeling.pruning import TokenPruningMixin, placed_side_inputs, selection_units, tokens_to_keep
 from ..modeling.token_selectors import learned_selectors
 from .callbacks import Schedule
 
@@ -90,6 +90,8 @@ class Recipe(nn.Module):
         with torch.no_grad():
             placed = model.place_visual_segments(input_ids, vision_inputs, selector.feature_source == "vision_features")
             inputs_embeds = model.get_input_embeddings()(input_ids)
+            # Per-token inputs the stock code takes from pixels alone (Qwen3-VL's DeepStack), at every visual token.
+            side_inputs = placed_side_inputs(placed, input_ids)
         metrics = MetricSum()
         auxiliary = inputs_embeds.new_zeros(())
         if placed:
@@ -111,14 +113,15 @@ class Recipe(nn.Module):
                 weights = torch.cat([w if w is not None else one for w, one in zip(key_weights, ones, strict=True)])
                 attention_mask = key_weighted_mask(attention_mask, rows, cols, weights, inputs_embeds.dtype)
         position_ids = model.prune_hooks.position_ids(model, input_ids, padding_mask, vision_inputs)
-        outputs = model.base_forward(
-            input_ids=None,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            labels=labels,
-            **language_kwargs,
-        )
+        with model.feeding_side_inputs(model.visual_token_mask(input_ids), side_inputs):
+            outputs = model.base_forward(
+                input_ids=None,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                labels=labels,
+                **language_kwargs,
+            )
         task_loss = outputs.loss
         loss = task_loss + auxiliary
         values = {"task_loss": float(task_loss.detach()), **self.schedule_values(), **metrics.means()}

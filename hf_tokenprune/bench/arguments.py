@@ -39,8 +39,9 @@ class BenchArguments:
     preset: str = field(
         default="qwen2.5-vl-7b",
         metadata={
-            "help": "Comma-separated presets: qwen2.5-vl-7b, llava-1.5-7b, llava-next-7b, internvl3-8b, smolvlm-instruct "
-            "(published widths, random weights), or tiny-qwen2.5-vl, tiny-llava, tiny-llava-next, tiny-internvl, tiny-smolvlm."
+            "help": "Comma-separated presets: qwen2.5-vl-7b, qwen3-vl-8b, llava-1.5-7b, llava-next-7b, internvl3-8b, "
+            "smolvlm-instruct (published widths, random weights), or tiny-qwen2.5-vl, tiny-qwen3-vl, tiny-llava, "
+            "tiny-llava-next, tiny-internvl, tiny-smolvlm."
         },
     )
     methods: str = field(

@@ -38,6 +38,12 @@ def qwen2_5_vl_inputs(image_patches: tuple[int, int], token_range: tuple[int, in
     return make
 
 
+def qwen3_vl_inputs(image_patches: tuple[int, int], token_range: tuple[int, int]):
+    """Qwen3-VL's processor lays out an image as Qwen2.5-VL's does (vision start, one image token per 2 x 2 merged
+    patches, vision end; `mm_token_type_ids` 1 on the image tokens); only its patches are larger (16 px, not 14)."""
+    return qwen2_5_vl_inputs(image_patches, token_range)
+
+
 def llava_inputs(token_range: tuple[int, int]):
     def make(config, text_tokens, generator):
         vision = config.vision_config

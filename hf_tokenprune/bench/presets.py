@@ -23,16 +23,25 @@ from transformers import (
     PreTrainedModel,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
 )
 
 from .. import testing
-from .inputs import internvl_inputs, llava_inputs, llava_next_inputs, qwen2_5_vl_inputs, smolvlm_inputs
+from .inputs import (
+    internvl_inputs,
+    llava_inputs,
+    llava_next_inputs,
+    qwen2_5_vl_inputs,
+    qwen3_vl_inputs,
+    smolvlm_inputs,
+)
 
 
 def vision_depth(vision_config: PretrainedConfig) -> int:
-    """Blocks of a vision tower: Qwen2.5-VL calls it `depth`, the others `num_hidden_layers`."""
+    """Blocks of a vision tower: Qwen2.5-VL and Qwen3-VL call it `depth`, the others `num_hidden_layers`."""
     return getattr(vision_config, "depth", None) or vision_config.num_hidden_layers
 
 
@@ -99,6 +108,54 @@ def _qwen2_5_vl_7b_config(layers: int, vision_layers: int) -> Qwen2_5_VLConfig:
             out_hidden_size=3584,
             tokens_per_second=2,
             fullatt_block_indexes=_qwen_full_attention(vision_layers, (7, 15, 23, 31)),
+        ),
+        image_token_id=151655,
+        video_token_id=151656,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+        tie_word_embeddings=False,
+    )
+
+
+def _qwen3_deepstack(vision_layers: int, published: tuple[int, ...]) -> list[int]:
+    """The published DeepStack blocks that fit, else the last block: a reduced tower still feeds DeepStack."""
+    return [index for index in published if index < vision_layers] or [vision_layers - 1]
+
+
+# Qwen3-VL-8B-Instruct config.json: LLM 4096 / 12288 / 36 layers / 32 heads, 8 KV heads, head_dim 128, vocab 151936,
+# rope theta 5e6, interleaved M-RoPE sections 24/20/20; ViT depth 27, width 1152, MLP 4304, 16 heads, patch 16,
+# 2 x 2 merge, 2304 learned positions (48 x 48, interpolated), no window attention, DeepStack from blocks 8/16/24
+# into LLM layers 0-2, merger to 4096.
+def _qwen3_vl_8b_config(layers: int, vision_layers: int) -> Qwen3VLConfig:
+    return Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=151936,
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=layers,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=262144,
+            rms_norm_eps=1e-6,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 5000000.0,
+                "mrope_section": [24, 20, 20],
+                "mrope_interleaved": True,
+            },
+        ),
+        vision_config=dict(
+            depth=vision_layers,
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_heads=16,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            out_hidden_size=4096,
+            num_position_embeddings=2304,
+            deepstack_visual_indexes=_qwen3_deepstack(vision_layers, (8, 16, 24)),
         ),
         image_token_id=151655,
         video_token_id=151656,
@@ -257,6 +314,30 @@ def _tiny_qwen2_5_vl_config(layers: int, vision_layers: int) -> Qwen2_5_VLConfig
     )
 
 
+def _tiny_qwen3_vl_config(layers: int, vision_layers: int) -> Qwen3VLConfig:
+    return Qwen3VLConfig(
+        text_config=dict(
+            _tiny_text(layers),
+            head_dim=8,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [2, 1, 1],
+                "mrope_interleaved": True,
+            },
+        ),
+        vision_config=dict(
+            testing.QWEN3_VL_VISION_CONFIG,
+            depth=vision_layers,
+            deepstack_visual_indexes=_qwen3_deepstack(vision_layers, (0, 1)),
+        ),
+        image_token_id=testing.IMAGE_ID,
+        video_token_id=testing.VIDEO_ID,
+        vision_start_token_id=testing.VSTART,
+        vision_end_token_id=testing.VEND,
+    )
+
+
 def _tiny_llava_config(layers: int, vision_layers: int) -> LlavaConfig:
     return LlavaConfig(
         text_config=_tiny_text(layers, "llama"),
@@ -311,6 +392,7 @@ _INTERNVL_PARTS = dict(
 )
 _QWEN_PARTS = dict(vision_modules=("visual",), vision_blocks="visual.blocks", block_kinds=_qwen_block_kinds)
 _SMOLVLM_PARTS = dict(vision_modules=("vision_model", "connector"), vision_blocks="vision_model.encoder.layers")
+_QWEN3_PARTS = dict(vision_modules=("visual",), vision_blocks="visual.blocks")  # one block kind: no windows
 
 PRESETS: dict[str, Preset] = {
     preset.name: preset
@@ -325,6 +407,17 @@ PRESETS: dict[str, Preset] = {
             full_layers=28,
             full_vision_layers=32,
             **_QWEN_PARTS,
+        ),
+        Preset(
+            "qwen3-vl-8b",
+            "Qwen3-VL-8B widths; one 1024 x 1024 image = 64 x 64 patches of 16 px = 1,024 visual tokens",
+            "Qwen/Qwen3-VL-8B-Instruct config.json",
+            Qwen3VLForConditionalGeneration,
+            _qwen3_vl_8b_config,
+            qwen3_vl_inputs((64, 64), _QWEN_TOKENS),
+            full_layers=36,
+            full_vision_layers=27,
+            **_QWEN3_PARTS,
         ),
         Preset(
             "llava-1.5-7b",
@@ -381,6 +474,17 @@ PRESETS: dict[str, Preset] = {
             full_layers=4,
             full_vision_layers=4,
             **_QWEN_PARTS,
+        ),
+        Preset(
+            "tiny-qwen3-vl",
+            "tiny random Qwen3-VL (hidden 32), one 16 x 16-patch image = 64 visual tokens",
+            "hf_tokenprune.testing",
+            Qwen3VLForConditionalGeneration,
+            _tiny_qwen3_vl_config,
+            qwen3_vl_inputs((16, 16), _TINY_TOKENS),
+            full_layers=4,
+            full_vision_layers=4,
+            **_QWEN3_PARTS,
         ),
         Preset(
             "tiny-llava",
