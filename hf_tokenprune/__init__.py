@@ -14,6 +14,7 @@ from .modeling.builtin_architectures import (
     PrunedInternVLForConditionalGeneration,
     PrunedLlavaForConditionalGeneration,
     PrunedLlavaNextForConditionalGeneration,
+    PrunedLlavaOnevisionForConditionalGeneration,
     PrunedQwen2_5_VLForConditionalGeneration,
 )
 from .modeling.configuration_token_prune import TokenPruneConfig
@@ -57,6 +58,7 @@ __all__ = [
     "PrunedInternVLForConditionalGeneration",
     "PrunedLlavaForConditionalGeneration",
     "PrunedLlavaNextForConditionalGeneration",
+    "PrunedLlavaOnevisionForConditionalGeneration",
     "PrunedQwen2_5_VLForConditionalGeneration",
     "TokenPruneConfig",
     "TokenPruneDataCollator",

@@ -1,6 +1,6 @@
 """Processors that need no torchvision, and loading a saved processor either way.
 
-The stock `Qwen2_5_VLProcessor` and `InternVLProcessor` refuse to build without a video processor, and the video
+The stock `Qwen2_5_VLProcessor`, `InternVLProcessor` and `LlavaOnevisionProcessor` refuse to build without a video processor, and the video
 processors need torchvision. The image-only subclasses here keep the stock logic for images; `load_processor` loads
 one where it was saved and `AutoProcessor` everywhere else.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from transformers import AutoProcessor, InternVLProcessor, ProcessorMixin, Qwen2_5_VLProcessor
+from transformers import AutoProcessor, InternVLProcessor, LlavaOnevisionProcessor, ProcessorMixin, Qwen2_5_VLProcessor
 from transformers.utils import cached_file
 
 
@@ -28,7 +28,17 @@ class ImageOnlyInternVLProcessor(InternVLProcessor):
         super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template, **kwargs)
 
 
-IMAGE_ONLY_PROCESSORS = {cls.__name__: cls for cls in (ImageOnlyQwen2_5_VLProcessor, ImageOnlyInternVLProcessor)}
+class ImageOnlyLlavaOnevisionProcessor(LlavaOnevisionProcessor):
+    """The stock LLaVA-OneVision processor without its video processor (which needs torchvision); images only."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+IMAGE_ONLY_PROCESSORS = {
+    cls.__name__: cls
+    for cls in (ImageOnlyQwen2_5_VLProcessor, ImageOnlyInternVLProcessor, ImageOnlyLlavaOnevisionProcessor)
+}
 
 
 def load_processor(path_or_repo_id: str | os.PathLike, **hub_kwargs) -> ProcessorMixin:
@@ -45,4 +55,9 @@ def load_processor(path_or_repo_id: str | os.PathLike, **hub_kwargs) -> Processo
     return AutoProcessor.from_pretrained(path_or_repo_id, **hub_kwargs)
 
 
-__all__ = ["ImageOnlyInternVLProcessor", "ImageOnlyQwen2_5_VLProcessor", "load_processor"]
+__all__ = [
+    "ImageOnlyInternVLProcessor",
+    "ImageOnlyLlavaOnevisionProcessor",
+    "ImageOnlyQwen2_5_VLProcessor",
+    "load_processor",
+]

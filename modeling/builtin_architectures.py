@@ -5,11 +5,13 @@ from __future__ import annotations
 from .modeling_pruned_internvl import PrunedInternVLForConditionalGeneration
 from .modeling_pruned_llava import PrunedLlavaForConditionalGeneration
 from .modeling_pruned_llava_next import PrunedLlavaNextForConditionalGeneration
+from .modeling_pruned_llava_onevision import PrunedLlavaOnevisionForConditionalGeneration
 from .modeling_pruned_qwen2_5_vl import PrunedQwen2_5_VLForConditionalGeneration
 
 __all__ = [
     "PrunedInternVLForConditionalGeneration",
     "PrunedLlavaForConditionalGeneration",
     "PrunedLlavaNextForConditionalGeneration",
+    "PrunedLlavaOnevisionForConditionalGeneration",
     "PrunedQwen2_5_VLForConditionalGeneration",
 ]
