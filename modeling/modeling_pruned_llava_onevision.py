@@ -93,11 +93,15 @@ class LlavaOnevisionPruneHooks(LlavaNextPruneHooks):
             features = record.inputs[0]
             batch_num_images = inputs.get("batch_num_images")
             # As the stock code: only an image alone in its sample is cut into crops.
-            alone = [True] * len(inputs["image_sizes"]) if batch_num_images is None else [
-                count == 1 for count in batch_num_images.tolist() for _ in range(count)
-            ]
+            alone = (
+                [True] * len(inputs["image_sizes"])
+                if batch_num_images is None
+                else [count == 1 for count in batch_num_images.tolist() for _ in range(count)]
+            )
             num_crops = [
-                image_size_to_num_patches(size, model.config.image_grid_pinpoints, model.config.vision_config.image_size)
+                image_size_to_num_patches(
+                    size, model.config.image_grid_pinpoints, model.config.vision_config.image_size
+                )
                 if single
                 else 1
                 for size, single in zip(inputs["image_sizes"], alone, strict=True)
