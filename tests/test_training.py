@@ -472,9 +472,10 @@ def test_image_reconstructor_trains(arch, tmp_path):
     assert all(math.isfinite(entry["image_reconstruction_loss"]) for entry in logs)
 
 
-def test_image_reconstruction_without_token_pixels_fails_before_training(tmp_path):
+@pytest.mark.parametrize("arch", ["internvl", "llava_onevision"])
+def test_image_reconstruction_without_token_pixels_fails_before_training(arch, tmp_path):
     with pytest.raises(NotImplementedError, match="image_reconstruction"):
-        make_trainer("internvl", "reconstruction", tmp_path, image_reconstruction=True)
+        make_trainer(arch, "reconstruction", tmp_path, image_reconstruction=True)
 
 
 @pytest.mark.parametrize("method", METHODS)
