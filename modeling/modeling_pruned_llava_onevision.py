@@ -15,11 +15,12 @@ Every method applies at inference. Selectors that read `vision_features` (autose
 projector's input laid out as the stock code lays out its output: image crops packed by the stock
 `pack_image_features` (unpadding and the anyres_max bilinear shrink act per channel, so they commute with the
 choice of features), video frames pooled by the stock `apply_pooling`, and a zero vector at every newline, whose
-embedding is `image_newline` rather than a projection. Training's `project_features` therefore re-projects
-shrunk / pooled features, where the stock model shrinks / pools projected ones (the projector is not linear): an
-approximation confined to training. `token_pixels` (the optional image reconstructor of `reconstruction`) is not
-provided: an unpadded, shrunk or pooled token has no pixel patch of its own, so train with
-`image_reconstruction=False`.
+embedding is `image_newline` rather than a projection. The stock model shrinks / pools projected tokens, and the
+projector is not linear, so training (autoselect) projects altered features with `project_segment_features`: the
+projection plus the fixed per-token offset that makes unaltered features give the stock tokens.
+
+`token_pixels` (the optional image reconstructor of `reconstruction` training) is not provided: an unpadded, shrunk
+or pooled token has no pixel patch of its own; the recipe refuses `image_reconstruction=True` before training.
 """
 
 from __future__ import annotations
@@ -143,6 +144,15 @@ class LlavaOnevisionPruneHooks(LlavaNextPruneHooks):
             newline_features = None if features is None else features.new_zeros(1, features.shape[-1])
             segments.append(VisualSegment(embeds[video, -1:], newline_features, video_id, None))
         return segments
+
+    def project_segment_features(self, model, segment, features):
+        # The stock model shrinks (anyres_max) and pools (video) after its non-linear projector, so the projection of
+        # resampled features is off by a fixed amount per token; adding it back keeps unaltered features exact, and
+        # the gradient still flows through the projector.
+        projected = self.project_features(model, features)
+        with torch.no_grad():
+            offset = segment.embeds - self.project_features(model, segment.features)
+        return projected + offset.to(projected.dtype)
 
 
 class PrunedLlavaOnevisionForConditionalGeneration(

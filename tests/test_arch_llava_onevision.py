@@ -209,3 +209,29 @@ def test_image_units_hold_base_view_crops_and_newlines(base):
         keep_mask = model(**inputs, prune_budget=0.25).keep_mask[0]
     assert int(is_image.sum()) == features[0].shape[0] == 16 + 6 * 5  # 8 x 6 unpadded grid shrunk to 6 x 4
     assert int(keep_mask[is_image].sum()) == kept(0.25, int(is_image.sum()))
+
+
+def test_training_projection_is_exact_on_unaltered_features(base):
+    """Shrunk anyres crops and pooled frames are resampled after the stock projector: projecting the resampled
+    features alone is off, `project_segment_features` (what autoselect trains through) gives the stock tokens."""
+    model = pruned(base, "autoselect")
+    hooks = model.prune_hooks
+    vision_keys = set(hooks.vision_input_names)
+    segments = []
+    for inputs in (
+        build_inputs("llava_onevision", make_samples([1], [(16, 10)])),
+        make_llava_onevision_video_inputs(frames=FRAMES),
+    ):
+        vision = {key: value for key, value in inputs.items() if key in vision_keys}
+        with torch.no_grad():
+            segments += hooks.encode(model, inputs["input_ids"], vision, need_features=True)
+    resampled = segments[:-1]  # the shrunk image and the pooled frames; the video's newline is not resampled
+    for segment in resampled:
+        with torch.no_grad():
+            exact = hooks.project_segment_features(model, segment, segment.features)
+            plain = hooks.project_features(model, segment.features)
+        torch.testing.assert_close(exact, segment.embeds, atol=1e-5, rtol=0)
+        assert not torch.allclose(plain, segment.embeds, atol=1e-3)
+    features = resampled[0].features.clone().requires_grad_()
+    hooks.project_segment_features(model, resampled[0], features).sum().backward()
+    assert features.grad.abs().sum() > 0, "the gradient flows through the projector"

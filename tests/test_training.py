@@ -23,7 +23,7 @@ from hf_tokenprune import (
 from hf_tokenprune.testing import BUILDERS, tiny_processor
 from hf_tokenprune.training.training_model import TokenPruneTrainingModel
 
-ARCHS = ["qwen2_5_vl", "llava", "internvl"]
+ARCHS = ["qwen2_5_vl", "llava", "internvl", "llava_onevision"]
 METHODS = ["visionselector", "autoselect", "reconstruction"]
 QUESTIONS = ["what colour is the circle", "how many star", "is the square red", "which shape is left"]
 ANSWERS = ["red", "two", "yes no", "the circle"]
