@@ -31,8 +31,31 @@ class ImageOnlyInternVLProcessor(InternVLProcessor):
 class ImageOnlyLlavaOnevisionProcessor(LlavaOnevisionProcessor):
     """The stock LLaVA-OneVision processor without its video processor (which needs torchvision); images only."""
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        num_image_tokens=None,
+        vision_feature_select_strategy=None,
+        chat_template=None,
+        image_token="<image>",
+        video_token="<video>",
+        vision_aspect_ratio="anyres_max_9",
+        **kwargs,
+    ):
+        # Named here (not left to **kwargs) so that `save_pretrained` writes them and `from_pretrained` restores them.
+        super().__init__(
+            image_processor,
+            tokenizer,
+            None,
+            num_image_tokens,
+            vision_feature_select_strategy,
+            chat_template,
+            image_token,
+            video_token,
+            vision_aspect_ratio,
+            **kwargs,
+        )
 
 
 IMAGE_ONLY_PROCESSORS = {

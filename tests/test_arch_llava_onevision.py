@@ -235,3 +235,25 @@ def test_training_projection_is_exact_on_unaltered_features(base):
     features = resampled[0].features.clone().requires_grad_()
     hooks.project_segment_features(model, resampled[0], features).sum().backward()
     assert features.grad.abs().sum() > 0, "the gradient flows through the projector"
+
+
+def test_image_only_processor_saves_and_reloads(tmp_path):
+    """The processor without a video processor round-trips with its settings (tokens per view, anyres_max)."""
+    import numpy as np
+    from PIL import Image
+
+    from hf_tokenprune.processing import ImageOnlyLlavaOnevisionProcessor, load_processor
+    from hf_tokenprune.testing import tiny_processor
+
+    processor = tiny_processor("llava_onevision")
+    processor.save_pretrained(tmp_path)
+    loaded = load_processor(tmp_path)
+    assert type(loaded) is ImageOnlyLlavaOnevisionProcessor
+    pictures = [
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (16, 10, 3), dtype=np.uint8)) for seed in (0, 1)
+    ]
+    texts = ["<s> <image> what", "<s> <image> <image> how many"]
+    kwargs = dict(text=texts, images=[pictures[:1], pictures], return_tensors="pt", padding=True)
+    expected, got = processor(**kwargs), loaded(**kwargs)
+    assert set(got) == set(expected) and all(torch.equal(got[key], expected[key]) for key in expected)
+    assert int((got["input_ids"][0] == IMAGE_ID).sum()) == 16 + 6 * 5  # anyres, shrunk by anyres_max_2
