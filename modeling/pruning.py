@@ -465,6 +465,8 @@ class TokenPruningMixin:
         placed = []
         for token_id in hooks.visual_token_ids(self):
             token_segments = [segment for segment in segments if segment.token_id == token_id]
+            if not token_segments:  # as the stock models: placeholders of a modality without inputs stay text
+                continue
             rows, cols = torch.nonzero(input_ids == token_id, as_tuple=True)
             sizes = [segment.embeds.shape[0] for segment in token_segments]
             if sum(sizes) != rows.numel():

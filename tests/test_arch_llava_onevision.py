@@ -257,3 +257,18 @@ def test_image_only_processor_saves_and_reloads(tmp_path):
     expected, got = processor(**kwargs), loaded(**kwargs)
     assert set(got) == set(expected) and all(torch.equal(got[key], expected[key]) for key in expected)
     assert int((got["input_ids"][0] == IMAGE_ID).sum()) == 16 + 6 * 5  # anyres, shrunk by anyres_max_2
+
+
+def test_video_placeholder_without_video_inputs_stays_text(base):
+    """The stock model matches video placeholders only when `pixel_values_videos` is given (an upstream test's random
+    ids hold one); pruned, such a token is text: kept, and drop equals mask still holds."""
+    model = pruned(base, "divprune")
+    inputs = build_inputs("llava_onevision", make_samples([2, 0, 1], IMAGE_SIZES["llava_onevision"]))
+    text_column = int(torch.nonzero(inputs["input_ids"][0] != IMAGE_ID)[-1])
+    inputs["input_ids"][0, text_column] = VIDEO_ID
+    with torch.no_grad():
+        out = model(**inputs, prune_budget=0.3)
+        reference = base(**masked_base_inputs(inputs, out.keep_mask)).logits
+    assert out.keep_mask[0, text_column] and not out.keep_mask.all()
+    compared = out.keep_mask & inputs["attention_mask"].bool()
+    torch.testing.assert_close(out.logits[compared], reference[compared], atol=1e-4, rtol=0)
