@@ -1,7 +1,7 @@
 """Processors that need no torchvision, and loading a saved processor either way.
 
-The stock `Qwen2_5_VLProcessor`, `Qwen3VLProcessor` and `InternVLProcessor` refuse to build without a video
-processor, and the video processors need torchvision. The image-only subclasses here keep the stock logic for images;
+The stock `Qwen2_5_VLProcessor`, `Qwen3VLProcessor`, `InternVLProcessor` and `LlavaOnevisionProcessor` refuse to build
+without a video processor, and the video processors need torchvision. The image-only subclasses here keep the stock logic for images;
 `load_processor` loads one where it was saved and `AutoProcessor` everywhere else.
 """
 
@@ -10,7 +10,14 @@ from __future__ import annotations
 import json
 import os
 
-from transformers import AutoProcessor, InternVLProcessor, ProcessorMixin, Qwen2_5_VLProcessor, Qwen3VLProcessor
+from transformers import (
+    AutoProcessor,
+    InternVLProcessor,
+    LlavaOnevisionProcessor,
+    ProcessorMixin,
+    Qwen2_5_VLProcessor,
+    Qwen3VLProcessor,
+)
 from transformers.utils import cached_file
 
 
@@ -35,8 +42,44 @@ class ImageOnlyInternVLProcessor(InternVLProcessor):
         super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template, **kwargs)
 
 
+class ImageOnlyLlavaOnevisionProcessor(LlavaOnevisionProcessor):
+    """The stock LLaVA-OneVision processor without its video processor (which needs torchvision); images only."""
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        num_image_tokens=None,
+        vision_feature_select_strategy=None,
+        chat_template=None,
+        image_token="<image>",
+        video_token="<video>",
+        vision_aspect_ratio="anyres_max_9",
+        **kwargs,
+    ):
+        # Named here (not left to **kwargs) so that `save_pretrained` writes them and `from_pretrained` restores them.
+        super().__init__(
+            image_processor,
+            tokenizer,
+            None,
+            num_image_tokens,
+            vision_feature_select_strategy,
+            chat_template,
+            image_token,
+            video_token,
+            vision_aspect_ratio,
+            **kwargs,
+        )
+
+
 IMAGE_ONLY_PROCESSORS = {
-    cls.__name__: cls for cls in (ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen3VLProcessor, ImageOnlyInternVLProcessor)
+    cls.__name__: cls
+    for cls in (
+        ImageOnlyQwen2_5_VLProcessor,
+        ImageOnlyQwen3VLProcessor,
+        ImageOnlyInternVLProcessor,
+        ImageOnlyLlavaOnevisionProcessor,
+    )
 }
 
 
@@ -54,4 +97,10 @@ def load_processor(path_or_repo_id: str | os.PathLike, **hub_kwargs) -> Processo
     return AutoProcessor.from_pretrained(path_or_repo_id, **hub_kwargs)
 
 
-__all__ = ["ImageOnlyInternVLProcessor", "ImageOnlyQwen2_5_VLProcessor", "ImageOnlyQwen3VLProcessor", "load_processor"]
+__all__ = [
+    "ImageOnlyInternVLProcessor",
+    "ImageOnlyLlavaOnevisionProcessor",
+    "ImageOnlyQwen2_5_VLProcessor",
+    "ImageOnlyQwen3VLProcessor",
+    "load_processor",
+]

@@ -10,6 +10,7 @@ of the right shape, and the per-model extras (`image_grid_thw`, `mm_token_type_i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from transformers import (
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
     LlavaProcessor,
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -39,6 +42,7 @@ from transformers import (
 
 from .processing import (  # re-exported for the tests
     ImageOnlyInternVLProcessor,
+    ImageOnlyLlavaOnevisionProcessor,
     ImageOnlyQwen2_5_VLProcessor,
     ImageOnlyQwen3VLProcessor,
 )
@@ -122,6 +126,17 @@ CLIP_VISION_CONFIG = dict(
     image_size=8,
     patch_size=2,
     projection_dim=16,
+)
+
+SIGLIP_VISION_CONFIG = dict(
+    model_type="siglip_vision_model",
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=8,
+    patch_size=2,
+    vision_use_head=False,
 )
 
 
@@ -213,6 +228,24 @@ def tiny_llava_next(attn_implementation: str = "eager") -> LlavaNextForCondition
         vision_feature_select_strategy="default",
     )
     return _build(LlavaNextForConditionalGeneration, config, attn_implementation)
+
+
+# "anyres_max_2": crops beyond two base views' worth of tokens are shrunk (the published models use 9 of 384 px).
+ONEVISION_ASPECT_RATIO = "anyres_max_2"
+
+
+def tiny_llava_onevision(attn_implementation: str = "eager") -> LlavaOnevisionForConditionalGeneration:
+    config = LlavaOnevisionConfig(
+        text_config=dict(TEXT_CONFIG, model_type="qwen2"),
+        vision_config=dict(SIGLIP_VISION_CONFIG),
+        image_token_index=IMAGE_ID,
+        video_token_index=VIDEO_ID,
+        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio=ONEVISION_ASPECT_RATIO,
+    )
+    return _build(LlavaOnevisionForConditionalGeneration, config, attn_implementation)
 
 
 def tiny_internvl(attn_implementation: str = "eager") -> InternVLForConditionalGeneration:
@@ -310,7 +343,8 @@ def build_inputs(arch: str, samples: list[Sample], seed: int = 0) -> dict[str, t
         row = [BOS] + sample.prefix
         for image_index, (height, width) in enumerate(sample.images):
             generator = torch.Generator().manual_seed(seed + 1000 * sample.seed + image_index)
-            tokens, pixels, extra = tiny.image_block(height, width, generator)
+            in_sample = (len(sample.images),) if tiny.image_block_takes_sample_count else ()
+            tokens, pixels, extra = tiny.image_block(height, width, generator, *in_sample)
             pixel_values.append(pixels)
             image_extras.append(dict(extra, sample=len(rows), num_samples=len(samples)))
             row += tokens + sample.suffix[:1]
@@ -455,6 +489,58 @@ def placeholder_run_lengths(input_ids: torch.Tensor) -> list[int]:
     return placeholder_runs(input_ids, IMAGE_ID)
 
 
+def _llava_onevision_image(height, width, generator, images_in_sample):
+    # As LLaVA-NeXT for an image alone in its sample (plus the anyres_max shrink); with several, base view + newline.
+    if images_in_sample > 1:
+        tokens, pixels = [IMAGE_ID] * (16 + 1), torch.randn(1, 3, 8, 8, generator=generator)
+    else:
+        from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+        num_crops = image_size_to_num_patches((height, width), LLAVA_NEXT_PINPOINTS, 8)
+        tokens = [IMAGE_ID] * llava_onevision_token_count(height, width)
+        pixels = torch.randn(num_crops, 3, 8, 8, generator=generator)
+    return tokens, pixels, {"image_size": [height, width], "images_in_sample": images_in_sample}
+
+
+def _llava_onevision_batch(pixel_values, extras):
+    batch_num_images, index = [], 0
+    while index < len(extras):  # the images of one sample are consecutive
+        batch_num_images.append(extras[index]["images_in_sample"])
+        index += batch_num_images[-1]
+    return {
+        "pixel_values": torch.stack(_pad_crops(pixel_values)),
+        "image_sizes": torch.tensor([extra["image_size"] for extra in extras]),
+        "batch_num_images": torch.tensor(batch_num_images),
+    }
+
+
+def llava_onevision_token_count(height: int, width: int) -> int:
+    """Tokens of an image alone in its sample: base view, then the unpadded crops (shrunk past `anyres_max_<n>`
+    base views, as `pack_image_features` does) with one newline per row."""
+    from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape, unpad_image
+
+    rows, cols = get_anyres_image_grid_shape((height, width), LLAVA_NEXT_PINPOINTS, 8)
+    unpadded = unpad_image(torch.zeros(1, rows * 4, cols * 4), (height, width))
+    grid_rows, grid_cols = unpadded.shape[1:]
+    ratio = math.sqrt(grid_rows * grid_cols / (int(ONEVISION_ASPECT_RATIO.removeprefix("anyres_max_")) * 16))
+    if ratio > 1.1:
+        grid_rows, grid_cols = int(grid_rows // ratio), int(grid_cols // ratio)
+    return 16 + grid_rows * (grid_cols + 1)
+
+
+def make_llava_onevision_video_inputs(frames: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A LLaVA-OneVision video prompt as its processor lays it out: `frames` 8 x 8 px frames, each 2 x 2 pooled
+    tokens after the 4 x 4 patch grid, then one newline token, all `VIDEO_ID`."""
+    generator = torch.Generator().manual_seed(seed)
+    row = [BOS] + _text(seed, 3) + [VIDEO_ID] * (frames * 4 + 1) + _text(seed + 1, 4)
+    input_ids = torch.tensor([row])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "pixel_values_videos": torch.randn(1, frames, 3, 8, 8, generator=generator),
+    }
+
+
 def make_video_inputs(frames: int = 4, height: int = 4, width: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     """A Qwen2.5-VL video prompt: `frames` frames (temporal patch 2), each `height` x `width` patches."""
     generator = torch.Generator().manual_seed(seed)
@@ -497,6 +583,12 @@ LLAVA_VISION_TOKENS = {
     "<|vision_end|>": VEND,
     "<image>": IMAGE_ID,
     "<|video_pad|>": VIDEO_ID,
+}
+ONEVISION_VISION_TOKENS = {
+    "<|vision_start|>": VSTART,
+    "<|vision_end|>": VEND,
+    "<image>": IMAGE_ID,
+    "<video>": VIDEO_ID,
 }
 INTERNVL_VISION_TOKENS = {"<img>": VSTART, "</img>": VEND, "<IMG_CONTEXT>": IMAGE_ID, "<video>": VIDEO_ID}
 SMOLVLM_VISION_TOKENS = {
@@ -648,6 +740,24 @@ def _llava_next_processor(tokenizer, chat_template, overrides) -> ProcessorMixin
     return LlavaNextProcessor(image_processor, tokenizer, chat_template=chat_template, **LLAVA_PROCESSOR_SETTINGS)
 
 
+def _llava_onevision_processor(tokenizer, chat_template, overrides) -> ProcessorMixin:
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    settings = dict(size={"height": 8, "width": 8}, image_grid_pinpoints=LLAVA_NEXT_PINPOINTS)
+    image_processor = LlavaOnevisionImageProcessorPil(**{**settings, **overrides})
+    # The stock one needs a video processor, which needs torchvision. SigLIP has no CLS: 16 tokens per 8 x 8 view.
+    return ImageOnlyLlavaOnevisionProcessor(
+        image_processor,
+        tokenizer,
+        num_image_tokens=16,
+        vision_feature_select_strategy="full",
+        chat_template=chat_template,
+        vision_aspect_ratio=ONEVISION_ASPECT_RATIO,
+    )
+
+
 def _internvl_processor(tokenizer, chat_template, overrides) -> ProcessorMixin:
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
@@ -706,6 +816,8 @@ class TinyArchitecture:
     image_token_counts(input_ids (B, L)) -> placeholder tokens of each image, row-major: the unit of the budget.
     vision_tokens: {name: id} of (vision start, vision end, image, video) in the chat tokenizer.
     special_token_names(start, end, image, video) -> the tokenizer's named special tokens.
+    image_block_takes_sample_count: `image_block` takes a fourth argument, the number of images in its sample
+    (LLaVA-OneVision lays out an image alone in its sample anyres, and each of several as its base view only).
     placeholder: the image placeholder as the processor expects it in the rendered chat text.
     processor(tokenizer, chat_template, image processor overrides) -> the stock-logic processor.
     positions(model, inputs) -> the unpruned sequence's positions, by the stock code ((B, L), or (3, B, L) M-RoPE).
@@ -719,6 +831,7 @@ class TinyArchitecture:
     placeholder: str
     processor: Callable[[PreTrainedTokenizerFast, str, dict], ProcessorMixin]
     text_inputs: Callable[[torch.Tensor], dict[str, torch.Tensor]] = _no_text_inputs
+    image_block_takes_sample_count: bool = False
     special_token_names: Callable[..., dict[str, str]] = _image_and_video_names
     image_token_counts: Callable[[torch.Tensor], list[int]] = placeholder_run_lengths
     positions: Callable[[PreTrainedModel, dict[str, torch.Tensor]], torch.Tensor] = _mask_positions
@@ -765,6 +878,16 @@ TINY_ARCHITECTURES: dict[str, TinyArchitecture] = {
         vision_tokens=LLAVA_VISION_TOKENS,
         placeholder="<image>",
         processor=_llava_next_processor,
+    ),
+    "llava_onevision": TinyArchitecture(
+        build=tiny_llava_onevision,
+        image_sizes=[(8, 8), (8, 14), (16, 10)],
+        image_block=_llava_onevision_image,
+        batch_images=_llava_onevision_batch,
+        vision_tokens=ONEVISION_VISION_TOKENS,
+        placeholder="<image>",
+        processor=_llava_onevision_processor,
+        image_block_takes_sample_count=True,
     ),
     "internvl": TinyArchitecture(
         build=tiny_internvl,

@@ -77,6 +77,14 @@ class ArchitectureHooks:
         """
         raise NotImplementedError(f"{type(self).__name__} cannot re-run its projector on altered vision features")
 
+    def project_segment_features(self, model, segment: VisualSegment, features: torch.Tensor) -> torch.Tensor:
+        """Training only: `segment`'s (N, llm_hidden) tokens from its altered (N, vision_feature_dim) `features`.
+
+        `project_features` by default; an architecture whose stock code resamples tokens after the projector
+        (LLaVA-OneVision) can read the unaltered `segment` to stay exact where nothing was altered.
+        """
+        return self.project_features(model, features)
+
     def token_pixel_dim(self, model) -> int:
         """Width of each row of `token_pixels`."""
         return self.token_pixels(model, {})  # raises the architecture's NotImplementedError
@@ -491,6 +499,8 @@ class TokenPruningMixin:
         placed = []
         for token_id in hooks.visual_token_ids(self):
             token_segments = [segment for segment in segments if segment.token_id == token_id]
+            if not token_segments:  # as the stock models: placeholders of a modality without inputs stay text
+                continue
             rows, cols = torch.nonzero(input_ids == token_id, as_tuple=True)
             sizes = [segment.embeds.shape[0] for segment in token_segments]
             if sum(sizes) != rows.numel():

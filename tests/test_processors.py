@@ -21,13 +21,14 @@ from hf_tokenprune.testing import (
     IMAGE_ID,
     PAD,
     ROLE_TOKENS,
+    TINY_ARCHITECTURES,
     VEND,
     VOCAB,
     VSTART,
     tiny_processor,
 )
 
-ARCHS = ["qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "internvl", "smolvlm"]
+ARCHS = ["qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "internvl", "smolvlm", "llava_onevision"]
 QWEN = ("qwen2_5_vl", "qwen3_vl")
 # (height, width) in pixels; the Qwen models see them at different grid sizes, the others resize or tile them.
 SIZES = {
@@ -36,6 +37,7 @@ SIZES = {
     "llava": [(16, 16), (12, 20), (8, 8), (20, 12)],
     "llava_next": [(8, 8), (8, 14), (16, 10), (12, 12)],
     "internvl": [(16, 16), (12, 20), (8, 8), (20, 12)],
+    "llava_onevision": [(8, 8), (8, 14), (16, 10), (12, 12)],
     "smolvlm": [(16, 16), (8, 20), (8, 8), (20, 12)],
 }
 
@@ -207,10 +209,17 @@ def test_batch_is_left_padded_singles(models, processors, arch):
     texts, images = batch(arch, processor)
     if arch in QWEN:
         assert len({picture.size for sample in images for picture in sample}) == 3
-    batched = process(processor, texts, images)
-    nested = processor(text=texts, images=images, return_tensors="pt", padding=True)  # per-sample image lists
-    assert set(nested) == set(batched) and all(torch.equal(nested[key], batched[key]) for key in batched)
-    singles = [process(processor, [text], [sample]) for text, sample in zip(texts, images, strict=True)]
+    flat = process(processor, texts, images)
+    batched = processor(text=texts, images=images, return_tensors="pt", padding=True)  # per-sample image lists
+    if TINY_ARCHITECTURES[arch].image_block_takes_sample_count:
+        # LLaVA-OneVision: only per-sample lists say which images share a sample (each of several is a base view).
+        assert batched["batch_num_images"].tolist() == [len(sample) for sample in images]
+        assert flat["batch_num_images"].tolist() == [1] * sum(len(sample) for sample in images)
+    else:
+        assert set(flat) == set(batched) and all(torch.equal(flat[key], batched[key]) for key in batched)
+    singles = [
+        processor(text=[text], images=[sample], return_tensors="pt") for text, sample in zip(texts, images, strict=True)
+    ]
 
     length = batched["input_ids"].shape[1]
     assert length == max(single["input_ids"].shape[1] for single in singles)
@@ -225,7 +234,7 @@ def test_batch_is_left_padded_singles(models, processors, arch):
         assert_rows(batched["pixel_values"], single["pixel_values"], offset)
         offset += single["pixel_values"].shape[0]
     assert offset == batched["pixel_values"].shape[0]
-    for key in ("image_grid_thw", "image_sizes"):
+    for key in ("image_grid_thw", "image_sizes", "batch_num_images"):
         if key in batched:
             assert torch.equal(batched[key], torch.cat([single[key] for single in singles]))
     if arch in QWEN:

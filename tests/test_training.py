@@ -23,7 +23,7 @@ from hf_tokenprune import (
 from hf_tokenprune.testing import BUILDERS, tiny_processor
 from hf_tokenprune.training.training_model import TokenPruneTrainingModel
 
-ARCHS = ["qwen2_5_vl", "qwen3_vl", "llava", "internvl", "smolvlm"]
+ARCHS = ["qwen2_5_vl", "qwen3_vl", "llava", "internvl", "smolvlm", "llava_onevision"]
 METHODS = ["visionselector", "autoselect", "reconstruction"]
 QUESTIONS = ["what colour is the circle", "how many star", "is the square red", "which shape is left"]
 ANSWERS = ["red", "two", "yes no", "the circle"]
@@ -472,9 +472,10 @@ def test_image_reconstructor_trains(arch, tmp_path):
     assert all(math.isfinite(entry["image_reconstruction_loss"]) for entry in logs)
 
 
-def test_image_reconstruction_without_token_pixels_fails_before_training(tmp_path):
+@pytest.mark.parametrize("arch", ["internvl", "llava_onevision"])
+def test_image_reconstruction_without_token_pixels_fails_before_training(arch, tmp_path):
     with pytest.raises(NotImplementedError, match="image_reconstruction"):
-        make_trainer("internvl", "reconstruction", tmp_path, image_reconstruction=True)
+        make_trainer(arch, "reconstruction", tmp_path, image_reconstruction=True)
 
 
 @pytest.mark.parametrize("method", METHODS)

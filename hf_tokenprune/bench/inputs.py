@@ -6,7 +6,7 @@ Each `*_inputs(...)` returns `make(config, text_tokens, generator) -> dict of te
 from __future__ import annotations
 
 import torch
-from transformers import LlavaNextConfig
+from transformers import LlavaNextConfig, LlavaOnevisionConfig
 
 
 def _prompt(text_ids: list[int], visual_block: list[int]) -> torch.Tensor:
@@ -79,6 +79,43 @@ def llava_next_inputs(image_hw: tuple[int, int], token_range: tuple[int, int]):
             "attention_mask": torch.ones_like(input_ids),
             "pixel_values": torch.randn(1, crops, 3, size, size, generator=generator),
             "image_sizes": torch.tensor([list(image_hw)]),
+        }
+
+    return make
+
+
+def llava_onevision_token_count(config: LlavaOnevisionConfig, image_hw: tuple[int, int]) -> int:
+    """Visual tokens of an image alone in its sample: base view + unpadded crop grid, shrunk bilinearly when it holds
+    more than `vision_aspect_ratio` ("anyres_max_<n>") base views' worth, with one newline token per row."""
+    import math
+
+    from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape, unpad_image
+
+    size, patch = config.vision_config.image_size, config.vision_config.patch_size
+    rows, cols = get_anyres_image_grid_shape(image_hw, config.image_grid_pinpoints, size)
+    side = size // patch
+    grid_rows, grid_cols = unpad_image(torch.zeros(1, rows * side, cols * side), image_hw).shape[1:]
+    max_views = int(config.vision_aspect_ratio.removeprefix("anyres_max_"))
+    ratio = math.sqrt(grid_rows * grid_cols / (max_views * side**2))
+    if ratio > 1.1:
+        grid_rows, grid_cols = int(grid_rows // ratio), int(grid_cols // ratio)
+    return side * side + grid_rows * (grid_cols + 1)
+
+
+def llava_onevision_inputs(image_hw: tuple[int, int], token_range: tuple[int, int]):
+    def make(config, text_tokens, generator):
+        from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+        size = config.vision_config.image_size
+        crops = image_size_to_num_patches(image_hw, config.image_grid_pinpoints, size)
+        visual = llava_onevision_token_count(config, image_hw)
+        input_ids = _prompt(_text_ids(text_tokens, token_range, generator), [config.image_token_id] * visual)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "pixel_values": torch.randn(1, crops, 3, size, size, generator=generator),
+            "image_sizes": torch.tensor([list(image_hw)]),
+            "batch_num_images": torch.tensor([1]),
         }
 
     return make

@@ -19,6 +19,8 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
     PretrainedConfig,
     PreTrainedModel,
     Qwen2_5_VLConfig,
@@ -34,6 +36,7 @@ from .inputs import (
     internvl_inputs,
     llava_inputs,
     llava_next_inputs,
+    llava_onevision_inputs,
     qwen2_5_vl_inputs,
     qwen3_vl_inputs,
     smolvlm_inputs,
@@ -289,6 +292,46 @@ def _smolvlm_instruct_config(layers: int, vision_layers: int) -> SmolVLMConfig:
     )
 
 
+# LLaVA-OneVision-7B (llava-hf/llava-onevision-qwen2-7b-ov-hf config.json): Qwen2-7B 3584 / 18944 / 28 layers /
+# 28 heads, 4 KV heads, vocab 152128, rope theta 1e6; SigLIP-so400m-384 1152 / 4304 / 26 layers / 16 heads, patch
+# 14, 729 tokens per 384 px view from layer -1 ("full", no CLS); anyres over 384 px multiples up to 6 x 6 views,
+# "anyres_max_9"; <image> 151646, <video> 151647. A 768 x 768 image = base + 2 x 2 crops = 729 + 54 x 55 = 3,699.
+def _llava_onevision_7b_config(layers: int, vision_layers: int) -> LlavaOnevisionConfig:
+    return LlavaOnevisionConfig(
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=152128,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=layers,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=16,
+            image_size=384,
+            patch_size=14,
+            vision_use_head=False,
+        ),
+        image_token_index=151646,
+        video_token_index=151647,
+        image_grid_pinpoints=[[384 * rows, 384 * cols] for rows in range(1, 7) for cols in range(1, 7)],
+        vision_aspect_ratio="anyres_max_9",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
+
+
 # Tiny presets: the test suite's models (hf_tokenprune.testing, hidden size 32) at full depth 4 / 4, for tests. The text
 # and vision configs, the LLaVA-NeXT pinpoints and the token ids are testing's; only the depths differ.
 def _tiny_text(layers: int, model_type: str | None = None) -> dict[str, Any]:
@@ -381,9 +424,23 @@ def _tiny_smolvlm_config(layers: int, vision_layers: int) -> SmolVLMConfig:
     )
 
 
+def _tiny_llava_onevision_config(layers: int, vision_layers: int) -> LlavaOnevisionConfig:
+    return LlavaOnevisionConfig(
+        text_config=_tiny_text(layers, "qwen2"),
+        vision_config=dict(testing.SIGLIP_VISION_CONFIG, num_hidden_layers=vision_layers),
+        image_token_index=testing.IMAGE_ID,
+        video_token_index=testing.VIDEO_ID,
+        image_grid_pinpoints=testing.LLAVA_NEXT_PINPOINTS,
+        vision_aspect_ratio=testing.ONEVISION_ASPECT_RATIO,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+
+
 _QWEN_TOKENS = (1000, 150000)
 _LLAMA_TOKENS = (1000, 31000)
 _TINY_TOKENS = (testing.TEXT_TOKENS.start, testing.TEXT_TOKENS.stop)
+# CLIP and (LLaVA-OneVision's) SigLIP towers alike: transformers 5 keeps their blocks at `encoder.layers`.
 _CLIP_PARTS = dict(
     vision_modules=("vision_tower", "multi_modal_projector"), vision_blocks="vision_tower.encoder.layers"
 )
@@ -439,6 +496,17 @@ PRESETS: dict[str, Preset] = {
             llava_next_inputs((672, 672), _LLAMA_TOKENS),
             full_layers=32,
             full_vision_layers=24,
+            **_CLIP_PARTS,
+        ),
+        Preset(
+            "llava-onevision-7b",
+            "LLaVA-OneVision-7B widths; one 768 x 768 image = base + 2 x 2 crops = 3,699 visual tokens (with row newlines)",
+            "llava-hf/llava-onevision-qwen2-7b-ov-hf config.json",
+            LlavaOnevisionForConditionalGeneration,
+            _llava_onevision_7b_config,
+            llava_onevision_inputs((768, 768), _QWEN_TOKENS),
+            full_layers=28,
+            full_vision_layers=26,
             **_CLIP_PARTS,
         ),
         Preset(
@@ -529,6 +597,17 @@ PRESETS: dict[str, Preset] = {
             full_layers=4,
             full_vision_layers=4,
             **_SMOLVLM_PARTS,
+        ),
+        Preset(
+            "tiny-llava-onevision",
+            "tiny random LLaVA-OneVision (hidden 32), one 16 x 10 px anyres image, its crops shrunk (anyres_max_2)",
+            "hf_tokenprune.testing",
+            LlavaOnevisionForConditionalGeneration,
+            _tiny_llava_onevision_config,
+            llava_onevision_inputs((16, 10), _TINY_TOKENS),
+            full_layers=4,
+            full_vision_layers=4,
+            **_CLIP_PARTS,
         ),
     )
 }

@@ -134,7 +134,7 @@ class AutoSelectRecipe(Recipe):
         # still recognises them.
         carries_features = (features != 0).any(dim=-1, keepdim=True)
         denoised = torch.where(carries_features, self.denoiser(throttled), throttled)
-        embeds = model.prune_hooks.project_features(model, denoised.to(features.dtype))
+        embeds = model.prune_hooks.project_segment_features(model, segment, denoised.to(features.dtype))
         return embeds, embeds.new_zeros(())
 
 
