@@ -11,6 +11,7 @@ from .hub import push_folder, render_model_card, write_model_card
 from .model import PRUNED_CLASSES, get_pruned_model
 from .modeling.architectures import get_pruned_class, pruned_classes, register_pruned_class
 from .modeling.builtin_architectures import (
+    PrunedGemma3ForConditionalGeneration,
     PrunedInternVLForConditionalGeneration,
     PrunedLlavaForConditionalGeneration,
     PrunedLlavaNextForConditionalGeneration,
@@ -54,6 +55,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "PRUNED_CLASSES",
+    "PrunedGemma3ForConditionalGeneration",
     "PrunedInternVLForConditionalGeneration",
     "PrunedLlavaForConditionalGeneration",
     "PrunedLlavaNextForConditionalGeneration",

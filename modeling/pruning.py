@@ -48,6 +48,9 @@ class ArchitectureHooks:
 
     #: keyword inputs that feed only the vision side; dropped once the visual tokens are embedded.
     vision_input_names: tuple[str, ...] = ("pixel_values",)
+    #: language-model inputs laid out like `input_ids` (B, L) that the stock code reads per token (e.g. Gemma 3's
+    #: `token_type_ids`, which mark bidirectional image blocks): compacted with the kept positions, 0 at padding.
+    per_token_input_names: tuple[str, ...] = ()
 
     def visual_token_ids(self, model) -> tuple[int, ...]:
         raise NotImplementedError
@@ -138,6 +141,7 @@ class PrunePlan:
     source_index: (B, Lc) position in the caller's row of each compacted slot (0 at padding slots).
     attention_mask: (B, Lc) compacted, left-padded.
     input_ids / inputs_embeds / position_ids: compacted; position_ids keep the unpruned positions.
+    per_token_inputs: the architecture's `per_token_input_names` the caller gave, compacted (B, Lc).
     """
 
     keep_mask: torch.Tensor
@@ -148,6 +152,7 @@ class PrunePlan:
     position_ids: torch.Tensor
     labels: torch.Tensor | None = None
     shift_labels: torch.Tensor | None = None
+    per_token_inputs: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     def gather(self, values: torch.Tensor, fill: float | int) -> torch.Tensor:
         """Compact a (..., B, L) tensor laid out like the caller's input_ids; padding slots get `fill`."""
@@ -483,8 +488,13 @@ class TokenPruningMixin:
         labels: torch.Tensor | None = None,
         shift_labels: torch.Tensor | None = None,
         budget_scope: str = "image",
+        language_inputs: dict[str, Any] | None = None,
     ) -> PrunePlan:
-        """Encode the images, select per image (or per sample: `budget_scope`), compact. Shapes: input_ids (B, L)."""
+        """Encode the images, select per image (or per sample: `budget_scope`), compact. Shapes: input_ids (B, L).
+
+        `language_inputs`: the caller's other language-model inputs; those the architecture names in
+        `per_token_input_names` come back compacted in `plan.per_token_inputs`.
+        """
         hooks = self.prune_hooks
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -511,7 +521,11 @@ class TokenPruningMixin:
             keep_mask[seg_rows[dropped], seg_cols[dropped]] = False
         if position_ids is None:
             position_ids = hooks.position_ids(self, input_ids, attention_mask, vision_inputs)
-        return self._compact(input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels, shift_labels)
+        plan = self._compact(input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels, shift_labels)
+        for name in hooks.per_token_input_names:
+            if (language_inputs or {}).get(name) is not None:
+                plan.per_token_inputs[name] = plan.gather(language_inputs[name], 0)
+        return plan
 
     def _compact(
         self, input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels, shift_labels=None
@@ -599,7 +613,9 @@ class TokenPruningMixin:
             labels=language_kwargs.pop("labels", None),
             shift_labels=language_kwargs.pop("shift_labels", None),
             budget_scope=budget_scope,
+            language_inputs=language_kwargs,
         )
+        language_kwargs.update(plan.per_token_inputs)
         if plan.shift_labels is not None:
             language_kwargs["shift_labels"] = plan.shift_labels
         outputs = super().forward(
@@ -656,7 +672,9 @@ class TokenPruningMixin:
             selector,
             position_ids=generate_kwargs.pop("position_ids", None),
             budget_scope=budget_scope,
+            language_inputs=generate_kwargs,
         )
+        generate_kwargs.update(plan.per_token_inputs)
         self.prune_hooks.after_generate_plan(self, plan)
         generate_kwargs.update(
             self._caller_length_limits(generate_kwargs, input_ids.shape[1] - plan.input_ids.shape[1])
