@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 from transformers import Gemma3ForConditionalGeneration
+from transformers.models.gemma3.modeling_gemma3 import get_block_sequence_ids_for_mask
 
 from .architectures import register_pruned_class
 from .hub_io import PrunedHubMixin
@@ -84,6 +85,18 @@ class Gemma3PruneHooks(ArchitectureHooks):
         side = self._token_side_px(model)
         patches = torch.nn.functional.unfold(inputs["pixel_values"], kernel_size=side, stride=side)
         return list(patches.transpose(1, 2))
+
+
+    def attention_allowed(self, model, padding_mask, language_inputs):
+        # The stock rules: full layers OR(causal, same image block); sliding layers also bound the look-back.
+        allowed = super().attention_allowed(model, padding_mask, language_inputs)
+        if language_inputs.get("token_type_ids") is not None:
+            blocks = get_block_sequence_ids_for_mask(language_inputs["token_type_ids"], device=padding_mask.device)
+            same_block = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)
+            allowed = allowed | (same_block & padding_mask.bool()[:, None, :])
+        positions = torch.arange(padding_mask.shape[-1], device=padding_mask.device)
+        look_back = positions[:, None] - positions[None, :] < model.config.get_text_config().sliding_window
+        return {"full_attention": allowed, "sliding_attention": allowed & look_back}
 
 
 class PrunedGemma3ForConditionalGeneration(TokenPruningMixin, PrunedHubMixin, Gemma3ForConditionalGeneration):

@@ -95,6 +95,17 @@ class ArchitectureHooks:
         positions = attention_mask.long().cumsum(-1) - 1
         return positions.masked_fill(attention_mask == 0, 0)
 
+    def attention_allowed(self, model, padding_mask: torch.Tensor, language_inputs: dict[str, Any]):
+        """The keys each query may attend to in the stock model: (B, L, L) bool, causal and padding by default, or
+        {layer type: (B, L, L)} where layer types differ. padding_mask: (B, L).
+
+        Training only: the recipes' key-weighted 4-D mask (`soft_mask_mode="attention_bias"`) is built on it, and a
+        4-D mask replaces the stock one, so it must say everything the stock mask would.
+        """
+        length = padding_mask.shape[-1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=padding_mask.device).tril()
+        return causal[None] & padding_mask.bool()[:, None, :]
+
     def after_generate_plan(self, model, plan: PrunePlan) -> None:
         """Hook for per-architecture state that must follow the compacted sequence (e.g. cached rope deltas)."""
 

@@ -150,6 +150,26 @@ def test_sliding_window_mask_oracle_is_the_stock_mask_when_nothing_is_dropped():
     torch.testing.assert_close(by_hand.logits[real], stock[real], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_training_attention_mask_rules_are_the_stock_mask(attn):
+    """`attention_allowed` (what the recipes' key-weighted 4-D mask is built on) with every weight 1 reproduces the
+    stock forward: image blocks, the sliding window and padding, here with a window far shorter than the prompt."""
+    from hf_tokenprune.training.recipe import key_weighted_mask
+
+    base = tiny_gemma3(attn, sliding_window=WINDOW)
+    model = pruned(base)
+    inputs = batch()
+    padding = inputs["attention_mask"]
+    allowed = model.prune_hooks.attention_allowed(model, padding, {"token_type_ids": inputs["token_type_ids"]})
+    rows, cols = torch.nonzero(inputs["input_ids"] == IMAGE_ID, as_tuple=True)
+    masks = key_weighted_mask(allowed, padding, rows, cols, torch.ones(len(rows)), base.dtype)
+    with torch.no_grad():
+        stock = base(**inputs).logits
+        weighted = base(**dict(inputs, attention_mask=masks, position_ids=unpruned_positions(padding))).logits
+    real = padding.bool()
+    torch.testing.assert_close(weighted[real], stock[real], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_generate_with_a_short_window_is_greedy_decoding_of_the_kept_window_oracle(cache):
     """Each new token is the argmax of the stock model run on the caller's whole sequence so far (the kept-window

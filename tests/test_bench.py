@@ -201,6 +201,7 @@ def test_outputs_doc_and_report_mode(qwen_run):
         ("tiny-llava", (8 // 2) ** 2),
         ("tiny-llava-next", testing.llava_next_token_count(16, 16)),
         ("tiny-internvl", 3 * 4),
+        ("tiny-gemma3", testing.GEMMA3_TOKENS_PER_IMAGE),
     ],
 )
 def test_other_architectures(tmp_path, preset, visual):

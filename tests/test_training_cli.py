@@ -20,9 +20,9 @@ from hf_tokenprune.cli import main
 from hf_tokenprune.testing import BUILDERS
 
 
-def write_recipe(tmp_path, output, **overrides):
+def write_recipe(tmp_path, output, arch="qwen2_5_vl", **overrides):
     recipe = {
-        "model_name_or_path": "tiny:qwen2_5_vl",
+        "model_name_or_path": f"tiny:{arch}",
         "method": "visionselector",
         "budget": 0.25,
         "train_file": str(write_records(tmp_path)),
@@ -44,16 +44,16 @@ def write_recipe(tmp_path, output, **overrides):
     return path
 
 
-def check_checkpoint(directory, budget=0.25):
+def check_checkpoint(directory, budget=0.25, arch="qwen2_5_vl"):
     """Only the selector and its config; it loads onto a fresh base and prunes."""
     assert {p.name for p in directory.iterdir()} >= {"token_prune_config.json", "token_selector.safetensors"}
     config = TokenPruneConfig.from_pretrained(directory)
     assert (config.method, config.budget, config.base_model_name_or_path) == (
         "visionselector",
         budget,
-        "tiny:qwen2_5_vl",
+        f"tiny:{arch}",
     )
-    base = BUILDERS["qwen2_5_vl"]()
+    base = BUILDERS[arch]()
     tensors = safetensors.torch.load_file(directory / "token_selector.safetensors")
     assert set(tensors) == {"query_proj.weight", "key_proj.weight"}
     assert sum(t.numel() for t in tensors.values()) < sum(p.numel() for p in base.parameters())
@@ -63,12 +63,13 @@ def check_checkpoint(directory, budget=0.25):
     return tensors
 
 
-def test_train_command_with_yaml_recipe_and_overrides(tmp_path, capsys):
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "gemma3"])
+def test_train_command_with_yaml_recipe_and_overrides(tmp_path, capsys, arch):
     output = tmp_path / "run"
-    recipe = write_recipe(tmp_path, output)
+    recipe = write_recipe(tmp_path, output, arch)
     assert main(["train", "--config", str(recipe), "--max_steps", "3"]) == 0
-    tensors = check_checkpoint(output)
-    init = get_pruned_model(BUILDERS["qwen2_5_vl"](), TokenPruneConfig(method="visionselector")).token_selector
+    tensors = check_checkpoint(output, arch=arch)
+    init = get_pruned_model(BUILDERS[arch](), TokenPruneConfig(method="visionselector")).token_selector
     assert not torch.equal(tensors["query_proj.weight"], init.query_proj.weight)
     assert "selector saved to" in capsys.readouterr().out
 
