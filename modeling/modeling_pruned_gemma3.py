@@ -86,7 +86,6 @@ class Gemma3PruneHooks(ArchitectureHooks):
         patches = torch.nn.functional.unfold(inputs["pixel_values"], kernel_size=side, stride=side)
         return list(patches.transpose(1, 2))
 
-
     def attention_allowed(self, model, padding_mask, language_inputs):
         # The stock rules: full layers OR(causal, same image block); sliding layers also bound the look-back.
         allowed = super().attention_allowed(model, padding_mask, language_inputs)
