@@ -11,6 +11,7 @@ from .hub import push_folder, render_model_card, write_model_card
 from .model import PRUNED_CLASSES, get_pruned_model
 from .modeling.architectures import get_pruned_class, pruned_classes, register_pruned_class
 from .modeling.builtin_architectures import (
+    PrunedGemma3ForConditionalGeneration,
     PrunedIdefics3ForConditionalGeneration,
     PrunedInternVLForConditionalGeneration,
     PrunedLlavaForConditionalGeneration,
@@ -57,6 +58,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "PrunedGemma3ForConditionalGeneration",
     "PRUNED_CLASSES",
     "PrunedIdefics3ForConditionalGeneration",
     "PrunedInternVLForConditionalGeneration",

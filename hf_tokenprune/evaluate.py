@@ -198,7 +198,8 @@ def build_batch(
         processor.apply_chat_template(messages_for(question), tokenize=False, add_generation_prompt=True)
         for question in questions
     ]
-    return processor(text=texts, images=list(images), return_tensors="pt", padding=True)
+    # Images per sample: every processor takes that form, and some (Gemma 3's) take no other.
+    return processor(text=texts, images=[[image] for image in images], return_tensors="pt", padding=True)
 
 
 def first_word(text: str) -> str:

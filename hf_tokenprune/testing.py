@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3Processor,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     InternVLConfig,
@@ -173,6 +176,45 @@ INTERNVL_VISION_CONFIG = dict(
     image_size=[8, 8],
     patch_size=[2, 2],
 )
+
+
+# SigLIP as in Gemma 3: 16 px images of 2 px patches (8 x 8 patches), average-pooled 2 x 2 into 16 soft tokens.
+GEMMA3_VISION_CONFIG = dict(
+    model_type="siglip_vision_model",
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=16,
+    patch_size=2,
+)
+GEMMA3_TOKENS_PER_IMAGE = 16
+# Gemma 3's image block, "\n\n<start_of_image>" + soft tokens + "<end_of_image>\n\n", with "\n\n" one token as in the
+# real tokenizer; id 57 is free in the tiny vocabulary.
+NEWLINES_ID = 57
+
+
+def tiny_gemma3(attn_implementation: str = "eager", sliding_window: int = 512) -> Gemma3ForConditionalGeneration:
+    """Tiny Gemma 3: one sliding-window layer then one full-attention layer, as Gemma 3 interleaves them.
+
+    The default window covers every prompt of the contract suite; pass a small `sliding_window` to exercise it.
+    """
+    config = Gemma3Config(
+        text_config=dict(
+            TEXT_CONFIG,
+            model_type="gemma3_text",
+            head_dim=8,
+            query_pre_attn_scalar=8,
+            sliding_window=sliding_window,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
+        vision_config=dict(GEMMA3_VISION_CONFIG),
+        mm_tokens_per_image=GEMMA3_TOKENS_PER_IMAGE,
+        boi_token_index=VSTART,
+        eoi_token_index=VEND,
+        image_token_index=IMAGE_ID,
+    )
+    return _build(Gemma3ForConditionalGeneration, config, attn_implementation)
 
 
 def tiny_qwen2_5_vl(attn_implementation: str = "eager") -> Qwen2_5_VLForConditionalGeneration:
@@ -541,6 +583,35 @@ def make_llava_onevision_video_inputs(frames: int = 3, seed: int = 0) -> dict[st
     }
 
 
+def _gemma3_image(crops, _, generator):
+    """`crops` pan-and-scan crops (0: none): each crop is one more image block, after the original's (stock layout)."""
+    block = [NEWLINES_ID, VSTART] + [IMAGE_ID] * GEMMA3_TOKENS_PER_IMAGE + [VEND, NEWLINES_ID]
+    pixels = torch.randn(1 + crops, 3, 16, 16, generator=generator)
+    if not crops:
+        return block, pixels, {}
+    tokenizer = _gemma3_words()
+    intro, outro = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in GEMMA3_PAN_AND_SCAN_TEXT)
+    return intro + block + outro + block * crops, pixels, {}
+
+
+# The words the stock processor writes around pan-and-scan crops (`Gemma3Processor.replace_image_token`).
+GEMMA3_PAN_AND_SCAN_TEXT = ("Here is the original image", "and here are some crops to help you see better")
+
+
+def _gemma3_words() -> PreTrainedTokenizerFast:
+    global _GEMMA3_TOKENIZER
+    if _GEMMA3_TOKENIZER is None:
+        _GEMMA3_TOKENIZER = tiny_chat_tokenizer("gemma3")
+    return _GEMMA3_TOKENIZER
+
+
+_GEMMA3_TOKENIZER: PreTrainedTokenizerFast | None = None
+
+
+def _gemma3_text_inputs(input_ids):
+    return {"token_type_ids": (input_ids == IMAGE_ID).long()}
+
+
 def make_video_inputs(frames: int = 4, height: int = 4, width: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     """A Qwen2.5-VL video prompt: `frames` frames (temporal patch 2), each `height` x `width` patches."""
     generator = torch.Generator().manual_seed(seed)
@@ -589,6 +660,13 @@ ONEVISION_VISION_TOKENS = {
     "<|vision_end|>": VEND,
     "<image>": IMAGE_ID,
     "<video>": VIDEO_ID,
+}
+GEMMA3_VISION_TOKENS = {
+    "<start_of_image>": VSTART,
+    "<end_of_image>": VEND,
+    "<image_soft_token>": IMAGE_ID,
+    "<video>": VIDEO_ID,
+    "\n\n": NEWLINES_ID,
 }
 INTERNVL_VISION_TOKENS = {"<img>": VSTART, "</img>": VEND, "<IMG_CONTEXT>": IMAGE_ID, "<video>": VIDEO_ID}
 SMOLVLM_VISION_TOKENS = {
@@ -649,6 +727,8 @@ def tiny_processor(arch: str, **image_processor_kwargs) -> ProcessorMixin:
     - smolvlm: longest edge resized to 16, split into 8 x 8 views (up to 2 x 2) plus a global view, 4 tokens each,
       each framed by `<fake_token_around_image>` (58) and a `<row_r_col_c>` (45..53) / `<global-img>` (59) tag; pass
       `do_resize=False` to split at the image's own size (an image of at most 8 x 8 px is not split).
+    - gemma3: resized to 16 x 16 -> 16 soft tokens between `<start_of_image>` / `<end_of_image>` (58 / 59), framed by
+      "\n\n" (57); `processor(..., do_pan_and_scan=True, pan_and_scan_min_crop_size=8)` adds a block per crop.
 
     `image_processor_kwargs` override the image processor's settings above.
     """
@@ -777,6 +857,21 @@ def _smolvlm_processor(tokenizer, chat_template, overrides) -> ProcessorMixin:
     return Idefics3Processor(image_processor, tokenizer, image_seq_len=SMOLVLM_VIEW_TOKENS, chat_template=chat_template)
 
 
+def _gemma3_processor(tokenizer, chat_template, overrides) -> ProcessorMixin:
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    # Pan and scan is a call-time setting (`do_pan_and_scan=True, pan_and_scan_min_crop_size=8` for these sizes):
+    # the processor's own defaults override the image processor's.
+    image_processor = Gemma3ImageProcessorPil(**{"size": {"height": 16, "width": 16}, **overrides})
+    return Gemma3Processor(
+        image_processor, tokenizer, chat_template=chat_template, image_seq_length=GEMMA3_TOKENS_PER_IMAGE
+    )
+
+
+def _gemma3_names(start, end, image, video, newlines) -> dict[str, str]:
+    return dict(boi_token=start, eoi_token=end, image_token=image)
+
+
 def _image_and_video_names(start, end, image, video, *_) -> dict[str, str]:
     return dict(image_token=image, video_token=video)
 
@@ -814,8 +909,8 @@ class TinyArchitecture:
     batch_images also finds `sample` (the image's row) and `num_samples` (the batch size) in each image's extras.
     text_inputs(input_ids) -> per-token extras the processor adds (e.g. Qwen's `mm_token_type_ids`).
     image_token_counts(input_ids (B, L)) -> placeholder tokens of each image, row-major: the unit of the budget.
-    vision_tokens: {name: id} of (vision start, vision end, image, video) in the chat tokenizer.
-    special_token_names(start, end, image, video) -> the tokenizer's named special tokens.
+    vision_tokens: {name: id} of (vision start, vision end, image, video[, more]) in the chat tokenizer.
+    special_token_names(start, end, image, video[, more]) -> the tokenizer's named special tokens.
     image_block_takes_sample_count: `image_block` takes a fourth argument, the number of images in its sample
     (LLaVA-OneVision lays out an image alone in its sample anyres, and each of several as its base view only).
     placeholder: the image placeholder as the processor expects it in the rendered chat text.
@@ -909,6 +1004,17 @@ TINY_ARCHITECTURES: dict[str, TinyArchitecture] = {
         processor=_smolvlm_processor,
         special_token_names=_smolvlm_names,
         image_token_counts=smolvlm_image_token_counts,
+    ),
+    "gemma3": TinyArchitecture(
+        build=tiny_gemma3,
+        image_sizes=[(0, 0), (2, 0)],  # (pan-and-scan crops, unused)
+        image_block=_gemma3_image,
+        batch_images=_concatenated_pixels,
+        text_inputs=_gemma3_text_inputs,
+        vision_tokens=GEMMA3_VISION_TOKENS,
+        placeholder="<start_of_image>",
+        processor=_gemma3_processor,
+        special_token_names=_gemma3_names,
     ),
 }
 # Views of the table by what tests ask for.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .modeling_pruned_gemma3 import PrunedGemma3ForConditionalGeneration
 from .modeling_pruned_internvl import PrunedInternVLForConditionalGeneration
 from .modeling_pruned_llava import PrunedLlavaForConditionalGeneration
 from .modeling_pruned_llava_next import PrunedLlavaNextForConditionalGeneration
@@ -11,6 +12,7 @@ from .modeling_pruned_qwen3_vl import PrunedQwen3VLForConditionalGeneration
 from .modeling_pruned_smolvlm import PrunedIdefics3ForConditionalGeneration, PrunedSmolVLMForConditionalGeneration
 
 __all__ = [
+    "PrunedGemma3ForConditionalGeneration",
     "PrunedIdefics3ForConditionalGeneration",
     "PrunedInternVLForConditionalGeneration",
     "PrunedLlavaForConditionalGeneration",

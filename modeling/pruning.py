@@ -52,6 +52,9 @@ class ArchitectureHooks:
 
     #: keyword inputs that feed only the vision side; dropped once the visual tokens are embedded.
     vision_input_names: tuple[str, ...] = ("pixel_values",)
+    #: language-model inputs laid out like `input_ids` (B, L) that the stock code reads per token (e.g. Gemma 3's
+    #: `token_type_ids`, which mark bidirectional image blocks): compacted with the kept positions, 0 at padding.
+    per_token_input_names: tuple[str, ...] = ()
 
     def visual_token_ids(self, model) -> tuple[int, ...]:
         raise NotImplementedError
@@ -103,6 +106,17 @@ class ArchitectureHooks:
         """Positions of the unpruned sequence: (B, L), or (3, B, L) for M-RoPE. Padding-aware, as `generate` makes them."""
         positions = attention_mask.long().cumsum(-1) - 1
         return positions.masked_fill(attention_mask == 0, 0)
+
+    def attention_allowed(self, model, padding_mask: torch.Tensor, language_inputs: dict[str, Any]):
+        """The keys each query may attend to in the stock model: (B, L, L) bool, causal and padding by default, or
+        {layer type: (B, L, L)} where layer types differ. padding_mask: (B, L).
+
+        Training only: the recipes' key-weighted 4-D mask (`soft_mask_mode="attention_bias"`) is built on it, and a
+        4-D mask replaces the stock one, so it must say everything the stock mask would.
+        """
+        length = padding_mask.shape[-1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=padding_mask.device).tril()
+        return causal[None] & padding_mask.bool()[:, None, :]
 
     def after_generate_plan(self, model, plan: PrunePlan) -> None:
         """Hook for per-architecture state that must follow the compacted sequence (e.g. cached rope deltas)."""
@@ -160,6 +174,7 @@ class PrunePlan:
     source_index: (B, Lc) position in the caller's row of each compacted slot (0 at padding slots).
     attention_mask: (B, Lc) compacted, left-padded.
     input_ids / inputs_embeds / position_ids: compacted; position_ids keep the unpruned positions.
+    per_token_inputs: the architecture's `per_token_input_names` the caller gave, compacted (B, Lc).
     side_inputs: (B, Lc, D) the segments' `side_inputs` at the kept slots (zeros elsewhere), or None.
     """
 
@@ -171,6 +186,7 @@ class PrunePlan:
     position_ids: torch.Tensor
     labels: torch.Tensor | None = None
     shift_labels: torch.Tensor | None = None
+    per_token_inputs: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     side_inputs: torch.Tensor | None = None
 
     def gather(self, values: torch.Tensor, fill: float | int) -> torch.Tensor:
@@ -527,8 +543,13 @@ class TokenPruningMixin:
         labels: torch.Tensor | None = None,
         shift_labels: torch.Tensor | None = None,
         budget_scope: str = "image",
+        language_inputs: dict[str, Any] | None = None,
     ) -> PrunePlan:
-        """Encode the images, select per image (or per sample: `budget_scope`), compact. Shapes: input_ids (B, L)."""
+        """Encode the images, select per image (or per sample: `budget_scope`), compact. Shapes: input_ids (B, L).
+
+        `language_inputs`: the caller's other language-model inputs; those the architecture names in
+        `per_token_input_names` come back compacted in `plan.per_token_inputs`.
+        """
         hooks = self.prune_hooks
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -560,6 +581,9 @@ class TokenPruningMixin:
         if side_inputs is not None:
             side_index = plan.source_index[..., None].expand(-1, -1, side_inputs.shape[-1])
             plan.side_inputs = side_inputs.gather(1, side_index) * plan.attention_mask[..., None].to(side_inputs.dtype)
+        for name in hooks.per_token_input_names:
+            if (language_inputs or {}).get(name) is not None:
+                plan.per_token_inputs[name] = plan.gather(language_inputs[name], 0)
         return plan
 
     def visual_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -663,7 +687,9 @@ class TokenPruningMixin:
             labels=language_kwargs.pop("labels", None),
             shift_labels=language_kwargs.pop("shift_labels", None),
             budget_scope=budget_scope,
+            language_inputs=language_kwargs,
         )
+        language_kwargs.update(plan.per_token_inputs)
         if plan.shift_labels is not None:
             language_kwargs["shift_labels"] = plan.shift_labels
         with self.feeding_side_inputs(self.visual_token_mask(plan.input_ids), plan.side_inputs):
@@ -721,7 +747,9 @@ class TokenPruningMixin:
             selector,
             position_ids=generate_kwargs.pop("position_ids", None),
             budget_scope=budget_scope,
+            language_inputs=generate_kwargs,
         )
+        generate_kwargs.update(plan.per_token_inputs)
         self.prune_hooks.after_generate_plan(self, plan)
         generate_kwargs.update(
             self._caller_length_limits(generate_kwargs, input_ids.shape[1] - plan.input_ids.shape[1])

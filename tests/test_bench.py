@@ -201,6 +201,7 @@ def test_outputs_doc_and_report_mode(qwen_run):
         ("tiny-qwen3-vl", 16 * 16 // 2**2),
         ("tiny-llava", (8 // 2) ** 2),
         ("tiny-llava-next", testing.llava_next_token_count(16, 16)),
+        ("tiny-gemma3", testing.GEMMA3_TOKENS_PER_IMAGE),
         ("tiny-llava-onevision", testing.llava_onevision_token_count(16, 10)),
         ("tiny-internvl", 3 * 4),
         ("tiny-smolvlm", (2 * 2 + 1) * testing.SMOLVLM_VIEW_TOKENS),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import Gemma3Processor
 
 from hf_tokenprune import TokenPruneConfig, get_pruned_model
 from hf_tokenprune.testing import (
@@ -28,7 +29,7 @@ from hf_tokenprune.testing import (
     tiny_processor,
 )
 
-ARCHS = ["qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "internvl", "smolvlm", "llava_onevision"]
+ARCHS = ["qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "internvl", "smolvlm", "llava_onevision", "gemma3"]
 QWEN = ("qwen2_5_vl", "qwen3_vl")
 # (height, width) in pixels; the Qwen models see them at different grid sizes, the others resize or tile them.
 SIZES = {
@@ -38,6 +39,7 @@ SIZES = {
     "llava_next": [(8, 8), (8, 14), (16, 10), (12, 12)],
     "internvl": [(16, 16), (12, 20), (8, 8), (20, 12)],
     "llava_onevision": [(8, 8), (8, 14), (16, 10), (12, 12)],
+    "gemma3": [(16, 16), (12, 20), (8, 8), (20, 12)],
     "smolvlm": [(16, 16), (8, 20), (8, 8), (20, 12)],
 }
 
@@ -116,6 +118,9 @@ def vision_tokens(model, processor, picture: Image.Image) -> int:
 
 def process(processor, texts: list[str], images: list[list[Image.Image]]):
     flat = [picture for sample in images for picture in sample]
+    if isinstance(processor, Gemma3Processor) and flat:
+        # The stock Gemma 3 processor reads a flat image list as one sample's images: it takes them per sample only.
+        return processor(text=texts, images=images, return_tensors="pt", padding=True)
     return processor(text=texts, images=flat or None, return_tensors="pt", padding=True)
 
 
@@ -157,7 +162,7 @@ def test_placeholders_match_the_vision_tower(models, processors, arch):
     expected = [vision_tokens(model, processor, picture) for picture in images]
     assert int((ids == model.config.image_token_id).sum()) == sum(expected)
     assert model.config.image_token_id == IMAGE_ID
-    if arch in (*QWEN, "internvl"):  # each image framed by start/end tokens: check per image
+    if arch in (*QWEN, "internvl", "gemma3"):  # each image framed by start/end tokens: check per image
         starts = torch.nonzero(ids == VSTART).flatten().tolist()
         ends = torch.nonzero(ids == VEND).flatten().tolist()
         assert [end - start - 1 for start, end in zip(starts, ends, strict=True)] == expected

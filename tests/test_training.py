@@ -23,7 +23,7 @@ from hf_tokenprune import (
 from hf_tokenprune.testing import BUILDERS, tiny_processor
 from hf_tokenprune.training.training_model import TokenPruneTrainingModel
 
-ARCHS = ["qwen2_5_vl", "qwen3_vl", "llava", "internvl", "smolvlm", "llava_onevision"]
+ARCHS = ["qwen2_5_vl", "qwen3_vl", "llava", "internvl", "smolvlm", "llava_onevision", "gemma3"]
 METHODS = ["visionselector", "autoselect", "reconstruction"]
 QUESTIONS = ["what colour is the circle", "how many star", "is the square red", "which shape is left"]
 ANSWERS = ["red", "two", "yes no", "the circle"]
@@ -437,7 +437,7 @@ def test_loading_a_bad_selector_file_names_it_and_leaves_the_model_unchanged(tmp
         assert torch.equal(tensor, before[name])
 
 
-@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "llava"])
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "llava", "gemma3"])
 def test_token_pixels_are_the_pixels_under_each_token(arch):
     """Oracle: a processed image with one bright token-sized block; only that token's pixel row is bright."""
     import numpy as np
@@ -445,7 +445,7 @@ def test_token_pixels_are_the_pixels_under_each_token(arch):
     processor = tiny_processor(arch)
     model = get_pruned_model(BUILDERS[arch](), TokenPruneConfig(method="reconstruction"))
     # Qwen: 16 x 16 px -> 4 x 4 tokens of 4 x 4 px; LLaVA: 8 x 8 px (no resize) -> 4 x 4 tokens of 2 x 2 px.
-    side = {"qwen2_5_vl": 4, "qwen3_vl": 4, "llava": 2}[arch]
+    side = {"qwen2_5_vl": 4, "qwen3_vl": 4, "llava": 2, "gemma3": 4}[arch]  # Gemma 3: 4 x 4 pooled tokens of 4 x 4 px
     pixels = np.zeros((4 * side, 4 * side, 3), dtype=np.uint8)
     pixels[2 * side : 3 * side, side : 2 * side] = 255  # token (row 2, col 1) of the 4 x 4 grid
     text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}]}], tokenize=False)
@@ -461,7 +461,7 @@ def test_token_pixels_are_the_pixels_under_each_token(arch):
     assert torch.allclose(others, others[:1].expand_as(others), atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "llava"])
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "llava", "gemma3"])
 def test_image_reconstructor_trains(arch, tmp_path):
     _, _, trainer = make_trainer(arch, "reconstruction", tmp_path, image_reconstruction=True)
     reconstructor = trainer.model.recipe.image_reconstructor

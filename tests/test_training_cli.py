@@ -63,7 +63,7 @@ def check_checkpoint(directory, budget=0.25, arch="qwen2_5_vl"):
     return tensors
 
 
-@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "llava_onevision"])
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "llava_onevision", "gemma3"])
 def test_train_command_with_yaml_recipe_and_overrides(tmp_path, capsys, arch):
     output = tmp_path / "run"
     recipe = write_recipe(tmp_path, output, arch)

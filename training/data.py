@@ -155,8 +155,9 @@ class TokenPruneDataCollator:
         with Image.open(resolve_image(path, self.image_folder)) as handle:
             return handle.convert("RGB")
 
-    def _process(self, texts: list[str], images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        kwargs = {"images": images} if images else {}
+    def _process(self, texts: list[str], images: list[list[Image.Image]]) -> dict[str, torch.Tensor]:
+        # Images per sample: every processor takes that form, and some (Gemma 3's) take no other.
+        kwargs = {"images": images} if any(images) else {}
         return self.processor(text=texts, return_tensors="pt", padding=True, **kwargs)
 
     def _answer_spans(self, messages, images, full_ids: list[int]) -> list[tuple[int, int]]:
@@ -173,7 +174,7 @@ class TokenPruneDataCollator:
                     bounds.append(len(full_ids))  # the whole conversation: already processed
                     continue
                 text = render(messages[:upto], tokenize=False, add_generation_prompt=generation_prompt)
-                ids = self._process([text], images[:images_seen])["input_ids"][0].tolist()
+                ids = self._process([text], [images[:images_seen]])["input_ids"][0].tolist()
                 if ids != full_ids[: len(ids)]:
                     raise ValueError(
                         "the processor's tokens for a conversation prefix are not a prefix of the whole "
@@ -189,7 +190,7 @@ class TokenPruneDataCollator:
             messages = conversation_messages(record["conversations"])
             record_images_ = [self._load_image(path) for path in record_images(record)]
             texts.append(self.processor.apply_chat_template(messages, tokenize=False))
-            images.extend(record_images_)
+            images.append(record_images_)
             per_record.append((messages, record_images_))
         batch = dict(self._process(texts, images))
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]

@@ -27,8 +27,8 @@ class TrainModelArguments:
         default=None,
         metadata={
             "help": "Base VLM: a Hub id or a local directory (loaded with AutoModelForImageTextToText), or "
-            "'tiny:<arch>' (arch: qwen2_5_vl, qwen3_vl, llava, internvl) for a tiny random model and processor built "
-            "from configs, for smoke tests."
+            "'tiny:<arch>' (arch: a key of hf_tokenprune.testing.TINY_ARCHITECTURES) for a tiny random model and "
+            "processor built from configs, for smoke tests."
         },
     )
     processor_name_or_path: str | None = field(

@@ -111,7 +111,8 @@ class Recipe(nn.Module):
             if any(weights is not None for weights in key_weights):
                 ones = [torch.ones(len(seg_rows), device=rows.device) for _, seg_rows, _ in placed]
                 weights = torch.cat([w if w is not None else one for w, one in zip(key_weights, ones, strict=True)])
-                attention_mask = key_weighted_mask(attention_mask, rows, cols, weights, inputs_embeds.dtype)
+                allowed = model.prune_hooks.attention_allowed(model, attention_mask, language_kwargs)
+                attention_mask = key_weighted_mask(allowed, attention_mask, rows, cols, weights, inputs_embeds.dtype)
         position_ids = model.prune_hooks.position_ids(model, input_ids, padding_mask, vision_inputs)
         with model.feeding_side_inputs(model.visual_token_mask(input_ids), side_inputs):
             outputs = model.base_forward(
@@ -132,22 +133,29 @@ class Recipe(nn.Module):
 
 
 def key_weighted_mask(
-    padding_mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """A 4-D additive attention mask (B, 1, L, L): causal and padding as the stock mask, plus log(w) on the keys at
-    (rows, cols); transformers passes a 4-D mask through unchanged, to eager and sdpa alike.
+    allowed: torch.Tensor | dict[str, torch.Tensor],
+    padding_mask: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    weights: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """A 4-D additive attention mask (B, 1, L, L): the stock mask's `allowed` keys (the architecture's
+    `attention_allowed`), plus log(w) on the keys at (rows, cols); transformers passes a 4-D mask through unchanged,
+    to eager and sdpa alike. A dict of `allowed` per layer type gives a dict of masks.
 
-    padding_mask: (B, L) 1 for real tokens; weights: (n,) in [0, 1] for the n keys at (rows, cols).
+    allowed: (B, L, L) bool or {layer type: (B, L, L)}; padding_mask: (B, L) 1 for real tokens; weights: (n,) in
+    [0, 1] for the n keys at (rows, cols).
     """
     batch, length = padding_mask.shape
     lowest = torch.finfo(dtype).min
-    causal = torch.ones(length, length, dtype=torch.bool, device=padding_mask.device).tril()
-    allowed = causal[None] & padding_mask.bool()[:, None, :]
     log_weights = padding_mask.new_zeros((batch, length), dtype=torch.float32)
     # Clamped so that w = 0 gives a finite, fully masking bias (a row of -inf would make NaN).
     log_weights = log_weights.index_put((rows, cols), weights.float().clamp_min(torch.finfo(torch.float32).tiny).log())
-    bias = log_weights[:, None, :].clamp_min(lowest).masked_fill(~allowed, lowest)
-    return bias[:, None].to(dtype)
+    bias = log_weights[:, None, :].clamp_min(lowest)
+    if isinstance(allowed, dict):
+        return {name: bias.masked_fill(~keys, lowest)[:, None].to(dtype) for name, keys in allowed.items()}
+    return bias.masked_fill(~allowed, lowest)[:, None].to(dtype)
 
 
 def check_non_negative(value: Any, name: str) -> None:

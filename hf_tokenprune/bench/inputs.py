@@ -167,3 +167,23 @@ def smolvlm_inputs(grid: tuple[int, int], fake_id: int, token_range: tuple[int, 
         }
 
     return make
+
+
+def gemma3_inputs(newlines_id: int, token_range: tuple[int, int]):
+    """One image block as `Gemma3Processor` writes it: "\\n\\n", `<start_of_image>`, `mm_tokens_per_image` soft tokens,
+    `<end_of_image>`, "\\n\\n" (`newlines_id` is the tokenizer's "\\n\\n"), with `token_type_ids` marking the soft tokens."""
+
+    def make(config, text_tokens, generator):
+        vision = config.vision_config
+        visual = [config.image_token_id] * config.mm_tokens_per_image
+        block = [newlines_id, config.boi_token_id, *visual, config.eoi_token_id, newlines_id]
+        input_ids = _prompt(_text_ids(text_tokens - 4, token_range, generator), block)
+        pixel_values = torch.randn(1, 3, vision.image_size, vision.image_size, generator=generator)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "pixel_values": pixel_values,
+            "token_type_ids": (input_ids == config.image_token_id).long(),
+        }
+
+    return make

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 from transformers import (
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
     InternVLConfig,
     InternVLForConditionalGeneration,
     LlavaConfig,
@@ -33,6 +35,7 @@ from transformers import (
 
 from .. import testing
 from .inputs import (
+    gemma3_inputs,
     internvl_inputs,
     llava_inputs,
     llava_next_inputs,
@@ -332,6 +335,58 @@ def _llava_onevision_7b_config(layers: int, vision_layers: int) -> LlavaOnevisio
     )
 
 
+def _gemma3_layer_types(layers: int, period: int) -> list[str]:
+    """Gemma 3's pattern (`period - 1` sliding-window layers, then one full-attention layer), cut to `layers`; a
+    reduced stack keeps both kinds (its last layer is full attention when the cut leaves none)."""
+    kinds = ["full_attention" if (index + 1) % period == 0 else "sliding_attention" for index in range(layers)]
+    if "full_attention" not in kinds:
+        kinds[-1] = "full_attention"
+    return kinds
+
+
+# Gemma-3-12B-it (google/gemma-3-12b-it config.json): LLM 3840 / 15360 / 48 layers / 16 heads, 8 KV heads, head_dim
+# 256, query_pre_attn_scalar 256, vocab 262208, tied embeddings, rope theta 1e6 (linear x 8) on full layers and 1e4
+# on sliding ones, sliding window 1024, 5 sliding : 1 full; SigLIP-So400m 1152 / 4304 / 27 layers / 16 heads, 896 px,
+# patch 14 (64 x 64 patches) average-pooled 4 x 4 to mm_tokens_per_image 256; <start_of_image> 255999,
+# <end_of_image> 256000, image soft token 262144; "\n\n" is token 108 around each image block.
+def _gemma3_12b_config(layers: int, vision_layers: int) -> Gemma3Config:
+    return Gemma3Config(
+        text_config=dict(
+            model_type="gemma3_text",
+            vocab_size=262208,
+            hidden_size=3840,
+            intermediate_size=15360,
+            num_hidden_layers=layers,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=256,
+            query_pre_attn_scalar=256,
+            max_position_embeddings=131072,
+            rms_norm_eps=1e-6,
+            sliding_window=1024,
+            layer_types=_gemma3_layer_types(layers, 6),
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+        ),
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=16,
+            image_size=896,
+            patch_size=14,
+            vision_use_head=False,
+        ),
+        mm_tokens_per_image=256,
+        boi_token_index=255999,
+        eoi_token_index=256000,
+        image_token_index=262144,
+    )
+
+
 # Tiny presets: the test suite's models (hf_tokenprune.testing, hidden size 32) at full depth 4 / 4, for tests. The text
 # and vision configs, the LLaVA-NeXT pinpoints and the token ids are testing's; only the depths differ.
 def _tiny_text(layers: int, model_type: str | None = None) -> dict[str, Any]:
@@ -437,6 +492,23 @@ def _tiny_llava_onevision_config(layers: int, vision_layers: int) -> LlavaOnevis
     )
 
 
+def _tiny_gemma3_config(layers: int, vision_layers: int) -> Gemma3Config:
+    return Gemma3Config(
+        text_config=dict(
+            _tiny_text(layers, "gemma3_text"),
+            head_dim=8,
+            query_pre_attn_scalar=8,
+            sliding_window=512,
+            layer_types=_gemma3_layer_types(layers, 2),
+        ),
+        vision_config=dict(testing.GEMMA3_VISION_CONFIG, num_hidden_layers=vision_layers),
+        mm_tokens_per_image=testing.GEMMA3_TOKENS_PER_IMAGE,
+        boi_token_index=testing.VSTART,
+        eoi_token_index=testing.VEND,
+        image_token_index=testing.IMAGE_ID,
+    )
+
+
 _QWEN_TOKENS = (1000, 150000)
 _LLAMA_TOKENS = (1000, 31000)
 _TINY_TOKENS = (testing.TEXT_TOKENS.start, testing.TEXT_TOKENS.stop)
@@ -447,6 +519,10 @@ _CLIP_PARTS = dict(
 _INTERNVL_PARTS = dict(
     vision_modules=("vision_tower", "multi_modal_projector"), vision_blocks="vision_tower.encoder.layer"
 )
+_GEMMA3_PARTS = dict(
+    vision_modules=("vision_tower", "multi_modal_projector"), vision_blocks="vision_tower.encoder.layers"
+)
+_GEMMA_TOKENS = (1000, 250000)
 _QWEN_PARTS = dict(vision_modules=("visual",), vision_blocks="visual.blocks", block_kinds=_qwen_block_kinds)
 _SMOLVLM_PARTS = dict(vision_modules=("vision_model", "connector"), vision_blocks="vision_model.encoder.layers")
 _QWEN3_PARTS = dict(vision_modules=("visual",), vision_blocks="visual.blocks")  # one block kind: no windows
@@ -497,6 +573,17 @@ PRESETS: dict[str, Preset] = {
             full_layers=32,
             full_vision_layers=24,
             **_CLIP_PARTS,
+        ),
+        Preset(
+            "gemma3-12b",
+            "Gemma-3-12B widths; one 896 x 896 image = 64 x 64 patches pooled to 256 visual tokens",
+            "google/gemma-3-12b-it config.json",
+            Gemma3ForConditionalGeneration,
+            _gemma3_12b_config,
+            gemma3_inputs(108, _GEMMA_TOKENS),
+            full_layers=48,
+            full_vision_layers=27,
+            **_GEMMA3_PARTS,
         ),
         Preset(
             "llava-onevision-7b",
@@ -608,6 +695,17 @@ PRESETS: dict[str, Preset] = {
             full_layers=4,
             full_vision_layers=4,
             **_CLIP_PARTS,
+        ),
+        Preset(
+            "tiny-gemma3",
+            "tiny random Gemma 3 (hidden 32), one 16 x 16 px image = 16 visual tokens",
+            "hf_tokenprune.testing",
+            Gemma3ForConditionalGeneration,
+            _tiny_gemma3_config,
+            gemma3_inputs(testing.NEWLINES_ID, _TINY_TOKENS),
+            full_layers=4,
+            full_vision_layers=4,
+            **_GEMMA3_PARTS,
         ),
     )
 }
