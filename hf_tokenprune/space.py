@@ -39,8 +39,8 @@ DROPPED_SHADE = (0, 0, 0, 160)
 def bundled_testbed() -> SimpleNamespace:
     """What the Space's default model takes from the testbed example package (`examples/testbed`, installed as
     `hf_tokenprune_testbed`): imported only when the Space runs `--model testbed`, the one place that names it."""
-    from hf_tokenprune_testbed.model import DEFAULT_ADAPTERS, build_batch, load_testbed
-    from hf_tokenprune_testbed.scenes import task_split as make_split  # the bundled VLM's task (v2)
+    from hf_tokenprune_testbed.model import BUNDLED_TASK, DEFAULT_ADAPTERS, build_batch, load_testbed
+    from hf_tokenprune_testbed.scenes import task_split
 
     from .evaluate import first_word
     from .processing import load_processor
@@ -51,7 +51,7 @@ def bundled_testbed() -> SimpleNamespace:
         first_word=first_word,
         load_processor=load_processor,
         load_testbed=load_testbed,
-        make_split=make_split,
+        make_split=lambda split, n: task_split(split, n, BUNDLED_TASK),  # the bundled VLM's task
     )
 
 

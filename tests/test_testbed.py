@@ -27,7 +27,7 @@ from hf_tokenprune_testbed.model import (
     build_batch,
     load_testbed,
     predict,
-    testbed_processor,
+    testbed_processor as make_testbed_processor,
 )
 from hf_tokenprune_testbed.pipeline import ReproduceArguments, run_reproduce
 from hf_tokenprune_testbed.scenes import task_split
@@ -40,7 +40,7 @@ def examples():
 
 
 def test_tokenizer_knows_every_task_word_and_round_trips(examples):
-    tokenizer = testbed_processor().tokenizer
+    tokenizer = make_testbed_processor().tokenizer
     ids = tokenizer(list(VOCABULARY), add_special_tokens=False)["input_ids"]
     assert all(len(word_ids) == 1 and word_ids[0] != tokenizer.unk_token_id for word_ids in ids)
     for example in examples:
@@ -49,7 +49,7 @@ def test_tokenizer_knows_every_task_word_and_round_trips(examples):
 
 
 def test_processor_geometry_matches_the_task_token_grid(examples):
-    processor = testbed_processor()
+    processor = make_testbed_processor()
     batch = build_batch(processor, [e.image for e in examples], [e.question for e in examples])
     for row, example in enumerate(examples):
         _, height, width = batch["image_grid_thw"][row].tolist()
@@ -59,7 +59,7 @@ def test_processor_geometry_matches_the_task_token_grid(examples):
 
 
 def test_processor_saves_and_loads_without_torchvision(tmp_path, examples):
-    processor = testbed_processor()
+    processor = make_testbed_processor()
     processor.save_pretrained(tmp_path)
     loaded = load_processor(tmp_path)
     images, questions = [e.image for e in examples[:3]], [e.question for e in examples[:3]]
@@ -366,10 +366,11 @@ def test_demo_matches_the_library_path_and_draws_the_kept_tokens(tmp_path, capsy
     assert lines["visionselector at budget 0.2"] == answers[0]
     assert lines["unpruned answer"] == unpruned[0]
     assert lines["visual tokens kept"] == f"{tokens_to_keep(0.2, total[0])} of {total[0]}" == f"{kept[0]} of {total[0]}"
-    rows, cols = token_grid(*example.image.size)
-    with Image.open(output) as image:
-        assert image.size == (cols * 28, rows * 28)
+    rows, cols = token_grid(*example.image.size, image_processor=processor.image_processor)
+    with Image.open(output) as image:  # the library's overlay of the model's token grid (space.kept_token_overlay)
+        assert image.size[0] * rows == image.size[1] * cols and image.size[0] % cols == 0
     assert "speed-up" in lines["time to first token"]
+    assert "smaller" in lines["KV cache after the answer"]
 
 
 def test_demo_rejects_bad_arguments_before_loading(monkeypatch):
@@ -450,7 +451,7 @@ def test_prompts_put_the_question_before_the_image_in_training_and_inference(exa
     from hf_tokenprune.training.data import TokenPruneDataCollator
     from hf_tokenprune_testbed.pipeline import example_record
 
-    processor = testbed_processor()
+    processor = make_testbed_processor()
     example = examples[0]
     prompt = build_batch(processor, [example.image], [example.question])["input_ids"][0]
     trained = TokenPruneDataCollator(processor)([example_record(example)])
@@ -501,22 +502,25 @@ def test_vision_pretraining_loss_weights_object_cells_on_their_own(examples):
     torch.testing.assert_close(loss.detach(), expected.detach())
 
 
-def test_vision_pretraining_classes_are_the_language_models_word_embeddings(examples):
+@pytest.mark.parametrize("task", ["v1", "v2"])
+def test_vision_pretraining_classes_are_the_language_models_word_embeddings(task):
     """Oracle: cosines against the embedding rows of the class names, looked up through the tokenizer by hand; one
     optimiser step moves exactly those rows of the embedding table (and the tower), nothing else of the LM."""
     from hf_tokenprune_testbed.model import new_testbed_model
     from hf_tokenprune_testbed.pipeline import VisionPretraining, VisionPretrainingCollator
-    from hf_tokenprune_testbed.tasks import COLOURS, SHAPES, WORDS
+    from hf_tokenprune_testbed.scenes import label_names
+    from hf_tokenprune_testbed.tasks import COLOURS
 
+    examples = task_split("validation", 4, task)
     model, processor = new_testbed_model(0)
-    wrapper = VisionPretraining(model, processor.tokenizer)
+    wrapper = VisionPretraining(model, processor.tokenizer, task)
     batch = VisionPretrainingCollator(processor)(examples)
     table = model.get_input_embeddings().weight.detach().clone()
     with torch.no_grad():
         features = model.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
         logits = wrapper.group_logits(features)
     unit = torch.nn.functional.normalize(features, dim=-1)
-    names = (COLOURS, (*SHAPES, "box"), WORDS)
+    names = label_names(task)
     for group, words in enumerate(names):
         assert logits[group].shape == (len(features), len(words) + 1)
         for k, word in enumerate(words, start=1):

@@ -14,7 +14,10 @@ from hf_tokenprune_testbed.tasks import (
     COLOUR_RGB,
     COLOURS,
     KINDS,
+    MAX_PIXELS,
+    MIN_PIXELS,
     SHAPES,
+    TOKEN_PIXELS,
     VOCABULARY,
     WORDS,
     VQAExample,
@@ -222,40 +225,44 @@ def test_pixels_show_each_object_and_clutter_never_uses_an_object_colour(example
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_token_grid_matches_the_processor_resize(seed):
+    """Oracle: the testbed VLM's own processor (its `image_grid_thw`, in 8 px patches merged 2 x 2)."""
+    from hf_tokenprune_testbed.model import testbed_processor as make_processor
+
+    image_processor = make_processor().image_processor
     rng = np.random.default_rng(seed)
-    sizes = [(int(w), int(h)) for w, h in rng.integers(1, 2000, size=(400, 2)) if max(w, h) / min(w, h) <= 200]
-    sizes += [(224, 448), (448, 224), (280, 280), (300, 300), (224, 224), (448, 448)]
+    sizes = [(int(w), int(h)) for w, h in rng.integers(8, 700, size=(12, 2)) if max(w, h) / min(w, h) <= 200]
+    sizes += [(224, 448), (448, 224), (280, 280), (300, 300), (2000, 40), (16, 16)]
     for width, height in sizes:
-        resized_height, resized_width = smart_resize(
-            height, width, factor=28, min_pixels=280 * 280, max_pixels=280 * 280
-        )
-        assert token_grid(width, height) == (resized_height // 28, resized_width // 28), (width, height)
+        grid = image_processor([Image.new("RGB", (width, height))], return_tensors="pt")["image_grid_thw"][0]
+        assert token_grid(width, height) == (int(grid[1]) // 2, int(grid[2]) // 2), (width, height)
 
 
 def test_evidence_token_fraction_on_hand_computed_boxes():
-    image = Image.new("RGB", (280, 280))  # resized as is: 10 x 10 tokens, scale 1
-    one_cell = VQAExample(image, "", "", "attribute", [(28, 28, 56, 56)], 0)
-    four_cells = VQAExample(image, "", "", "attribute", [(27, 27, 29, 29)], 0)
-    both = VQAExample(image, "", "", "attribute", [(28, 28, 56, 56), (27, 27, 29, 29), (0, 0, 280, 28)], 0)
+    image = Image.new("RGB", (160, 160))  # kept as is: 10 x 10 tokens of 16 px, scale 1
+    one_cell = VQAExample(image, "", "", "attribute", [(16, 16, 32, 32)], 0)
+    four_cells = VQAExample(image, "", "", "attribute", [(15, 15, 17, 17)], 0)
+    both = VQAExample(image, "", "", "attribute", [(16, 16, 32, 32), (15, 15, 17, 17), (0, 0, 160, 16)], 0)
     assert evidence_token_fraction(one_cell) == pytest.approx(1 / 100)
     assert evidence_token_fraction(four_cells) == pytest.approx(4 / 100)
     assert evidence_token_fraction(both) == pytest.approx(12 / 100)  # all of row 0, then (1, 0) and (1, 1)
 
 
 def _brute_force_fraction(example: VQAExample) -> float:
-    """Per pixel: an original pixel [x, x + 1) spans [x * s, (x + 1) * s) in the resized image and touches every 28 px
+    """Per pixel: an original pixel [x, x + 1) spans [x * s, (x + 1) * s) in the resized image and touches every 16 px
     cell that interval overlaps; a token is evidence when any evidence pixel touches it."""
     width, height = example.image.size
-    resized_height, resized_width = smart_resize(height, width, factor=28, min_pixels=280 * 280, max_pixels=280 * 280)
+    resized_height, resized_width = smart_resize(
+        height, width, factor=TOKEN_PIXELS, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS
+    )
     mask = np.zeros((height, width), dtype=bool)
     for x0, y0, x1, y1 in example.evidence:
         mask[y0:y1, x0:x1] = True
 
     def touches(size, resized):  # (cells, pixels): pixel overlaps cell
         scale = resized / size
-        cells = np.arange(resized // 28)[:, None]
+        cells = np.arange(resized // TOKEN_PIXELS)[:, None]
         starts, ends = np.arange(size)[None, :] * scale, (np.arange(size)[None, :] + 1) * scale
-        return (starts < (cells + 1) * 28) & (ends > cells * 28)
+        return (starts < (cells + 1) * TOKEN_PIXELS) & (ends > cells * TOKEN_PIXELS)
 
     rows, cols = touches(height, resized_height), touches(width, resized_width)
     touched = (rows.astype(int) @ mask.astype(int) @ cols.T.astype(int)) > 0

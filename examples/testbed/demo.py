@@ -12,14 +12,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from PIL import Image, ImageDraw
-
 from hf_tokenprune import TokenPruneConfig, get_pruned_model, get_selector_class
 from hf_tokenprune.cost import cache_bytes
 from hf_tokenprune.evaluate import first_word, parse_budgets
+from hf_tokenprune.space import kept_token_overlay  # the Space's overlay (gradio is imported only by its app)
 
-from .model import DEFAULT_ADAPTERS, DEFAULT_MODEL_DIR, MERGE_SIZE, TOKEN_PIXELS, build_batch, load_testbed
+from .model import (
+    BUNDLED_TASK,
+    DEFAULT_ADAPTERS,
+    DEFAULT_MODEL_DIR,
+    MERGE_SIZE,
+    build_batch,
+    load_testbed,
+)
 
 
 @dataclass
@@ -32,7 +37,9 @@ class DemoArguments:
     kind: str | None = field(
         default=None, metadata={"help": "Question kind (v2: attribute, identity, count, existence; v1 adds reading)."}
     )
-    task: str = field(default="v2", metadata={"help": "Task: v2 (the bundled VLM's) or v1."})
+    task: str = field(
+        default=BUNDLED_TASK, metadata={"help": f"Task: v1 or v2 (default: the bundled VLM's, {BUNDLED_TASK})."}
+    )
     output: str = field(default="demo.png", metadata={"help": "PNG with the kept tokens drawn over the image."})
     model: str = field(default=str(DEFAULT_MODEL_DIR), metadata={"help": "Testbed base model (folder or Hub id)."})
     adapter: str | None = field(
@@ -49,22 +56,6 @@ def _time_to_first_token(model, batch, repeats: int, **kwargs) -> float:
         model.generate(**batch, max_new_tokens=1, **kwargs)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def kept_token_overlay(image: Image.Image, grid_hw: tuple[int, int], keep: torch.Tensor) -> Image.Image:
-    """The image at the processor's size with dropped tokens dimmed and kept ones outlined."""
-    rows, cols = grid_hw
-    canvas = image.convert("RGB").resize((cols * TOKEN_PIXELS, rows * TOKEN_PIXELS), Image.BICUBIC)
-    shade = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(shade)
-    for index, kept in enumerate(keep.tolist()):
-        row, col = divmod(index, cols)
-        box = (col * TOKEN_PIXELS, row * TOKEN_PIXELS, (col + 1) * TOKEN_PIXELS - 1, (row + 1) * TOKEN_PIXELS - 1)
-        if kept:
-            draw.rectangle(box, outline=(255, 40, 40, 255), width=2)
-        else:
-            draw.rectangle(box, fill=(0, 0, 0, 150))
-    return Image.alpha_composite(canvas.convert("RGBA"), shade).convert("RGB")
 
 
 def run_demo(args: DemoArguments) -> dict:
@@ -106,7 +97,8 @@ def run_demo(args: DemoArguments) -> dict:
     pruned_time = _time_to_first_token(pruned, batch, args.repeats, prune_budget=args.budget)
 
     print(f"model: testbed Qwen2.5-VL trained from scratch ({sum(p.numel() for p in base.parameters()):,} parameters)")
-    print(f"task {args.task}, test example {args.seed}; question ({example.kind}): {example.question}")
+    print(f"example: task {args.task}, test example {args.seed}")
+    print(f"question ({example.kind}): {example.question}")
     print(f"expected answer: {example.answer}")
     print(f"unpruned answer: {unpruned_answer}")
     print(f"{args.method} at budget {args.budget}: {pruned_answer}")

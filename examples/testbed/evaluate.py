@@ -18,7 +18,7 @@ from hf_tokenprune import evaluate as evaluation
 from hf_tokenprune.evaluate import DEFAULT_BUDGETS, format_table, write_outputs
 
 from . import tasks
-from .model import DEFAULT_ADAPTERS, DEFAULT_MODEL_DIR, messages_for
+from .model import BUNDLED_TASK, DEFAULT_ADAPTERS, DEFAULT_MODEL_DIR, messages_for
 from .scenes import SceneSpec, check_task, task_split
 
 
@@ -56,7 +56,10 @@ class EvalArguments:
         },
     )
     task: str = field(
-        default="v2", metadata={"help": "Task: v2 (shapes among distinctive clutter, the default) or v1 (the first)."}
+        default=BUNDLED_TASK,
+        metadata={
+            "help": f"Task: v2 (shapes among distinctive clutter) or v1 (default: the bundled VLM's, {BUNDLED_TASK})."
+        },
     )
     split: str = field(default="test", metadata={"help": "Task split: train, validation or test."})
     limit: int = field(default=500, metadata={"help": "Examples: the first N of the split (>= 1)."})
@@ -95,7 +98,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """`hf_tokenprune.evaluate.evaluate` with the testbed's prompt layout; same arguments and results."""
     if all(isinstance(example, tasks.VQAExample) for example in examples):  # the generator knows their evidence
-        kwargs.setdefault("evidence_of", lambda example: torch.from_numpy(tasks.evidence_token_mask(example)))
+
+        def evidence_of(example):  # on the token grid of this model's processor
+            grid = tasks.token_grid(*example.image.size, image_processor=processor.image_processor)
+            return torch.from_numpy(tasks.evidence_token_mask(example, grid))
+
+        kwargs.setdefault("evidence_of", evidence_of)
     return evaluation.evaluate(base, processor, examples, methods, budgets, *args, messages_for=messages_for, **kwargs)
 
 

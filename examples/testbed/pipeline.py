@@ -80,8 +80,13 @@ def caption_text(example) -> str:
 class GeneratedExamples(torch.utils.data.Dataset):
     """`n` examples of a split from consecutive seeds, `first` seeds into it, generated on demand (none held)."""
 
-    def __init__(self, split: str, n: int, first: int = 0, task: str = "v2") -> None:
+    def __init__(self, split: str, n: int, first: int = 0, task: str = "v2", scene: str = "full") -> None:
+        from .scenes import SCENES
         from .tasks import SPLIT_SEED_OFFSETS
+
+        if scene not in SCENES:
+            raise ValueError(f"`scene` must be one of {tuple(SCENES)}, got {scene!r}")
+        self.spec = SCENES[scene]
 
         if split not in SPLIT_SEED_OFFSETS:
             raise ValueError(f"`split` must be one of {tuple(SPLIT_SEED_OFFSETS)}, got {split!r}")
@@ -97,15 +102,17 @@ class GeneratedExamples(torch.utils.data.Dataset):
 
         if not 0 <= index < self.n:
             raise IndexError(index)
-        return task_example(self.first_seed + index, self.task)
+        return task_example(self.first_seed + index, self.task, spec=self.spec)
 
 
 class GeneratedRecords(GeneratedExamples):
     """Conversation records of `GeneratedExamples`; every `caption_every`-th one (0: none) is a caption
     (`caption_record`) instead of the example's question."""
 
-    def __init__(self, split: str, n: int, caption_every: int = 0, first: int = 0, task: str = "v2") -> None:
-        super().__init__(split, n, first, task)
+    def __init__(
+        self, split: str, n: int, caption_every: int = 0, first: int = 0, task: str = "v2", scene: str = "full"
+    ) -> None:
+        super().__init__(split, n, first, task, scene)
         self.caption_every = caption_every
 
     def __getitem__(self, index: int) -> dict:
@@ -341,17 +348,26 @@ def match_feature_scale(model, processor, images: int = 32) -> float:
     return factor
 
 
-def parse_schedule(schedule: str) -> list[tuple[int, float]]:
-    """`"1000:1e-3,2000:2e-3"` -> [(1000, 0.001), (2000, 0.002)]; a malformed round names `vlm_schedule`."""
+def parse_schedule(schedule: str) -> list[tuple[int, float, str]]:
+    """`"1000:1e-3:easy,2000:2e-3"` -> [(1000, 0.001, "easy"), (2000, 0.002, "full")]: steps, peak learning rate and
+    the round's scenes (`scenes.SCENES`, default full); a malformed round names `vlm_schedule`."""
+    from .scenes import SCENES
+
     rounds = []
     for part in schedule.split(","):
         try:
-            steps, learning_rate = part.split(":")
-            rounds.append((int(steps), float(learning_rate)))
+            steps, learning_rate, *scene = part.split(":")
+            if len(scene) > 1:
+                raise ValueError
+            rounds.append((int(steps), float(learning_rate), scene[0] if scene else "full"))
         except ValueError:
-            raise ValueError(f"`vlm_schedule` rounds are `steps:learning_rate`, got {part!r} in {schedule!r}") from None
+            raise ValueError(
+                f"`vlm_schedule` rounds are `steps:learning_rate[:scenes]`, got {part!r} in {schedule!r}"
+            ) from None
         if rounds[-1][0] < 1 or not rounds[-1][1] > 0:
             raise ValueError(f"`vlm_schedule` needs steps >= 1 and a positive learning rate, got {part!r}")
+        if rounds[-1][2] not in SCENES:
+            raise ValueError(f"`vlm_schedule`: a round's scenes must be one of {tuple(SCENES)}, got {part!r}")
     return rounds
 
 
@@ -366,8 +382,9 @@ class ReproduceArguments:
     vlm_schedule: str = field(
         default="3000:2e-3",
         metadata={
-            "help": "Stage 2 as rounds `steps:peak_lr`, comma-separated; each round is a cosine run (warm-up: a "
-            "twentieth of its steps) that goes on from the previous one on records it has not seen."
+            "help": "Stage 2 as rounds `steps:peak_lr[:scenes]`, comma-separated; each round is a cosine run (warm-up: "
+            "a twentieth of its steps) that goes on from the previous one on records it has not seen, drawn from the "
+            "task's full distribution or its `easy` curriculum scenes (scenes.SCENES)."
         },
     )
     vlm_batch_size: int = field(default=16, metadata={"help": "VLM training batch size."})
@@ -424,6 +441,7 @@ def train_vlm(
     init_from: str | None = None,
     first_record: int = 0,
     cached_records: int = 16000,
+    scene: str = "full",
 ):
     """Stage 2 round: the language model of the VLM in `init_from` (a fresh one if None) trained with the stock
     Trainer, its whole vision tower frozen, on `cached_records` train records from `first_record` whose visual tokens
@@ -436,7 +454,7 @@ def train_vlm(
         model, processor = new_testbed_model(seed)
     model.model.visual.requires_grad_(False)
     model.eval()  # the tower's pass (no dropout here either way), then the Trainer switches to train mode
-    records = GeneratedRecords("train", cached_records, caption_every, first=first_record)
+    records = GeneratedRecords("train", cached_records, caption_every, first=first_record, scene=scene)
     dataset = CachedVisualTokens(model, processor, records)
     collator = functools.partial(collate_cached, pad_token_id=processor.tokenizer.pad_token_id)
     args = _training_arguments(output_dir / "trainer", steps, batch_size, learning_rate, seed, logs=60, num_workers=0)
@@ -605,7 +623,7 @@ def run_reproduce(args: ReproduceArguments) -> dict:
         stages.run("vision", lambda target: train_vision_stage(target, args), output / "vlm-vision")
         previous = output / "vlm-vision"
     first_record = 0
-    for index, (steps, learning_rate) in enumerate(rounds):
+    for index, (steps, learning_rate, scene) in enumerate(rounds):
         last = index == len(rounds) - 1
         folder = output / ("base" if last else f"vlm-round-{index + 1}")
         stages.run(
@@ -620,6 +638,7 @@ def run_reproduce(args: ReproduceArguments) -> dict:
                 init_from=None if previous is None else str(previous),
                 first_record=first_record,
                 cached_records=args.vlm_cached_records,
+                scene=scene,
             ),
             folder,
         )

@@ -106,6 +106,9 @@ class SceneSpec:
 
 
 DEFAULT_SPEC = SceneSpec()
+# A curriculum for training a VLM from scratch (`reproduce --vlm_schedule`): small images with few distractors first,
+# where finding the asked object among the visual tokens is easy to learn, then the full distribution.
+SCENES = {"easy": SceneSpec(objects=(2, 4), clutter=(0, 8), side=(6, 8)), "full": DEFAULT_SPEC}
 
 
 def make_example(seed: int, kind: str | None = None, spec: SceneSpec = DEFAULT_SPEC) -> VQAExample:
@@ -270,8 +273,10 @@ def task_example(seed: int, task: str = "v2", kind: str | None = None, spec: Sce
 
 def task_split(split: str, n: int, task: str = "v2", spec: SceneSpec = DEFAULT_SPEC) -> list[VQAExample]:
     """The first ``n`` examples of ``split`` in ``task``; splits are the disjoint seed ranges of `tasks.make_split`."""
-    from .tasks import SPLIT_SEED_OFFSETS, SPLIT_SIZE
+    from .tasks import SPLIT_SEED_OFFSETS, SPLIT_SIZE, make_split
 
+    if check_task(task) == "v1":
+        return make_split(split, n)
     if split not in SPLIT_SEED_OFFSETS:
         raise ValueError(f"split must be one of {tuple(SPLIT_SEED_OFFSETS)}, got {split!r}")
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= SPLIT_SIZE:

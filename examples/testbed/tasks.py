@@ -111,23 +111,30 @@ class VQAExample:
     grid: tuple[int, int] | None = None  # (rows, cols) of visual tokens when the image is drawn on the token grid (v2)
 
 
-def token_grid(width: int, height: int) -> tuple[int, int]:
-    """(rows, cols) of visual tokens of a ``width`` x ``height`` image after the testbed processor's resize (each
-    side rounded to a multiple of 16 px, aspect kept, area in [MIN_PIXELS, MAX_PIXELS]); one token per 16 px cell."""
-    resized_height, resized_width = _resized_size(width, height)
-    return resized_height // TOKEN_PIXELS, resized_width // TOKEN_PIXELS
+def token_grid(width: int, height: int, image_processor=None) -> tuple[int, int]:
+    """(rows, cols) of visual tokens of a ``width`` x ``height`` image after the resize of ``image_processor`` (a
+    Qwen2-VL-style image processor: one token per ``patch_size * merge_size`` px cell, the area bounded by its
+    ``size``); by default the processor of the VLM that `model.new_testbed_model` builds (16 px cells)."""
+    factor, min_pixels, max_pixels = TOKEN_PIXELS, MIN_PIXELS, MAX_PIXELS
+    if image_processor is not None:
+        factor = image_processor.patch_size * image_processor.merge_size
+        min_pixels, max_pixels = image_processor.size["shortest_edge"], image_processor.size["longest_edge"]
+    resized_height, resized_width = _resized_size(width, height, factor, min_pixels, max_pixels)
+    return resized_height // factor, resized_width // factor
 
 
-def evidence_token_fraction(example: VQAExample) -> float:
-    """Share of the image's visual tokens whose 28 x 28 cell (in the resized image) overlaps an evidence box."""
-    return float(evidence_token_mask(example).mean())
+def evidence_token_fraction(example: VQAExample, grid: tuple[int, int] | None = None) -> float:
+    """Share of the image's visual tokens whose cell (in the resized image) overlaps an evidence box."""
+    return float(evidence_token_mask(example, grid).mean())
 
 
-def evidence_token_mask(example: VQAExample) -> np.ndarray:
-    """(rows * cols,) bool in the visual tokens' row-major order: the tokens whose 28 x 28 cell (in the resized
-    image) overlaps an evidence box, i.e. the tokens a selector must keep for the answer."""
+def evidence_token_mask(example: VQAExample, grid: tuple[int, int] | None = None) -> np.ndarray:
+    """(rows * cols,) bool in the visual tokens' row-major order: the tokens whose cell (in the resized image)
+    overlaps an evidence box, i.e. the tokens a selector must keep for the answer. ``grid``: the model's (rows, cols)
+    token grid for this image (`token_grid` with its image processor); default the example's own grid (v2 images
+    are drawn on one), else the default processor's."""
     width, height = example.image.size
-    rows, cols = example.grid or token_grid(width, height)
+    rows, cols = grid or example.grid or token_grid(width, height)
     scale_x, scale_y = cols * TOKEN_PIXELS / width, rows * TOKEN_PIXELS / height
     touched = np.zeros((rows, cols), dtype=bool)
     for x0, y0, x1, y1 in example.evidence:
@@ -280,8 +287,10 @@ _QUESTION_BUILDERS = {
 # ---- layout and drawing
 
 
-def _resized_size(width: int, height: int) -> tuple[int, int]:
-    """(height, width) after the testbed processor's resize (the stock `smart_resize`, factor 16)."""
+def _resized_size(
+    width: int, height: int, factor: int = TOKEN_PIXELS, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
+) -> tuple[int, int]:
+    """(height, width) after a Qwen2-VL image processor's resize (the stock `smart_resize`)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
     for name, value in (("width", width), ("height", height)):
@@ -289,7 +298,7 @@ def _resized_size(width: int, height: int) -> tuple[int, int]:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if max(width, height) / min(width, height) > 200:
         raise ValueError(f"width / height must be within 1/200 and 200, got {width} x {height}")
-    return smart_resize(height, width, factor=TOKEN_PIXELS, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
 @lru_cache(maxsize=64)

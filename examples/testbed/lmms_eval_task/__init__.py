@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import tasks
+from ..model import BUNDLED_TASK
 from ..scenes import task_split
 
 TASK_NAME = "testbed_vqa"
@@ -45,7 +46,7 @@ def export_task(output: str | os.PathLike, split: str = "test", limit: int = 500
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= tasks.SPLIT_SIZE:
         raise ValueError(f"`limit` must be an integer in [1, {tasks.SPLIT_SIZE}], got {limit!r}")
     output = Path(output).resolve()
-    examples = task_split(split, limit)  # task v2, the bundled VLM's
+    examples = task_split(split, limit, BUNDLED_TASK)  # the bundled VLM's task
     features = datasets.Features(
         image=datasets.Image(),
         question=datasets.Value("string"),
