@@ -27,6 +27,8 @@ from hf_tokenprune_testbed.model import (
     build_batch,
     load_testbed,
     predict,
+)
+from hf_tokenprune_testbed.model import (
     testbed_processor as make_testbed_processor,
 )
 from hf_tokenprune_testbed.pipeline import ReproduceArguments, run_reproduce
