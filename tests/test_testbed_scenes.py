@@ -180,3 +180,20 @@ def test_bad_task_and_seed_are_refused():
         make_example(-1)
     with pytest.raises(ValueError, match="kind"):
         make_example(0, kind="reading")
+
+
+def test_eval_knob_flags_reach_the_generator_and_bad_ones_fail_before_loading(monkeypatch):
+    from hf_tokenprune.cli import main
+    from hf_tokenprune_testbed import evaluate as testbed_evaluate
+
+    monkeypatch.setattr("hf_tokenprune_testbed.model.load_testbed", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ValueError, match="`clutter`"):
+        main(["eval", "--task", "v2", "--clutter", "x"])
+    with pytest.raises(ValueError, match="--objects"):
+        main(["eval", "--task", "v1", "--objects", "2,3"])  # a v2 knob with the v1 task
+    with pytest.raises(ValueError, match="`task`"):
+        main(["eval", "--task", "v3"])
+    args = testbed_evaluate.EvalArguments(task="v2", side="20,20", clutter_kinds="ring,dot", kinds="count")
+    assert args.scene_spec() == SceneSpec(side=(20, 20), clutter_kinds=("ring", "dot"), kinds=("count",))
+    drawn = task_split("test", 3, "v2", args.scene_spec())
+    assert all(example.grid == (20, 20) and example.kind == "count" for example in drawn)
