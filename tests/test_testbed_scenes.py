@@ -149,7 +149,7 @@ def test_knobs_shift_the_distribution():
     drawn = task_split("test", 12, "v2", plain)
     assert all(example.grid == (20, 20) for example in drawn)
     assert all(not any(item.clutter for item in example.objects) for example in drawn)
-    assert all(2 <= len(example.objects) <= 5 for example in drawn)  # count needs count + 1 objects at most 5
+    assert all(2 <= len(example.objects) <= 4 for example in drawn)  # a count of four needs four objects
     assert Counter(example.kind for example in drawn) == {"count": 8, "existence": 4}
     only_rings = task_split("test", 6, "v2", SceneSpec(clutter_kinds=("ring",)))
     assert {item.shape for example in only_rings for item in example.objects if item.clutter} == {"ring"}

@@ -23,19 +23,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .tasks import (
-    COLOUR_RGB,
-    COLOURS,
-    COUNT_WORDS,
-    QUESTION_TEMPLATES,
-    SHAPE_PLURALS,
-    SHAPES,
-    SceneObject,
-    VQAExample,
-    _pick,
-    _random_pairs,
-    _shuffled,
-)
+from .tasks import _QUESTION_BUILDERS, COLOUR_RGB, COLOURS, SHAPES, SceneObject, VQAExample, _pick
 
 CELL = 16  # px per cell = per visual token
 CLUTTER_KINDS = ("ring", "diamond", "frame", "bar", "xmark", "dot")
@@ -122,7 +110,9 @@ def make_example(seed: int, kind: str | None = None, spec: SceneSpec = DEFAULT_S
     rng = np.random.default_rng([seed, 2])  # a stream of its own: v1 and v2 of one seed are unrelated
     kind = kind or spec.kinds[seed % len(spec.kinds)]
     rows, cols = (int(v) for v in rng.integers(spec.side[0], spec.side[1] + 1, size=2))
-    question, answer, specs, evidence_of = _BUILDERS[kind](rng, seed // len(spec.kinds), spec.objects)
+    question, answer, specs, _, evidence_of = _QUESTION_BUILDERS[kind](
+        rng, seed // len(spec.kinds), objects=spec.objects, words=False
+    )
     n_clutter = int(rng.integers(spec.clutter[0], spec.clutter[1] + 1))
     clutter = [(_pick(rng, spec.clutter_kinds), _pick(rng, COLOURS)) for _ in range(n_clutter)]
     cells = rng.choice(rows * cols, size=len(specs) + n_clutter, replace=False)
@@ -143,59 +133,7 @@ def _cell_box(cell: int, cols: int) -> tuple[int, int, int, int]:
     return (col * CELL, row * CELL, (col + 1) * CELL, (row + 1) * CELL)
 
 
-# ---- questions: (rng, answer slot, (min, max) objects) -> (question, answer, [(shape, colour)], evidence indices)
-
-
-def _n_objects(rng, bounds, least: int) -> int:
-    return int(rng.integers(max(bounds[0], least), max(bounds[1], least) + 1))
-
-
-def _attribute(rng, slot, bounds):
-    shape, colour = _pick(rng, SHAPES), COLOURS[slot % len(COLOURS)]
-    others = [s for s in SHAPES if s != shape]
-    specs, evidence = _shuffled(rng, [(shape, colour), *_random_pairs(rng, _n_objects(rng, bounds, 2) - 1, others)], 1)
-    return QUESTION_TEMPLATES["attribute"].format(shape=shape), colour, specs, evidence
-
-
-def _identity(rng, slot, bounds):
-    shape, colour = SHAPES[slot % len(SHAPES)], _pick(rng, COLOURS)
-    others = [c for c in COLOURS if c != colour]
-    pairs = _random_pairs(rng, _n_objects(rng, bounds, 2) - 1, colours=others)
-    specs, evidence = _shuffled(rng, [(shape, colour), *pairs], 1)
-    return QUESTION_TEMPLATES["identity"].format(colour=colour), shape, specs, evidence
-
-
-def _count(rng, slot, bounds):
-    shape, count = _pick(rng, SHAPES), 1 + slot % len(COUNT_WORDS)
-    counted = [(shape, COLOURS[c]) for c in rng.choice(len(COLOURS), size=count, replace=False)]
-    others = [s for s in SHAPES if s != shape]
-    pairs = _random_pairs(rng, _n_objects(rng, bounds, count + 1) - count, shapes=others)
-    specs, evidence = _shuffled(rng, [*counted, *pairs], count)
-    return QUESTION_TEMPLATES["count"].format(shapes=SHAPE_PLURALS[shape]), COUNT_WORDS[count - 1], specs, evidence
-
-
-def _existence(rng, slot, bounds):
-    shape, colour = _pick(rng, SHAPES), _pick(rng, COLOURS)
-    present = slot % 2 == 0
-    if present:
-        required = [(shape, colour)]
-    else:  # the named shape and the named colour both appear, never together
-        required = [
-            (shape, _pick(rng, [c for c in COLOURS if c != colour])),
-            (_pick(rng, [s for s in SHAPES if s != shape]), colour),
-        ]
-    n_objects = _n_objects(rng, bounds, len(required))
-    specs = [*required, *_random_pairs(rng, n_objects - len(required), avoid=(shape, colour))]
-    if present:
-        specs, evidence = _shuffled(rng, specs, 1)
-    else:
-        specs, _ = _shuffled(rng, specs, 0)
-        evidence = [i for i, (s, c) in enumerate(specs) if s == shape or c == colour]
-    question = QUESTION_TEMPLATES["existence"].format(colour=colour, shape=shape)
-    return question, "yes" if present else "no", specs, evidence
-
-
-_BUILDERS = {"attribute": _attribute, "identity": _identity, "count": _count, "existence": _existence}
+# ---- questions: v1's builders (`tasks._QUESTION_BUILDERS`) with this spec's object counts and no word boxes
 
 
 # ---- drawing

@@ -181,7 +181,8 @@ def make_example(seed: int, kind: str | None = None, plain_background: bool = Fa
 
 
 # ---- questions: each builder takes the generator and the seed's answer slot (seed // len(KINDS), which cycles the
-# ---- answers so that every kind's answers are exactly balanced over consecutive seeds) and returns (question,
+# ---- answers so that every kind's answers are exactly balanced over consecutive seeds; task v2 (`scenes.py`) also
+# ---- passes its (min, max) objects and no word boxes) and returns (question,
 # ---- answer, shape specs, word-box specs, indices of the evidence objects); specs are (shape, colour) and
 # ---- (word, colour); evidence indices count the shapes first, then the word boxes.
 
@@ -215,33 +216,40 @@ def _shuffled(rng: np.random.Generator, specs: list, n_evidence: int) -> tuple[l
     return [specs[i] for i in order], sorted(int(np.flatnonzero(order == i)[0]) for i in range(n_evidence))
 
 
-def _attribute(rng, slot: int):
+def _n_objects(rng: np.random.Generator, objects: tuple[int, int], least: int) -> int:
+    """How many objects a scene gets: uniform in ``objects`` = (min, max), raised to ``least``."""
+    return int(rng.integers(max(objects[0], least), max(objects[1], least) + 1))
+
+
+def _attribute(rng, slot: int, objects=(2, MAX_OBJECTS), words=True):
     shape, colour = _pick(rng, SHAPES), COLOURS[slot % len(COLOURS)]
     others = [s for s in SHAPES if s != shape]
-    n_objects = int(rng.integers(2, MAX_OBJECTS + 1))
-    specs, evidence = _shuffled(rng, [(shape, colour), *_random_pairs(rng, n_objects - 1, shapes=others)], 1)
-    return QUESTION_TEMPLATES["attribute"].format(shape=shape), colour, specs, _optional_words(rng), evidence
+    pairs = _random_pairs(rng, _n_objects(rng, objects, 2) - 1, shapes=others)
+    specs, evidence = _shuffled(rng, [(shape, colour), *pairs], 1)
+    boxes = _optional_words(rng) if words else []
+    return QUESTION_TEMPLATES["attribute"].format(shape=shape), colour, specs, boxes, evidence
 
 
-def _identity(rng, slot: int):
+def _identity(rng, slot: int, objects=(2, MAX_OBJECTS), words=True):
     shape, colour = SHAPES[slot % len(SHAPES)], _pick(rng, COLOURS)
     others = [c for c in COLOURS if c != colour]
-    n_objects = int(rng.integers(2, MAX_OBJECTS + 1))
-    specs, evidence = _shuffled(rng, [(shape, colour), *_random_pairs(rng, n_objects - 1, colours=others)], 1)
-    return QUESTION_TEMPLATES["identity"].format(colour=colour), shape, specs, _optional_words(rng), evidence
+    pairs = _random_pairs(rng, _n_objects(rng, objects, 2) - 1, colours=others)
+    specs, evidence = _shuffled(rng, [(shape, colour), *pairs], 1)
+    boxes = _optional_words(rng) if words else []
+    return QUESTION_TEMPLATES["identity"].format(colour=colour), shape, specs, boxes, evidence
 
 
-def _count(rng, slot: int):
+def _count(rng, slot: int, objects=(2, MAX_OBJECTS), words=True):
     shape, count = _pick(rng, SHAPES), 1 + slot % len(COUNT_WORDS)
     counted = [(shape, COLOURS[c]) for c in rng.choice(len(COLOURS), size=count, replace=False)]
     others = [s for s in SHAPES if s != shape]
-    n_objects = int(rng.integers(max(2, count), MAX_OBJECTS + 1))
-    specs, evidence = _shuffled(rng, [*counted, *_random_pairs(rng, n_objects - count, shapes=others)], count)
+    pairs = _random_pairs(rng, _n_objects(rng, objects, count) - count, shapes=others)
+    specs, evidence = _shuffled(rng, [*counted, *pairs], count)
     question = QUESTION_TEMPLATES["count"].format(shapes=SHAPE_PLURALS[shape])
-    return question, COUNT_WORDS[count - 1], specs, _optional_words(rng), evidence
+    return question, COUNT_WORDS[count - 1], specs, _optional_words(rng) if words else [], evidence
 
 
-def _existence(rng, slot: int):
+def _existence(rng, slot: int, objects=(2, MAX_OBJECTS), words=True):
     shape, colour = _pick(rng, SHAPES), _pick(rng, COLOURS)
     present = slot % 2 == 0
     if present:
@@ -251,7 +259,7 @@ def _existence(rng, slot: int):
             (shape, _pick(rng, [c for c in COLOURS if c != colour])),
             (_pick(rng, [s for s in SHAPES if s != shape]), colour),
         ]
-    n_objects = int(rng.integers(2, MAX_OBJECTS + 1))
+    n_objects = _n_objects(rng, objects, len(required))
     specs = [*required, *_random_pairs(rng, n_objects - len(required), avoid=(shape, colour))]
     if present:
         specs, evidence = _shuffled(rng, specs, 1)
@@ -259,7 +267,7 @@ def _existence(rng, slot: int):
         specs, _ = _shuffled(rng, specs, 0)
         evidence = [i for i, (s, c) in enumerate(specs) if s == shape or c == colour]
     question = QUESTION_TEMPLATES["existence"].format(colour=colour, shape=shape)
-    return question, "yes" if present else "no", specs, _optional_words(rng), evidence
+    return question, "yes" if present else "no", specs, _optional_words(rng) if words else [], evidence
 
 
 def _reading(rng, slot: int):
