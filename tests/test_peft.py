@@ -18,10 +18,10 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from hf_tokenprune import TokenPruneConfig, get_pruned_model
 from hf_tokenprune.testing import BUILDERS, IMAGE_SIZES, build_inputs, make_samples
 
-ARCHS = ["qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "internvl"]
+ARCHS = list(BUILDERS)
 BUDGET = 0.5
 # The language model's attention projections only: the vision towers and the selector have `*_proj` layers too.
-LANGUAGE_ATTENTION = r"model\.language_model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"
+LANGUAGE_ATTENTION = r"model\.(language_model|text_model)\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"  # SmolVLM: text_model
 
 
 def pruned_model(arch: str):
@@ -84,9 +84,8 @@ def test_lora_wraps_only_the_language_model_attention(arch):
 
     wrapped = {name for name, module in pruned.named_modules() if isinstance(module, BaseTunerLayer)}
     layers = pruned.config.get_text_config().num_hidden_layers
-    assert wrapped == {
-        f"model.language_model.layers.{i}.self_attn.{p}_proj" for i in range(layers) for p in ("q", "k", "v", "o")
-    }
+    decoder = next(name for name, module in pruned.named_modules() if module is pruned.model.get_decoder())
+    assert wrapped == {f"{decoder}.layers.{i}.self_attn.{p}_proj" for i in range(layers) for p in ("q", "k", "v", "o")}
     assert peft_model.get_base_model() is pruned
     assert pruned.token_selector is selector
     assert not any(isinstance(module, BaseTunerLayer) for module in selector.modules())
