@@ -196,7 +196,9 @@ def test_generate_until_batches_requests_with_several_images_as_one_by_one(tmp_p
         answers[batch_size] = [answer.text for answer in model.generate_until(requests)]
         records = sorted((json.loads(line) for line in log.read_text().splitlines()), key=lambda r: r["doc_id"])
         for record, doc in zip(records, docs, strict=True):
-            grids = [token_grid(*image.size, image_processor=model.processor.image_processor) for image in doc["images"]]
+            grids = [
+                token_grid(*image.size, image_processor=model.processor.image_processor) for image in doc["images"]
+            ]
             per_image = [math.prod(grid) for grid in grids]
             assert record["visual_tokens"] == sum(per_image)
             assert record["kept_visual_tokens"] == sum(tokens_to_keep(BUDGET, count) for count in per_image)

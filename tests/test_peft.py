@@ -21,7 +21,9 @@ from hf_tokenprune.testing import BUILDERS, IMAGE_SIZES, build_inputs, make_samp
 ARCHS = list(BUILDERS)
 BUDGET = 0.5
 # The language model's attention projections only: the vision towers and the selector have `*_proj` layers too.
-LANGUAGE_ATTENTION = r"model\.(language_model|text_model)\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"  # SmolVLM: text_model
+LANGUAGE_ATTENTION = (
+    r"model\.(language_model|text_model)\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"  # SmolVLM: text_model
+)
 
 
 def pruned_model(arch: str):
