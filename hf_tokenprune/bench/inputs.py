@@ -66,19 +66,24 @@ def llava_next_token_count(config: LlavaNextConfig, image_hw: tuple[int, int]) -
     return side * side + unpadded.shape[1] * (unpadded.shape[2] + 1)
 
 
-def llava_next_inputs(image_hw: tuple[int, int], token_range: tuple[int, int]):
+def llava_next_inputs(image_hw: tuple[int, int], token_range: tuple[int, int], token_count=None, **extra_inputs):
+    """Inputs of one anyres image (base view + crops, as the stock processor stacks them). `token_count(config,
+    image_hw)` counts its visual tokens (default: LLaVA-NeXT's); `extra_inputs` are further tensors of the batch."""
+    token_count = token_count or llava_next_token_count
+
     def make(config, text_tokens, generator):
         from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
         size = config.vision_config.image_size
         crops = image_size_to_num_patches(image_hw, config.image_grid_pinpoints, size)
-        visual = llava_next_token_count(config, image_hw)
+        visual = token_count(config, image_hw)
         input_ids = _prompt(_text_ids(text_tokens, token_range, generator), [config.image_token_id] * visual)
         return {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
             "pixel_values": torch.randn(1, crops, 3, size, size, generator=generator),
             "image_sizes": torch.tensor([list(image_hw)]),
+            **extra_inputs,
         }
 
     return make
@@ -103,22 +108,8 @@ def llava_onevision_token_count(config: LlavaOnevisionConfig, image_hw: tuple[in
 
 
 def llava_onevision_inputs(image_hw: tuple[int, int], token_range: tuple[int, int]):
-    def make(config, text_tokens, generator):
-        from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
-
-        size = config.vision_config.image_size
-        crops = image_size_to_num_patches(image_hw, config.image_grid_pinpoints, size)
-        visual = llava_onevision_token_count(config, image_hw)
-        input_ids = _prompt(_text_ids(text_tokens, token_range, generator), [config.image_token_id] * visual)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "pixel_values": torch.randn(1, crops, 3, size, size, generator=generator),
-            "image_sizes": torch.tensor([list(image_hw)]),
-            "batch_num_images": torch.tensor([1]),
-        }
-
-    return make
+    """LLaVA-NeXT's anyres layout with OneVision's token count (the anyres_max shrink) and `batch_num_images`."""
+    return llava_next_inputs(image_hw, token_range, llava_onevision_token_count, batch_num_images=torch.tensor([1]))
 
 
 def internvl_inputs(tiles: int, start_end_ids: tuple[int, int], token_range: tuple[int, int]):
