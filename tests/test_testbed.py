@@ -20,6 +20,7 @@ from hf_tokenprune.modeling.pruning import tokens_to_keep
 from hf_tokenprune.processing import load_processor
 from hf_tokenprune_testbed.model import (
     BUNDLED_METHODS,
+    BUNDLED_TASK,
     DEFAULT_ADAPTERS,
     DEFAULT_DIR,
     DEFAULT_MODEL_DIR,
@@ -336,21 +337,21 @@ def test_hub_layout_loads_through_remote_code_without_hf_tokenprune(hub_layout_d
 
 
 def test_bundled_model_answers_better_than_the_answer_prior():
-    """The bundled VLM uses the image: it beats the best guess from the question alone (each kind's answers are
-    exactly balanced, so that guess scores the mean of 1 / number of answers) by a wide margin. Issue 5 aims at 90%;
-    the VLM trained here answers 57% of 500 test questions (55% of these 300; docs/testbed.md), so the bound is 20
-    points over the prior: a bundle that lost its training (or a processor or template that no longer matches it)
-    falls below it."""
-    from hf_tokenprune_testbed.tasks import COLOURS, COUNT_WORDS, KINDS, SHAPES, WORDS
+    """The bundled VLM uses the image: on its task it beats the best guess from the question alone (each kind's
+    answers are exactly balanced, so that guess scores the mean of 1 / number of answers) by a wide margin
+    (docs/testbed.md has the measured accuracy); a bundle that lost its training, or a processor or prompt layout
+    that no longer matches it, falls to the prior."""
+    from hf_tokenprune_testbed import scenes, tasks
 
-    answers_per_kind = {"attribute": COLOURS, "identity": SHAPES, "count": COUNT_WORDS, "existence": ("yes", "no")}
-    answers_per_kind["reading"] = WORDS
-    prior = sum(1 / len(answers_per_kind[kind]) for kind in KINDS) / len(KINDS)
+    answers_per_kind = {"attribute": tasks.COLOURS, "identity": tasks.SHAPES, "count": tasks.COUNT_WORDS}
+    answers_per_kind.update(existence=("yes", "no"), reading=tasks.WORDS)
+    kinds = scenes.KINDS if BUNDLED_TASK == "v2" else tasks.KINDS
+    prior = sum(1 / len(answers_per_kind[kind]) for kind in kinds) / len(kinds)
     base, processor = load_testbed()
-    examples = make_split("test", 300)
+    examples = task_split("test", 300, BUNDLED_TASK)
     answers, _, _ = predict(base, processor, [e.image for e in examples], [e.question for e in examples])
     accuracy = sum(a == e.answer for a, e in zip(answers, examples, strict=True)) / len(examples)
-    assert accuracy > prior + 0.20, (accuracy, prior)
+    assert accuracy > prior + (0.5 if BUNDLED_TASK == "v2" else 0.2), (accuracy, prior)
 
 
 def test_demo_matches_the_library_path_and_draws_the_kept_tokens(tmp_path, capsys):
@@ -359,7 +360,7 @@ def test_demo_matches_the_library_path_and_draws_the_kept_tokens(tmp_path, capsy
     printed = capsys.readouterr().out
     lines = dict(line.split(": ", 1) for line in printed.splitlines() if ": " in line)
 
-    example = make_split("test", 4)[3]
+    example = task_split("test", 4, BUNDLED_TASK)[3]
     base, processor = load_testbed()
     pruned = get_pruned_model(base, DEFAULT_ADAPTERS["visionselector"])
     answers, kept, total = predict(pruned, processor, [example.image], [example.question], prune_budget=0.2)
@@ -447,9 +448,10 @@ def test_bundle_writes_only_what_training_produced_and_refuses_site_packages(hub
 
 
 # ----------------------------------------------------------------------------- VLM training stages
-def test_prompts_put_the_question_before_the_image_in_training_and_inference(examples):
+def test_prompts_ask_the_question_before_and_after_the_image_in_training_and_inference(examples):
     """The inference prompt (`build_batch`) and the training record (rendered by the training collator) agree:
-    question tokens, then the visual tokens; the training sequence is the inference prompt plus the answer."""
+    question tokens, the visual tokens, the question again; the training sequence is the inference prompt plus the
+    answer."""
     from hf_tokenprune.training.data import TokenPruneDataCollator
     from hf_tokenprune_testbed.pipeline import example_record
 
@@ -463,8 +465,76 @@ def test_prompts_put_the_question_before_the_image_in_training_and_inference(exa
     assert processor.tokenizer.decode(answer, skip_special_tokens=True).split() == [example.answer]
     image_positions = (prompt == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).nonzero()
     question_ids = processor.tokenizer(example.question, add_special_tokens=False)["input_ids"]
-    start = next(i for i in range(len(prompt)) if prompt[i : i + len(question_ids)].tolist() == question_ids)
-    assert start + len(question_ids) <= int(image_positions.min())
+    starts = [i for i in range(len(prompt)) if prompt[i : i + len(question_ids)].tolist() == question_ids]
+    assert len(starts) == 2
+    assert starts[0] + len(question_ids) <= int(image_positions.min()) < int(image_positions.max()) < starts[1]
+
+
+@pytest.mark.parametrize("kind", ["attribute", "identity", "count", "existence", "caption"])
+def test_token_relevance_marks_the_objects_the_prompt_names(kind):
+    """Oracle: the generator's evidence boxes (`evidence_token_mask`) and answers. A question's relevant tokens are
+    its evidence, except POPE-style "no" (the evidence there is the near misses; nothing is relevant); a count
+    question has as many as its answer; a caption's are every object and no clutter."""
+    from hf_tokenprune_testbed.model import CAPTION_PROMPT
+    from hf_tokenprune_testbed.pipeline import GeneratedExamples, GeneratedRecords, token_relevance
+    from hf_tokenprune_testbed.tasks import COUNT_WORDS, evidence_token_mask
+
+    examples = [e for e in task_split("train", 40) if kind == "caption" or e.kind == kind][:8]
+    for example in examples:
+        relevance = token_relevance(example, CAPTION_PROMPT if kind == "caption" else example.question)
+        rows, cols = example.grid
+        assert relevance.shape == (rows * cols,) and set(relevance.tolist()) <= {0.0, 1.0}
+        if kind == "caption":
+            objects = [item for item in example.objects if not item.clutter]
+            assert relevance.sum() == len(objects)
+            cells = {(item.box[1] // 16) * cols + item.box[0] // 16 for item in objects}
+            assert set(relevance.nonzero()[0].tolist()) == cells
+        elif kind == "existence" and example.answer == "no":
+            assert relevance.sum() == 0 and evidence_token_mask(example).sum() > 0
+        else:
+            assert (relevance > 0).tolist() == evidence_token_mask(example).tolist()
+            if kind == "count":
+                assert relevance.sum() == COUNT_WORDS.index(example.answer) + 1
+    assert token_relevance(make_split("train", 1)[0], "what colour is the star") is None  # v1: no grid
+    caption, question = GeneratedRecords("train", 2, caption_every=2)[0], GeneratedRecords("train", 2)[0]
+    example = GeneratedExamples("train", 1)[0]
+    assert caption["token_relevance"].tolist() == token_relevance(example, CAPTION_PROMPT).tolist()
+    assert question["token_relevance"].tolist() == token_relevance(example, example.question).tolist()
+
+
+def test_relevance_trainer_adds_the_class_balanced_yes_no_loss_read_at_its_layer():
+    """Oracle: the auxiliary term recomputed by hand from a forward hook on decoder layer `relevance_layer - 1`
+    (its output is `hidden_states[relevance_layer]`); weight 0 gives the stock loss."""
+    from transformers import TrainingArguments
+    from hf_tokenprune_testbed.model import new_testbed_model
+    from hf_tokenprune_testbed.pipeline import CachedVisualTokens, GeneratedRecords, RelevanceTrainer, collate_cached
+
+    model, processor = new_testbed_model(0)
+    records = GeneratedRecords("train", 4, caption_every=2)
+    items = CachedVisualTokens(model, processor, records, batch_size=2, num_workers=0)
+    batch = collate_cached([items[i] for i in range(4)], processor.tokenizer.pad_token_id)
+    yes_no = processor.tokenizer.convert_tokens_to_ids(["yes", "no"])
+    args = TrainingArguments(output_dir="unused", report_to=[], use_cpu=True)
+    model.eval()
+    captured = {}
+    handle = model.model.language_model.layers[1].register_forward_hook(
+        lambda module, inputs, output: captured.update(hidden=output[0] if isinstance(output, tuple) else output)
+    )
+    with torch.no_grad():
+        stock = model(**{k: v for k, v in batch.items() if k != "token_relevance"}).loss
+        trainer = RelevanceTrainer(model=model, args=args, relevance_weight=0.5, relevance_layer=2, yes_no_ids=yes_no)
+        total = trainer.compute_loss(model, dict(batch))
+        plain = RelevanceTrainer(model=model, args=args, relevance_weight=0.0, yes_no_ids=yes_no)
+        unweighted = plain.compute_loss(model, dict(batch))
+    handle.remove()
+    visual = batch["input_ids"] == model.config.image_token_id
+    logits = model.lm_head(model.model.language_model.norm(captured["hidden"][visual]))[:, yes_no]
+    target = batch["token_relevance"][batch["token_relevance"] >= 0]
+    assert target.numel() == visual.sum() and target.sum() > 0
+    nll = -torch.log_softmax(logits, -1)
+    positive, negative = nll[target > 0.5, 0].mean(), nll[target < 0.5, 1].mean()
+    torch.testing.assert_close(total, stock + 0.5 * (positive + negative) / 2)
+    torch.testing.assert_close(unweighted, stock)
 
 
 def test_match_feature_scale_rescales_visual_features_to_the_word_embedding_norm(examples):
@@ -551,6 +621,7 @@ def test_cached_visual_tokens_give_the_stock_forward_the_same_loss_and_gradients
     items = CachedVisualTokens(model, processor, records, batch_size=2, num_workers=0)
     assert len(items) == 5
     cached = collate_cached([items[i] for i in range(5)], processor.tokenizer.pad_token_id)
+    assert cached.pop("token_relevance").shape[0] == 5  # `RelevanceTrainer`'s, not the stock forward's
     stock = TokenPruneDataCollator(processor)([records[i] for i in range(5)])
     gradients = []
     for batch in (cached, stock):
@@ -614,3 +685,28 @@ def test_selector_records_hold_captions_per_the_papers(tmp_path):
     labelled = batch["labels"][batch["labels"] != -100]
     words = processor.tokenizer.decode(labelled, skip_special_tokens=True).split()
     assert words == caption_text(examples[0]).split()
+
+
+def test_gather_loss_is_the_attention_mass_on_the_relevant_tokens_from_the_answering_position():
+    """Oracle: causal attention that is uniform over the past, where head 0's mass on the relevant tokens from the
+    position before the first label is (relevant tokens) / (that position + 1); records without a relevant token
+    (a POPE "no") do not count."""
+    from hf_tokenprune_testbed.pipeline import RelevanceTrainer
+
+    image = 7
+    input_ids = torch.tensor([[1, image, image, image, 2, 3, 4, 0], [1, 2, image, image, 3, 4, 5, 6]])
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 5:7] = 9  # first answer label at 5: predicted from position 4
+    labels[1, 6:] = 9  # predicted from position 5
+    relevance = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, -1.0]])
+    steps = torch.arange(8)
+    causal = (steps[None, :] <= steps[:, None]).float()
+    attentions = (causal / causal.sum(-1, keepdim=True)).expand(2, 3, 8, 8)
+    loss = RelevanceTrainer._gather_loss(input_ids, labels, relevance, attentions, image)
+    torch.testing.assert_close(loss, -torch.log(torch.tensor(2 / 5 + 1e-6)))
+    relevance[1, 1] = 1.0  # now the second record counts too: one relevant token seen from position 5
+    loss = RelevanceTrainer._gather_loss(input_ids, labels, relevance, attentions, image)
+    torch.testing.assert_close(
+        loss, -(torch.log(torch.tensor(2 / 5 + 1e-6)) + torch.log(torch.tensor(1 / 6 + 1e-6))) / 2
+    )
+    assert RelevanceTrainer._gather_loss(input_ids, labels, torch.zeros(2, 3), attentions, image) is None

@@ -143,11 +143,12 @@ def load_testbed(path_or_repo_id: str | os.PathLike = DEFAULT_MODEL_DIR, **kwarg
 
 
 def messages_for(question: str, answer: str | None = None) -> list[dict[str, Any]]:
-    """Chat messages: the question and then the image from the user, then (for training) the answer.
+    """Chat messages: the question, the image and the question again from the user, then (for training) the answer.
 
-    The question comes first (see `pipeline.conversation_record` for why); training records use the same order.
+    See `pipeline.conversation_record` for why; training records use the same layout.
     """
-    messages = [{"role": "user", "content": [{"type": "text", "text": question}, {"type": "image"}]}]
+    content = [{"type": "text", "text": question}, {"type": "image"}, {"type": "text", "text": question}]
+    messages = [{"role": "user", "content": content}]
     if answer is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return messages

@@ -18,7 +18,8 @@ def doc_to_text(doc: dict[str, Any]) -> str:
 
 
 def doc_to_messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """`messages_for(question)` (question, then image) with the image itself in its image item, as lmms-eval carries it."""
+    """`messages_for(question)` (question, image, question) with the image itself in its image item, as lmms-eval
+    carries it."""
     messages = messages_for(doc_to_text(doc))
     images = iter(doc_to_visual(doc))
     for message in messages:
