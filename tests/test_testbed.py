@@ -506,6 +506,7 @@ def test_relevance_trainer_adds_the_class_balanced_yes_no_loss_read_at_its_layer
     """Oracle: the auxiliary term recomputed by hand from a forward hook on decoder layer `relevance_layer - 1`
     (its output is `hidden_states[relevance_layer]`); weight 0 gives the stock loss."""
     from transformers import TrainingArguments
+
     from hf_tokenprune_testbed.model import new_testbed_model
     from hf_tokenprune_testbed.pipeline import CachedVisualTokens, GeneratedRecords, RelevanceTrainer, collate_cached
 
