@@ -153,6 +153,7 @@ def render_model_card(
     revision: str | None = None,
     eval_results: str | os.PathLike | dict[str, Any] | None = None,
     model_path: str | os.PathLike | None = None,
+    usage: str | None = None,
 ) -> ModelCard:
     """The model card of a saved pruned folder, from its files and `repo_id` alone.
 
@@ -160,7 +161,9 @@ def render_model_card(
     no repo id is known yet, a placeholder `your-namespace/<name>` with a comment to replace it (pushing re-renders
     the card with the repo id). `<name>` is the name of `model_path` (default: `folder`; a save that writes the card in
     a staging folder passes where the folder will end up). The base model is named (metadata, text, processor) only
-    when it is a Hub id. `eval_results` (a path or a dict) replaces the folder's `eval_results.json`. Raises before rendering
+    when it is a Hub id. `eval_results` (a path or a dict) replaces the folder's `eval_results.json`. `usage`: a
+    Python snippet to show under Usage instead of the generic one (e.g. for a folder that loads through a package's
+    helper rather than a Hub id); it must name no path of this machine either. Raises before rendering
     when config.json or token_prune_config.json is missing or bad, or eval_results.json / training_recipe.json
     breaks its schema; the error names the file and field.
     """
@@ -252,6 +255,7 @@ def render_model_card(
         result_rows=result_rows,
         paper_titles=titles,
         no_paper_sentence=no_paper,
+        usage=usage.strip("\n") if usage else None,
     )
 
 
@@ -266,13 +270,14 @@ def write_model_card(
     *,
     model_path: str | os.PathLike | None = None,
     revision: str | None = None,
+    usage: str | None = None,
 ) -> Path:
     """Render the card of `folder` and write it to `folder/README.md` atomically (temp file + rename).
 
-    `model_path`, `revision`: see `render_model_card`.
+    `model_path`, `revision`, `usage`: see `render_model_card`.
     """
     branch = revision if revision and revision != "main" and not revision.startswith("refs/") else None
-    data = card_bytes(render_model_card(folder, repo_id, model_path=model_path, revision=branch))
+    data = card_bytes(render_model_card(folder, repo_id, model_path=model_path, revision=branch, usage=usage))
     return replace_atomically(Path(folder) / MODEL_CARD_NAME, lambda temporary: temporary.write_bytes(data))
 
 

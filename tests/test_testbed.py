@@ -649,7 +649,9 @@ def test_train_vlm_on_cached_visual_tokens_trains_the_language_model_only_for_ep
     assert any(not torch.equal(before[n], after[n]) for n in before if "language_model" in n)
 
 
-@pytest.mark.parametrize("schedule", ["1000", "1000:", "x:1e-3", "0:1e-3", "10:-1", "10:1e-3,"])
+@pytest.mark.parametrize(
+    "schedule", ["1000", "1000:", "x:1e-3", "0:1e-3", "10:-1", "10:1e-3,", "10:1e-3:full:0", "10:1e-3:full:8:9"]
+)
 def test_reproduce_rejects_a_bad_vlm_schedule_before_training(tmp_path, schedule):
     with pytest.raises(ValueError, match="vlm_schedule"):
         run_reproduce(ReproduceArguments(output=str(tmp_path / "run"), vlm_schedule=schedule, threads=1))
@@ -711,3 +713,30 @@ def test_gather_loss_is_the_attention_mass_on_the_relevant_tokens_from_the_answe
         loss, -(torch.log(torch.tensor(2 / 5 + 1e-6)) + torch.log(torch.tensor(1 / 6 + 1e-6))) / 2
     )
     assert RelevanceTrainer._gather_loss(input_ids, labels, torch.zeros(2, 3), attentions, image) is None
+
+
+@pytest.mark.parametrize("method", BUNDLED_METHODS)
+def test_bundled_cards_snippet_runs_as_pasted_and_answers_as_the_library(hub_layout_dir, method, monkeypatch, capsys):
+    """The card's Python block, executed as it stands (the Hub layout it loads is this test's), prints what the
+    library path answers at the same budget; the card names no path of this machine and no relative base model."""
+    import re
+
+    import hf_tokenprune_testbed.bundled as bundled_module
+
+    card = (hub_layout_dir / method / "README.md").read_text()
+    metadata = card.split("---")[1]
+    assert "base_model" not in metadata and "../base" not in card and str(hub_layout_dir) not in card
+    assert str(Path.home()) not in card and "/tmp" not in card and "/work" not in card
+    results = json.loads((DEFAULT_ADAPTERS[method] / "eval_results.json").read_text())  # the bundled task's table
+    rows = [line for line in card.split("## Results")[1].splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(results["results"])  # header + one row per (method, budget) evaluated
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    monkeypatch.setattr(bundled_module, "default_cache_dir", lambda: hub_layout_dir.parent)
+    exec(compile(snippet, "card-snippet", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+
+    example = task_split("test", 1, BUNDLED_TASK)[0]
+    base, processor = load_testbed()
+    pruned = get_pruned_model(base, DEFAULT_ADAPTERS[method])
+    answers, _, _ = predict(pruned, processor, [example.image], [example.question], prune_budget=0.1)
+    assert printed == f"{example.question} -> {answers[0]} (expected: {example.answer})"

@@ -25,10 +25,10 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 import hf_tokenprune
 import hf_tokenprune.modeling
-from hf_tokenprune import get_pruned_model
+from hf_tokenprune import get_pruned_model, write_model_card
 from hf_tokenprune.hub import MODEL_CARD_TEMPLATE
 
-from .model import BUNDLED_METHODS, DEFAULT_ADAPTERS, DEFAULT_DIR, DEFAULT_MODEL_DIR
+from .model import BUNDLED_METHODS, BUNDLED_TASK, DEFAULT_ADAPTERS, DEFAULT_DIR, DEFAULT_MODEL_DIR
 
 #: What a trained selector's adapter contributes to the bundle: its weights, its config, how it was trained, its eval.
 BUNDLED_ADAPTER_FILES = (
@@ -118,17 +118,39 @@ def bundle(output: Path, adapters: Mapping[str, Path], bundle_dir: str | os.Path
 
 
 # ----------------------------------------------------------------------------------------------- the Hub layout
+#: The usage snippet of a bundled adapter's card: it runs as pasted wherever hf-tokenprune is installed (the Hub
+#: layout is written to the Hugging Face cache on first use), on the bundled VLM's own task.
+CARD_USAGE = """\
+from transformers import AutoModelForImageTextToText
+
+from hf_tokenprune_testbed.bundled import hub_adapter
+from hf_tokenprune_testbed.model import build_batch, load_testbed
+from hf_tokenprune_testbed.scenes import task_example
+from hf_tokenprune_testbed.tasks import SPLIT_SEED_OFFSETS
+
+# This repository as the bundled testbed ships it, and the bundled base model's processor.
+model = AutoModelForImageTextToText.from_pretrained(hub_adapter("{method}"), trust_remote_code=True)
+_, processor = load_testbed()
+example = task_example(SPLIT_SEED_OFFSETS["test"], "{task}")  # the first test-split example of the task
+batch = build_batch(processor, [example.image], [example.question])
+output = model.generate(**batch, max_new_tokens=2, prune_budget=0.1)
+answer = processor.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+print(example.question, "->", answer.split()[0], "(expected:", example.answer + ")")
+"""
+
+
 def _layout_sources() -> list[tuple[str, Path]]:
     """(name, file) of everything the Hub-layout repos are made from: the bundle, the remote code, the card template."""
     modeling = Path(hf_tokenprune.modeling.__file__).resolve().parent
     sources = [(f"bundle/{path.relative_to(DEFAULT_DIR).as_posix()}", path) for path in DEFAULT_DIR.rglob("*")]
     sources += [(f"modeling/{path.name}", path) for path in modeling.glob("*.py")]
-    sources += [("hub_cards/model_card.md", MODEL_CARD_TEMPLATE)]
+    sources += [("hub_cards/model_card.md", MODEL_CARD_TEMPLATE), ("bundled.py", Path(__file__).resolve())]
     return sorted((name, path) for name, path in sources if path.is_file())
 
 
 def layout_hash() -> str:
-    """Hash of the bundled files, the modeling code, the card template and the library versions (16 hex digits)."""
+    """Hash of the bundled files, the modeling code, the card template, this module (the cards' usage snippet) and the
+    library versions (16 hex digits)."""
     digest = hashlib.sha256(
         f"hf_tokenprune {hf_tokenprune.__version__} transformers {transformers.__version__}".encode()
     )
@@ -161,6 +183,8 @@ def hub_layout(cache_dir: str | os.PathLike | None = None) -> Path:
         for method in BUNDLED_METHODS:
             pruned = get_pruned_model(base, DEFAULT_ADAPTERS[method])
             pruned.save_pretrained(staging / method, base_model_name_or_path="../base")
+            usage = CARD_USAGE.format(method=method, task=BUNDLED_TASK)
+            write_model_card(staging / method, model_path=target / method, usage=usage)
     return target
 
 
@@ -171,4 +195,4 @@ def hub_adapter(method: str, cache_dir: str | os.PathLike | None = None) -> Path
     return hub_layout(cache_dir) / method
 
 
-__all__ = ["BUNDLED_ADAPTER_FILES", "bundle", "default_cache_dir", "hub_adapter", "hub_layout", "layout_hash"]
+__all__ = ["BUNDLED_ADAPTER_FILES", "CARD_USAGE", "bundle", "default_cache_dir", "hub_adapter", "hub_layout", "layout_hash"]

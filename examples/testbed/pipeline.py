@@ -487,24 +487,26 @@ def match_feature_scale(model, processor, images: int = 32) -> float:
     return factor
 
 
-def parse_schedule(schedule: str) -> list[tuple[int, float, str]]:
-    """`"1000:1e-3:easy,2000:2e-3"` -> [(1000, 0.001, "easy"), (2000, 0.002, "full")]: steps, peak learning rate and
-    the round's scenes (`scenes.SCENES`, default full); a malformed round names `vlm_schedule`."""
+def parse_schedule(schedule: str, records: int) -> list[tuple[int, float, str, int]]:
+    """`"1000:1e-3:easy,2000:2e-3:full:8000"` -> [(1000, 0.001, "easy", records), (2000, 0.002, "full", 8000)]:
+    steps, peak learning rate, the round's scenes (`scenes.SCENES`, default full) and how many fresh records it
+    trains on (default `records`); a malformed round names `vlm_schedule`."""
     from .scenes import SCENES
 
     rounds = []
     for part in schedule.split(","):
         try:
-            steps, learning_rate, *scene = part.split(":")
-            if len(scene) > 1:
+            steps, learning_rate, *rest = part.split(":")
+            if len(rest) > 2:
                 raise ValueError
-            rounds.append((int(steps), float(learning_rate), scene[0] if scene else "full"))
+            scene = rest[0] if rest else "full"
+            rounds.append((int(steps), float(learning_rate), scene, int(rest[1]) if len(rest) > 1 else records))
         except ValueError:
             raise ValueError(
-                f"`vlm_schedule` rounds are `steps:learning_rate[:scenes]`, got {part!r} in {schedule!r}"
+                f"`vlm_schedule` rounds are `steps:learning_rate[:scenes[:records]]`, got {part!r} in {schedule!r}"
             ) from None
-        if rounds[-1][0] < 1 or not rounds[-1][1] > 0:
-            raise ValueError(f"`vlm_schedule` needs steps >= 1 and a positive learning rate, got {part!r}")
+        if rounds[-1][0] < 1 or not rounds[-1][1] > 0 or rounds[-1][3] < 1:
+            raise ValueError(f"`vlm_schedule` needs steps >= 1, a positive learning rate and records >= 1, got {part!r}")
         if rounds[-1][2] not in SCENES:
             raise ValueError(f"`vlm_schedule`: a round's scenes must be one of {tuple(SCENES)}, got {part!r}")
     return rounds
@@ -516,14 +518,15 @@ class ReproduceArguments:
 
     output: str = field(default="runs/testbed", metadata={"help": "Folder for everything the recipe writes."})
     vision_steps: int = field(
-        default=300, metadata={"help": "Stage 1: steps of the vision tower on per-token labels (0: skip)."}
+        default=100, metadata={"help": "Stage 1: steps of the vision tower on per-token labels (0: skip)."}
     )
     vlm_schedule: str = field(
-        default="3000:2e-3",
+        default="2000:2e-3:easy,2000:1e-3:full:8000",
         metadata={
-            "help": "Stage 2 as rounds `steps:peak_lr[:scenes]`, comma-separated; each round is a cosine run (warm-up: "
-            "a twentieth of its steps) that goes on from the previous one on records it has not seen, drawn from the "
-            "task's full distribution or its `easy` curriculum scenes (scenes.SCENES)."
+            "help": "Stage 2 as rounds `steps:peak_lr[:scenes[:records]]`, comma-separated; each round is a cosine "
+            "run (warm-up: a twentieth of its steps) that goes on from the previous one on records it has not seen "
+            "(default --vlm_cached_records of them), drawn from the task's full distribution or its `easy` "
+            "curriculum scenes (scenes.SCENES)."
         },
     )
     vlm_batch_size: int = field(default=16, metadata={"help": "VLM training batch size."})
@@ -777,12 +780,12 @@ def run_reproduce(args: ReproduceArguments) -> dict:
 
     from . import evaluate
 
-    rounds = parse_schedule(args.vlm_schedule)  # before anything is written: a typo fails at once
     for name in ("vlm_relevance_weight", "vlm_gather_weight"):
         if not getattr(args, name) >= 0:
             raise ValueError(f"`{name}` must be >= 0, got {getattr(args, name)}")
     if args.vlm_cached_records < 1:
         raise ValueError(f"`vlm_cached_records` must be >= 1, got {args.vlm_cached_records}")
+    rounds = parse_schedule(args.vlm_schedule, args.vlm_cached_records)  # before anything is written
     tasks_to_eval = [task.strip() for task in args.eval_tasks.split(",") if task.strip()]
     if not tasks_to_eval or any(task not in TASKS for task in tasks_to_eval):
         raise ValueError(f"`eval_tasks` must name tasks among {TASKS}, got {args.eval_tasks!r}")
@@ -797,7 +800,7 @@ def run_reproduce(args: ReproduceArguments) -> dict:
         stages.run("vision", lambda target: train_vision_stage(target, args), output / "vlm-vision")
         previous = output / "vlm-vision"
     first_record = 0
-    for index, (steps, learning_rate, scene) in enumerate(rounds):
+    for index, (steps, learning_rate, scene, records) in enumerate(rounds):
         last = index == len(rounds) - 1
         folder = output / ("base" if last else f"vlm-round-{index + 1}")
         stages.run(
@@ -811,14 +814,14 @@ def run_reproduce(args: ReproduceArguments) -> dict:
                 caption_every=args.vlm_caption_every,
                 init_from=None if previous is None else str(previous),
                 first_record=first_record,
-                cached_records=args.vlm_cached_records,
+                cached_records=records,
                 scene=scene,
                 relevance_weight=args.vlm_relevance_weight,
                 gather_weight=args.vlm_gather_weight,
             ),
             folder,
         )
-        previous, first_record = folder, first_record + args.vlm_cached_records
+        previous, first_record = folder, first_record + records
     base_dir = output / "base"
 
     def write_all_records(target: Path) -> None:
