@@ -2,7 +2,7 @@
 
 Forward hooks on the stock vision modules, the language model and every block mark spans on one clock
 (`time.perf_counter` on CPU, CUDA events on CUDA, or a FLOP counter); a wrapper around the selector's
-`select` marks selection. `measure_ttft` / `measure_decode` run one `generate` and split it by those spans;
+`select_segments` (one call per forward, every image and frame) marks selection. `measure_ttft` / `measure_decode` run one `generate` and split it by those spans;
 `DepthMap` extrapolates a shallower model's spans to full depth.
 """
 
@@ -82,7 +82,7 @@ class Span:
 
 
 class PipelineProbe:
-    """Forward hooks on the stock vision modules, language model and every block, and a timed `select` wrapper.
+    """Forward hooks on the stock vision modules, language model and every block, and a timed `select_segments` wrapper.
 
     Hooks go on the base model's submodules, which every pruned model made from it shares.
     """
@@ -118,8 +118,8 @@ class PipelineProbe:
         self.handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
 
     def time_selector(self, selector: nn.Module) -> None:
-        """Wrap `selector.select` through an instance attribute (replacing another probe's wrapper)."""
-        select = selector.__dict__.setdefault("_unprobed_select", selector.select)
+        """Wrap `selector.select_segments` through an instance attribute (replacing another probe's wrapper)."""
+        select = selector.__dict__.setdefault("_unprobed_select_segments", selector.select_segments)
 
         def timed_select(*args, **kwargs):
             start = self.clock.mark()
@@ -127,7 +127,7 @@ class PipelineProbe:
             self.spans.append(Span("selection", 0, self.llm_calls - 1, start, self.clock.mark()))
             return keep_indices
 
-        selector.select = timed_select
+        selector.select_segments = timed_select
         self.selectors.append(selector)
 
     def reset(self) -> None:
@@ -142,12 +142,12 @@ class PipelineProbe:
         ]
 
     def remove(self) -> None:
-        """Remove the hooks and restore every wrapped `select`."""
+        """Remove the hooks and restore every wrapped `select_segments`."""
         for handle in self.handles:
             handle.remove()
         for selector in self.selectors:
-            selector.__dict__.pop("select", None)
-            selector.__dict__.pop("_unprobed_select", None)
+            selector.__dict__.pop("select_segments", None)
+            selector.__dict__.pop("_unprobed_select_segments", None)
         self.handles, self.selectors = [], []
 
 
