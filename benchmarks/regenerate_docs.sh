@@ -40,11 +40,11 @@ hf-tokenprune bench --preset llava-onevision-7b-video "${issue21[@]}" --tag floa
 hf-tokenprune bench --preset qwen2.5-vl-7b-video64 "${issue21[@]}" --tag float32 --methods $learned --budgets 0.2 \
     --repeats 1 --warmup 1 --decode-tokens 0 --output "$results/qwen2.5-vl-7b-video64.json"
 for preset in qwen2.5-vl-7b llava-1.5-7b llava-next-7b internvl3-8b qwen3-vl-8b gemma3-12b llava-onevision-7b smolvlm-instruct; do
-    hf-tokenprune bench --preset "$preset" "${issue21[@]}" --tag float32 --methods $learned --budgets 0.2 --repeats 2 \
-        --warmup 1 --decode-tokens 4 --output "$results/$preset-float32.json"
+    hf-tokenprune bench --preset "$preset" "${issue21[@]}" --tag float32 --methods $learned --budgets 0.2 --repeats 1 \
+        --warmup 1 --decode-tokens 3 --output "$results/$preset-float32.json"
 done
 hf-tokenprune bench --preset qwen2.5-vl-7b-batch8 "${issue21[@]}" --tag float32 --methods visionselector,divprune \
-    --budgets 0.2 --repeats 2 --warmup 1 --decode-tokens 0 --output "$results/qwen2.5-vl-7b-batch8.json"
+    --budgets 0.2 --repeats 1 --warmup 1 --decode-tokens 0 --output "$results/qwen2.5-vl-7b-batch8.json"
 hf-tokenprune bench --preset llava-1.5-7b "${issue21[@]}" --tag "float32, what fits" --methods visionselector \
     --budgets 0.2 --repeats 1 --warmup 0 --decode-tokens 0 --fit-memory-mib 1024 --fit-max-batch 32 \
     --output "$results/llava-1.5-7b-fit.json"

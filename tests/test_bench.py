@@ -403,3 +403,24 @@ def test_what_fits_is_measured_and_reported(tmp_path):
 def test_ideal_batch_ratio_of_one_sample_is_the_single_ratio():
     config = presets.PRESETS["tiny-llava"].make_config(2, 2)
     assert ideal_batch_prefill_ratio([12], [16], [5], config) == pytest.approx(ideal_prefill_ratio(12, 16, 5, config))
+
+
+def test_acceptance_compares_the_fastest_repeats_too():
+    from hf_tokenprune.bench.report import acceptance
+
+    def row(method, budget, prefill_min, ideal):
+        return {
+            "method": method,
+            "budget": budget,
+            "spread": {"prefill_ms": [prefill_min, 10 * prefill_min]},
+            "ideal_prefill_ratio": ideal,
+            "kv_cache_bytes": 10,
+            "kv_cache_bytes_predicted": 10,
+            "visual_tokens": 100,
+            "text_tokens": 8,
+        }
+
+    rows = [row("unpruned", 1.0, 400.0, 1.0), row("a", 0.2, 100.0, 5.0), row("a", 0.5, 200.0, 2.0)]
+    (section,) = acceptance({"run": rows}, 0.2)
+    (chosen,) = section["rows"]
+    assert chosen["fastest_over_ideal"] == pytest.approx(400.0 / 100.0 / 5.0)
