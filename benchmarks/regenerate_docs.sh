@@ -27,6 +27,36 @@ for preset in qwen3-vl-8b gemma3-12b llava-onevision-7b smolvlm-instruct; do
         --decode-tokens 0 --dtype float32 --output "$results/$preset.json"
 done
 
+# Issue 21, on an AVX2-only host (no native bf16 GEMM: bf16 runs 8x slower than float32 there), so float32 and one
+# built language-model layer (every layer costs the same; the rows are extrapolated): videos, the learned selectors'
+# cost on every image preset with decode speed and KV bytes, an 8-image batch, and the measured what-fits search.
+# The runs above are kept as they were recorded (bfloat16, on the host named in docs/benchmarks.md), not re-run.
+issue21=(--threads 1 --dtype float32 --layers 1)
+learned=visionselector,autoselect,reconstruction
+hf-tokenprune bench --preset qwen2.5-vl-7b-video16 "${issue21[@]}" --tag float32 --methods $learned,divprune --budgets 0.2 \
+    --repeats 2 --warmup 1 --decode-tokens 4 --output "$results/qwen2.5-vl-7b-video16.json"
+hf-tokenprune bench --preset llava-onevision-7b-video "${issue21[@]}" --tag float32 --methods $learned,divprune \
+    --budgets 0.2 --repeats 2 --warmup 1 --decode-tokens 4 --output "$results/llava-onevision-7b-video.json"
+hf-tokenprune bench --preset qwen2.5-vl-7b-video64 "${issue21[@]}" --tag float32 --methods $learned --budgets 0.2 \
+    --repeats 1 --warmup 1 --decode-tokens 0 --output "$results/qwen2.5-vl-7b-video64.json"
+for preset in qwen2.5-vl-7b llava-1.5-7b llava-next-7b internvl3-8b qwen3-vl-8b gemma3-12b llava-onevision-7b smolvlm-instruct; do
+    hf-tokenprune bench --preset "$preset" "${issue21[@]}" --tag float32 --methods $learned --budgets 0.2 --repeats 1 \
+        --warmup 1 --decode-tokens 3 --output "$results/$preset-float32.json"
+done
+hf-tokenprune bench --preset qwen2.5-vl-7b-batch8 "${issue21[@]}" --tag float32 --methods visionselector,divprune \
+    --budgets 0.2 --repeats 1 --warmup 1 --decode-tokens 0 --output "$results/qwen2.5-vl-7b-batch8.json"
+hf-tokenprune bench --preset llava-1.5-7b "${issue21[@]}" --tag "float32, what fits" --methods visionselector \
+    --budgets 0.2 --repeats 1 --warmup 0 --decode-tokens 0 --fit-memory-mib 1024 --fit-max-batch 32 \
+    --output "$results/llava-1.5-7b-fit.json"
+
+issue21_results=""
+for name in qwen2.5-vl-7b-video16 qwen2.5-vl-7b-video64 llava-onevision-7b-video qwen2.5-vl-7b-float32 \
+    llava-1.5-7b-float32 llava-next-7b-float32 internvl3-8b-float32 qwen3-vl-8b-float32 gemma3-12b-float32 \
+    llava-onevision-7b-float32 smolvlm-instruct-float32 qwen2.5-vl-7b-batch8 llava-1.5-7b-fit; do
+    issue21_results+=",$results/$name.json"
+done
+
 hf-tokenprune bench --doc docs/benchmarks.md --report "$results/qwen2.5-vl-7b-1thread.json,\
 $results/llava-1.5-7b.json,$results/llava-next-7b.json,$results/internvl3-8b.json,\
-$results/qwen3-vl-8b.json,$results/gemma3-12b.json,$results/llava-onevision-7b.json,$results/smolvlm-instruct.json"
+$results/qwen3-vl-8b.json,$results/gemma3-12b.json,$results/llava-onevision-7b.json,$results/smolvlm-instruct.json\
+$issue21_results"

@@ -38,6 +38,21 @@ def ideal_prefill_ratio(text_tokens: int, visual_tokens: int, kept_tokens: int, 
     return prefill_flops(text_tokens + visual_tokens, *widths) / prefill_flops(text_tokens + kept_tokens, *widths)
 
 
+def ideal_batch_prefill_ratio(
+    text_tokens: list[int], visual_tokens: list[int], kept_tokens: list[int], config: PretrainedConfig
+) -> float:
+    """`ideal_prefill_ratio` of a batch: summed FLOPs of every sample's unpruned prefill over the pruned ones.
+
+    Lists hold one count per sample (padding excluded: it is not work the model must do). One sample gives
+    `ideal_prefill_ratio`.
+    """
+    text = config.get_text_config()
+    widths = (text.hidden_size, text.intermediate_size, text.num_hidden_layers)
+    unpruned = sum(prefill_flops(t + v, *widths) for t, v in zip(text_tokens, visual_tokens, strict=True))
+    pruned = sum(prefill_flops(t + k, *widths) for t, k in zip(text_tokens, kept_tokens, strict=True))
+    return unpruned / pruned
+
+
 def predicted_kv_cache_bytes(config: PretrainedConfig, sequence_tokens: int, dtype: torch.dtype) -> int:
     """2 (keys, values) x layers x KV heads x head dim x tokens x bytes per element.
 

@@ -1,4 +1,4 @@
-"""Architecture-agnostic pruning: budgets, per-image selection, sequence compaction, and the model mixin.
+"""Architecture-agnostic pruning: budgets, batched per-image selection, sequence compaction, and the model mixin.
 
 The mixin `TokenPruningMixin` sits in front of a stock `transformers` VLM class. With a budget, it
 encodes the images once, lets a selector pick the visual tokens of every image, and hands the language
@@ -562,18 +562,26 @@ class TokenPruningMixin:
             rows = torch.cat([seg_rows for _, seg_rows, _ in placed])
             cols = torch.cat([seg_cols for _, _, seg_cols in placed])
             inputs_embeds[rows, cols] = torch.cat([segment.embeds for segment, _, _ in placed]).to(inputs_embeds.dtype)
-        for segment, seg_rows, seg_cols in selection_units(placed, budget_scope):
-            size = seg_rows.numel()
-            num_keep = tokens_to_keep(budget, size)
-            if num_keep == size:
-                continue
-            features = segment.features if selector.feature_source == "vision_features" else segment.embeds
-            selector_dtype = next(selector.parameters(), features).dtype
+        # Units that lose tokens, selected together: one `select_segments` call (one scorer pass) per forward.
+        pruned_units = [
+            (segment, seg_rows, seg_cols, tokens_to_keep(budget, seg_rows.numel()))
+            for segment, seg_rows, seg_cols in selection_units(placed, budget_scope)
+            if tokens_to_keep(budget, seg_rows.numel()) < seg_rows.numel()
+        ]
+        if pruned_units:
+            use_features = selector.feature_source == "vision_features"
+            features = [segment.features if use_features else segment.embeds for segment, *_ in pruned_units]
+            selector_dtype = next(selector.parameters(), features[0]).dtype
             with torch.no_grad():
-                keep_indices = selector.select(features.to(selector_dtype), num_keep, grid_hw=segment.grid_hw)
-            dropped = torch.ones(size, dtype=torch.bool, device=input_ids.device)
-            dropped[keep_indices.to(input_ids.device)] = False
-            keep_mask[seg_rows[dropped], seg_cols[dropped]] = False
+                kept = selector.select_segments(
+                    [segment_features.to(selector_dtype) for segment_features in features],
+                    [num_keep for *_, num_keep in pruned_units],
+                    grid_hw=[segment.grid_hw for segment, *_ in pruned_units],
+                )
+            for (_, seg_rows, seg_cols, _), keep_indices in zip(pruned_units, kept, strict=True):
+                dropped = torch.ones(seg_rows.numel(), dtype=torch.bool, device=input_ids.device)
+                dropped[keep_indices.to(input_ids.device)] = False
+                keep_mask[seg_rows[dropped], seg_cols[dropped]] = False
         if position_ids is None:
             position_ids = hooks.position_ids(self, input_ids, attention_mask, vision_inputs)
         plan = self._compact(input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels, shift_labels)

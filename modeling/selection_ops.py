@@ -8,6 +8,8 @@ Imports only torch: this file ships to the Hub as remote code.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn import functional as F
 
@@ -26,6 +28,42 @@ def hard_topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     # A stable descending sort breaks ties by position; torch.topk gives no such guarantee.
     order = torch.sort(scores.detach().float(), descending=True, stable=True).indices[:k]
     return torch.sort(order).values
+
+
+def pad_segments(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """S segments (N_i, D) -> (padded (S, N, D) zeros after each segment's tokens, token_mask (S, N) True at tokens).
+
+    `torch.nn.utils.rnn.pad_sequence` pads; the mask is built from the lengths.
+    """
+    for segment in features:
+        if segment.ndim != 2:
+            raise ValueError(f"`features` must be (N, input_dim) per segment, got shape {tuple(segment.shape)}")
+    lengths = torch.tensor([segment.shape[0] for segment in features], device=features[0].device)
+    padded = torch.nn.utils.rnn.pad_sequence(features, batch_first=True)
+    token_mask = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
+    return padded, token_mask
+
+
+def hard_topk_indices_padded(
+    scores: torch.Tensor, token_mask: torch.Tensor, num_keep: list[int]
+) -> list[torch.Tensor]:
+    """`hard_topk_indices` of every row at once: scores (S, N), token_mask (S, N) -> S keep_indices (num_keep[i],).
+
+    Padding scores -inf and sits after every real token, so the stable sort ranks it last even against real -inf
+    scores: each row's result equals `hard_topk_indices` on its real scores alone.
+    """
+    lengths = token_mask.sum(-1).tolist()
+    for keep, length in zip(num_keep, lengths, strict=True):
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= length:
+            raise ValueError(f"`num_keep` must be an int in [1, {length}] per segment, got {keep!r}")
+    ranked = scores.detach().float().masked_fill(~token_mask, -math.inf)
+    most = max(num_keep)
+    order = torch.sort(ranked, dim=-1, descending=True, stable=True).indices[:, :most]
+    keep = torch.tensor(num_keep, device=scores.device)
+    # Ranks beyond a row's num_keep become a sentinel past every position, so one ascending sort orders every row.
+    order = order.masked_fill(torch.arange(most, device=scores.device)[None, :] >= keep[:, None], scores.shape[1])
+    order = torch.sort(order, dim=-1).values
+    return [order[row, :count] for row, count in enumerate(num_keep)]
 
 
 def check_selection_inputs(features: torch.Tensor, num_keep: int) -> int:

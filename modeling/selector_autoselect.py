@@ -107,10 +107,17 @@ class TokenTransformer(nn.Module):
         """features: (N, input_dim) -> hidden_states: (N, hidden_size)."""
         if features.ndim != 2:
             raise ValueError(f"`features` must be (N, input_dim) for one image, got shape {tuple(features.shape)}")
-        hidden_states = self.input_proj(features.to(self.input_proj.weight.dtype)).unsqueeze(0)
+        return self.forward_padded(features[None], None)[0]
+
+    def forward_padded(self, features: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+        """features: (S, N, input_dim) segments padded to N, token_mask: (S, N) True at real tokens (None: no padding)
+        -> hidden_states (S, N, hidden_size). Padding is masked out of attention as a key, so every real token's state
+        is that of its segment run alone; the states at padding are meaningless."""
+        hidden_states = self.input_proj(features.to(self.input_proj.weight.dtype))
+        padding_mask = None if token_mask is None or bool(token_mask.all()) else ~token_mask
         for layer in self.layers:
-            hidden_states = layer(hidden_states)
-        return self.final_norm(hidden_states.squeeze(0))
+            hidden_states = layer(hidden_states, src_key_padding_mask=padding_mask)
+        return self.final_norm(hidden_states)
 
 
 class TransformerTokenScorer(TokenSelector):
@@ -167,6 +174,10 @@ class AutoSelectScorer(TransformerTokenScorer):
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """features: (N, input_dim) -> scores: (N,) logits."""
         return self.head(self.encoder(features)).squeeze(-1)
+
+    def score_padded(self, features: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """features: (S, N, input_dim) padded segments, token_mask: (S, N) -> scores (S, N) logits."""
+        return self.head(self.encoder.forward_padded(features, token_mask)).squeeze(-1)
 
 
 register_selector("autoselect", AutoSelectConfig, AutoSelectScorer)

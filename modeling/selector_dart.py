@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .configuration_token_prune import TokenPruneConfig, check_int
-from .selection_ops import check_selection_inputs, unit_rows
+from .selection_ops import check_selection_inputs, pad_segments, unit_rows
 from .token_selectors import TokenSelector, register_selector
 
 
@@ -53,14 +53,48 @@ class DartSelector(TokenSelector):
     ) -> torch.Tensor:
         """features: (N, input_dim) -> keep_indices: (num_keep,) int64 ascending."""
         check_selection_inputs(features, num_keep)
-        num_pivots = min(self.config.dart_num_pivots, num_keep)
-        unit = unit_rows(features)
-        norms = features.to(unit.dtype).norm(dim=-1)
-        pivot_indices = torch.sort(norms, descending=True, stable=True).indices[:num_pivots]
-        redundancy = (unit @ unit[pivot_indices].T).max(dim=1).values
-        redundancy[pivot_indices] = math.inf
-        fill_indices = torch.sort(redundancy, stable=True).indices[: num_keep - num_pivots]
-        return torch.sort(torch.cat([pivot_indices, fill_indices])).values
+        return self._pivots_and_fill([features], [num_keep])[0]
+
+    @torch.no_grad()
+    def select_segments(
+        self,
+        features: list[torch.Tensor],
+        num_keep: list[int],
+        grid_hw: list[tuple[int, int] | None] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[torch.Tensor]:
+        """Every segment at once, padded to one batch."""
+        grid_hw = self.check_segment_lists(features, num_keep, grid_hw)
+        if not features or self.redefines_per_segment_methods(DartSelector):
+            return super().select_segments(features, num_keep, grid_hw, generator)
+        for segment, keep in zip(features, num_keep, strict=True):
+            check_selection_inputs(segment, keep)
+        return self._pivots_and_fill(features, num_keep)
+
+    def _pivots_and_fill(self, features: list[torch.Tensor], num_keep: list[int]) -> list[torch.Tensor]:
+        """S segments (N_i, D) -> S keep_indices (num_keep[i],) ascending."""
+        padded, token_mask = pad_segments(features)
+        unit = unit_rows(padded)
+        device = unit.device
+        num_pivots = torch.tensor([min(self.config.dart_num_pivots, keep) for keep in num_keep], device=device)
+        most_pivots = int(num_pivots.max())
+        norms = padded.to(unit.dtype).norm(dim=-1).masked_fill(~token_mask, -math.inf)
+        pivot_indices = torch.sort(norms, dim=-1, descending=True, stable=True).indices[:, :most_pivots]
+        pivot_used = torch.arange(most_pivots, device=device)[None, :] < num_pivots[:, None]  # (S, P)
+        pivot_units = unit.gather(1, pivot_indices[..., None].expand(-1, -1, unit.shape[-1]))
+        similarity = torch.bmm(unit, pivot_units.transpose(1, 2)).masked_fill(~pivot_used[:, None, :], -math.inf)
+        redundancy = similarity.max(dim=-1).values
+        # Pivots and padding go last (inf); the stable sort puts real pivots before padding, and no fill reaches them.
+        redundancy = redundancy.masked_fill(~token_mask, math.inf)
+        is_pivot = torch.zeros_like(token_mask).scatter_(1, pivot_indices, pivot_used)
+        redundancy = redundancy.masked_fill(is_pivot, math.inf)
+        fill_order = torch.sort(redundancy, dim=-1, stable=True).indices
+        keep_indices = []
+        for row, keep in enumerate(num_keep):
+            pivots = int(num_pivots[row])
+            chosen = torch.cat([pivot_indices[row, :pivots], fill_order[row, : keep - pivots]])
+            keep_indices.append(torch.sort(chosen).values)
+        return keep_indices
 
 
 register_selector("dart", DartConfig, DartSelector)

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .configuration_token_prune import TokenPruneConfig
-from .selection_ops import check_selection_inputs, unit_rows
+from .selection_ops import check_selection_inputs, pad_segments, unit_rows
 from .token_selectors import TokenSelector, register_selector
 
-# Rows of the cosine matrix computed at once when DivPrune seeds its greedy search: bounds memory to
-# chunk x N floats whatever the image size.
+# Rows of the cosine matrix computed at once (over all segments together) when DivPrune seeds its greedy search:
+# bounds memory to chunk x N floats whatever the image size.
 _SIMILARITY_CHUNK_ROWS = 1024
 
 
@@ -48,32 +48,63 @@ class DivPruneSelector(TokenSelector):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """features: (N, input_dim) -> keep_indices: (num_keep,) int64 ascending."""
-        num_tokens = check_selection_inputs(features, num_keep)
-        unit = unit_rows(features)
-        keep_indices = torch.empty(num_keep, dtype=torch.int64, device=features.device)
-        keep_indices[0] = self._farthest_from_nearest(unit)
-        min_distance = torch.full((num_tokens,), math.inf, dtype=unit.dtype, device=unit.device)
-        for step in range(num_keep):
+        check_selection_inputs(features, num_keep)
+        return self._greedy_max_min([features], [num_keep])[0]
+
+    @torch.no_grad()
+    def select_segments(
+        self,
+        features: list[torch.Tensor],
+        num_keep: list[int],
+        grid_hw: list[tuple[int, int] | None] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[torch.Tensor]:
+        """Every segment at once: the greedy steps run in order, each step vectorised across the segments."""
+        grid_hw = self.check_segment_lists(features, num_keep, grid_hw)
+        if not features or self.redefines_per_segment_methods(DivPruneSelector):
+            return super().select_segments(features, num_keep, grid_hw, generator)
+        for segment, keep in zip(features, num_keep, strict=True):
+            check_selection_inputs(segment, keep)
+        return self._greedy_max_min(features, num_keep)
+
+    def _greedy_max_min(self, features: list[torch.Tensor], num_keep: list[int]) -> list[torch.Tensor]:
+        """S segments (N_i, D) -> S keep_indices (num_keep[i],) ascending, the segments padded to one (S, N, D) batch."""
+        padded, token_mask = pad_segments(features)
+        unit = unit_rows(padded)
+        segments, num_tokens = token_mask.shape
+        rows = torch.arange(segments, device=unit.device)
+        most = max(num_keep)
+        keep_indices = torch.empty(segments, most, dtype=torch.int64, device=unit.device)
+        keep_indices[:, 0] = self._farthest_from_nearest(unit, token_mask)
+        # Padding is never the farthest token: -inf from the start.
+        min_distance = torch.full((segments, num_tokens), math.inf, dtype=unit.dtype, device=unit.device)
+        min_distance = min_distance.masked_fill(~token_mask, -math.inf)
+        # A segment with fewer steps than `most` keeps picking; its extra picks are cut off below.
+        for step in range(most):
             if step > 0:
-                keep_indices[step] = torch.argmax(min_distance)
-            newest = keep_indices[step]
-            min_distance = torch.minimum(min_distance, 1.0 - unit @ unit[newest])
-            min_distance[newest] = -math.inf
-        return torch.sort(keep_indices).values
+                keep_indices[:, step] = torch.argmax(min_distance, dim=-1)
+            newest = keep_indices[:, step]
+            similarity = torch.bmm(unit, unit[rows, newest][..., None]).squeeze(-1)
+            min_distance = torch.minimum(min_distance, 1.0 - similarity)
+            min_distance[rows, newest] = -math.inf
+        return [torch.sort(keep_indices[row, :count]).values for row, count in enumerate(num_keep)]
 
     @staticmethod
-    def _farthest_from_nearest(unit: torch.Tensor) -> torch.Tensor:
-        """unit: (N, D) unit rows -> 0-d int64 index of the token with the largest distance to its nearest other."""
-        num_tokens = unit.shape[0]
-        nearest_similarity = torch.empty(num_tokens, dtype=unit.dtype, device=unit.device)
-        for start in range(0, num_tokens, _SIMILARITY_CHUNK_ROWS):
-            stop = min(start + _SIMILARITY_CHUNK_ROWS, num_tokens)
-            similarity = unit[start:stop] @ unit.T
+    def _farthest_from_nearest(unit: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """unit: (S, N, D) unit rows, token_mask: (S, N) -> (S,) int64: per segment, the token with the largest
+        distance to its nearest other token."""
+        segments, num_tokens, _ = unit.shape
+        nearest_similarity = torch.empty(segments, num_tokens, dtype=unit.dtype, device=unit.device)
+        chunk = max(1, _SIMILARITY_CHUNK_ROWS // segments)
+        for start in range(0, num_tokens, chunk):
+            stop = min(start + chunk, num_tokens)
+            similarity = torch.bmm(unit[:, start:stop], unit.transpose(1, 2))
+            similarity = similarity.masked_fill(~token_mask[:, None, :], -math.inf)
             rows = torch.arange(stop - start, device=unit.device)
-            similarity[rows, rows + start] = -math.inf
-            nearest_similarity[start:stop] = similarity.max(dim=1).values
-        # Largest min distance = smallest max similarity; argmin returns the first of tied minima.
-        return torch.argmin(nearest_similarity)
+            similarity[:, rows, rows + start] = -math.inf
+            nearest_similarity[:, start:stop] = similarity.max(dim=-1).values
+        # Largest min distance = smallest max similarity; argmin returns the first of tied minima; padding never wins.
+        return torch.argmin(nearest_similarity.masked_fill(~token_mask, math.inf), dim=-1)
 
 
 register_selector("divprune", DivPruneConfig, DivPruneSelector)

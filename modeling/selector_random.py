@@ -51,5 +51,27 @@ class RandomSelector(TokenSelector):
         order = torch.randperm(num_tokens, generator=generator, device=generator.device)
         return torch.sort(order[:num_keep]).values.to(features.device)
 
+    def select_segments(
+        self,
+        features: list[torch.Tensor],
+        num_keep: list[int],
+        grid_hw: list[tuple[int, int] | None] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[torch.Tensor]:
+        """Every segment at once: without `generator`, one permutation per distinct length serves every segment of
+        that length (each call reseeds, so they are the same permutation); a caller's generator is drawn in order."""
+        grid_hw = self.check_segment_lists(features, num_keep, grid_hw)
+        if not features or generator is not None or self.redefines_per_segment_methods(RandomSelector):
+            return super().select_segments(features, num_keep, grid_hw, generator)
+        permutations: dict[int, torch.Tensor] = {}
+        keep_indices = []
+        for segment, keep in zip(features, num_keep, strict=True):
+            num_tokens = check_selection_inputs(segment, keep)
+            if num_tokens not in permutations:
+                seeded = torch.Generator().manual_seed(self.config.seed)
+                permutations[num_tokens] = torch.randperm(num_tokens, generator=seeded)
+            keep_indices.append(torch.sort(permutations[num_tokens][:keep]).values.to(segment.device))
+        return keep_indices
+
 
 register_selector("random", RandomConfig, RandomSelector)

@@ -64,5 +64,10 @@ class ReconstructionSelector(TransformerTokenScorer):
         logits = self.keep_logits(features)
         return logits[:, 1] - logits[:, 0]
 
+    def score_padded(self, features: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """features: (S, N, input_dim) padded segments, token_mask: (S, N) -> scores (S, N), keep minus drop logit."""
+        logits = self.head(self.encoder.forward_padded(features, token_mask))
+        return logits[..., 1] - logits[..., 0]
+
 
 register_selector("reconstruction", ReconstructionConfig, ReconstructionSelector)

@@ -80,11 +80,21 @@ class VisionSelectorScorer(TokenSelector):
         """features: (N, input_dim) -> scores: (N,), s_i of Eq. 2."""
         if features.ndim != 2:
             raise ValueError(f"`features` must be (N, input_dim) for one image, got shape {tuple(features.shape)}")
+        token_mask = torch.ones(1, features.shape[0], dtype=torch.bool, device=features.device)
+        return self.score_padded(features[None], token_mask)[0]
+
+    def score_padded(self, features: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """features: (S, N, input_dim) padded segments, token_mask: (S, N) True at real tokens -> scores (S, N).
+
+        One image alone is the case S = 1 without padding, so batched and per-image scores are computed alike.
+        """
         features = features.to(self.query_proj.weight.dtype)
         queries = self.query_proj(features)
-        # mean_j(V W_k) = mean_j(V) W_k: project one averaged token instead of all N.
-        mean_key = self.key_proj(features.mean(dim=0))
-        return queries @ mean_key / math.sqrt(self.projection_dim)
+        # mean_j(V W_k) = mean_j(V) W_k: project one averaged token per segment instead of all N (padding adds zeros).
+        mask = token_mask[..., None].to(features.dtype)
+        mean_features = (features * mask).sum(dim=1) / mask.sum(dim=1)
+        mean_key = self.key_proj(mean_features)
+        return (queries @ mean_key[..., None]).squeeze(-1) / math.sqrt(self.projection_dim)
 
 
 register_selector("visionselector", VisionSelectorConfig, VisionSelectorScorer)

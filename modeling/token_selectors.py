@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .configuration_token_prune import FEATURE_SOURCES, METHOD_CONFIG_CLASSES, TokenPruneConfig
-from .selection_ops import hard_topk_indices
+from .selection_ops import hard_topk_indices, hard_topk_indices_padded, pad_segments
 
 
 class RegisteredMethod(NamedTuple):
@@ -38,7 +38,9 @@ class TokenSelector(nn.Module):
             `vision_features`).
         papers: titles of the papers the method comes from, cited on model cards (empty for a plain baseline).
 
-    Subclasses implement `score` (learned and score-based methods) or override `select`.
+    Subclasses implement `score` (learned and score-based methods) or override `select`. `select_segments` picks the
+    tokens of every image / frame of a forward in one call: by default one `select` per segment, or, for a class that
+    implements `score_padded`, one batched scorer call over the padded segments and a batched top-k.
     """
 
     trainable: ClassVar[bool] = False
@@ -72,6 +74,63 @@ class TokenSelector(nn.Module):
         Returns keep_indices: (num_keep,) int64, ascending (original order preserved).
         """
         return hard_topk_indices(self.score(features), num_keep)
+
+    def score_padded(self, features: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """Batched `score`: features (S, N, input_dim) of S segments padded to N, token_mask (S, N) True at real tokens
+        -> scores (S, N); values at padding are ignored. Optional: a selector that implements it is scored in one call
+        per forward by `select_segments`."""
+        raise NotImplementedError(f"{type(self).__name__} does not define `score_padded`")
+
+    def select_segments(
+        self,
+        features: list[torch.Tensor],
+        num_keep: list[int],
+        grid_hw: list[tuple[int, int] | None] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[torch.Tensor]:
+        """Pick `num_keep[i]` of the N_i tokens of segment i, for every segment (image or frame) at once.
+
+        features: S tensors (N_i, input_dim); grid_hw: S layouts (or None). Returns S keep_indices (num_keep[i],) int64
+        ascending, equal to calling `select` on each segment alone. One batched scorer call when the class implements
+        `score_padded` and no subclass below it redefines `score` / `select`; else one `select` per segment.
+        """
+        grid_hw = self.check_segment_lists(features, num_keep, grid_hw)
+        owner = self.batched_method_owner("score_padded")
+        if not features or owner is None or self.redefines_per_segment_methods(owner):
+            return [
+                self.select(segment, keep, grid_hw=grid, generator=generator)
+                for segment, keep, grid in zip(features, num_keep, grid_hw, strict=True)
+            ]
+        padded, token_mask = pad_segments(features)
+        return hard_topk_indices_padded(self.score_padded(padded, token_mask), token_mask, num_keep)
+
+    @staticmethod
+    def check_segment_lists(
+        features: list[torch.Tensor], num_keep: list[int], grid_hw: list[tuple[int, int] | None] | None
+    ) -> list[tuple[int, int] | None]:
+        """Raise unless the three lists of `select_segments` have one entry per segment; returns `grid_hw` as a list."""
+        if len(features) != len(num_keep) or (grid_hw is not None and len(grid_hw) != len(features)):
+            raise ValueError(
+                f"`features`, `num_keep` and `grid_hw` must have one entry per segment, got {len(features)}, "
+                f"{len(num_keep)} and {None if grid_hw is None else len(grid_hw)}"
+            )
+        return list(grid_hw) if grid_hw is not None else [None] * len(features)
+
+    def batched_method_owner(self, name: str) -> type | None:
+        """The class below `TokenSelector` that defines the batched method `name`, or None when only the base does."""
+        return next((klass for klass in type(self).__mro__ if name in vars(klass) and klass is not TokenSelector), None)
+
+    def redefines_per_segment_methods(self, owner: type) -> bool:
+        """Whether `score` / `select` are redefined below `owner` (or on the instance), so that `owner`'s batched path
+        would bypass them: a third-party subclass that changes only the per-segment methods keeps its behaviour."""
+        if "score" in self.__dict__ or "select" in self.__dict__:
+            return True
+        for klass in type(self).__mro__:
+            if klass is owner:
+                return False
+            if "score" in vars(klass) or "select" in vars(klass):
+                return True
+        return False
 
 
 def register_selector(

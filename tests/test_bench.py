@@ -10,12 +10,13 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from hf_tokenprune import testing
-from hf_tokenprune.bench import BenchArguments, runner
+from hf_tokenprune.bench import BenchArguments, memory, presets, runner
 from hf_tokenprune.bench.probes import extrapolate_full_depth
 from hf_tokenprune.cli import main
-from hf_tokenprune.cost import prefill_flops
+from hf_tokenprune.cost import ideal_batch_prefill_ratio, ideal_prefill_ratio, prefill_flops
 from hf_tokenprune.modeling.token_selectors import learned_selectors, training_free_selectors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,6 +234,8 @@ def test_other_architectures(tmp_path, preset, visual):
         (["--repeats", "0"], "--repeats"),
         (["--profile", "--profile-budget", "0.2,2"], "--profile-budget"),
         (["--report", "no-such-file.json"], "--report"),
+        (["--fit-memory-mib", "-1"], "--fit-memory-mib"),
+        (["--fit-max-batch", "0"], "--fit-max-batch"),
     ],
 )
 def test_bad_input_fails_before_any_compute(monkeypatch, tmp_path, flags, named):
@@ -286,3 +289,138 @@ def test_committed_report_regenerates_byte_identical(monkeypatch, tmp_path):
     doc = tmp_path / "benchmarks.md"
     assert main(["bench", "--report", sources, "--doc", str(doc)]) == 0
     assert doc.read_bytes() == committed
+
+
+# ------------------------------------------------------------------ issue 21: video, batch, decode, memory
+
+
+@pytest.mark.parametrize(
+    ("preset", "frames", "tokens_per_frame", "extra"),
+    [
+        ("tiny-qwen2.5-vl-video", 4, 8 * 8 // 4, 0),  # 8 frames = 4 temporal groups of 8 x 8 patches, merged 2 x 2
+        ("tiny-llava-onevision-video", 4, 2 * 2, 1),  # 4 frames of 4 x 4 patches pooled 2 x 2, then one newline
+    ],
+)
+def test_video_presets_prune_every_frame_by_the_budget(tmp_path, preset, frames, tokens_per_frame, extra):
+    results, _ = run_bench(tmp_path, "--methods", "visionselector,divprune", "--budgets", "0.3", preset=preset)
+    visual = frames * tokens_per_frame + extra
+    for row in results["rows"]:
+        assert row["visual_tokens"] == visual and row["batch_size"] == 1
+        sequence = row["text_tokens"] + row["kept_tokens"]
+        assert row["kv_cache_bytes"] == 2 * row["layers"] * KV_HEADS * HEAD_DIM * sequence * FLOAT32_BYTES
+        assert row["decode_tokens_per_s"] > 0
+    for row in results["rows"][1:]:
+        # Contract line 2: frames are pruned like images (the newline is a unit of its own).
+        assert row["kept_tokens"] == frames * kept_by_rule(0.3, tokens_per_frame) + extra
+        assert row["ideal_prefill_ratio"] == pytest.approx(
+            prefill_flops(row["text_tokens"] + visual, HIDDEN, FFN, 4)
+            / prefill_flops(row["text_tokens"] + row["kept_tokens"], HIDDEN, FFN, 4)
+        )
+    assert results["runs"][0]["workload"] == "video"
+
+
+def test_batch_preset_counts_images_per_second_and_per_sample_flops(tmp_path):
+    results, _ = run_bench(tmp_path, "--methods", "visionselector", "--budgets", "0.3", preset="tiny-qwen2.5-vl-batch8")
+    patches = [(4, 4), (8, 8), (8, 4), (4, 8), (4, 4), (8, 8), (4, 8), (8, 4)]  # the preset's images
+    visual = [rows * cols // 4 for rows, cols in patches]
+    unpruned, pruned = results["rows"]
+    assert unpruned["batch_size"] == 8 and unpruned["visual_tokens"] == sum(visual)
+    assert unpruned["text_tokens"] == 8 * TEXT_TOKENS  # padding is not text
+    assert pruned["kept_tokens"] == sum(kept_by_rule(0.3, n) for n in visual)
+    for row in results["rows"]:
+        assert row["images_per_s"] == pytest.approx(8e3 / row["ttft_ms"])
+        assert row["kv_cache_bytes"] == row["kv_cache_bytes_predicted"]  # B rows at the longest kept sample
+    unpruned_flops = sum(prefill_flops(TEXT_TOKENS + n, HIDDEN, FFN, 4) for n in visual)
+    pruned_flops = sum(prefill_flops(TEXT_TOKENS + kept_by_rule(0.3, n), HIDDEN, FFN, 4) for n in visual)
+    assert pruned["ideal_prefill_ratio"] == pytest.approx(unpruned_flops / pruned_flops)
+
+
+def test_selection_flops_are_counted_on_the_recorded_call(tmp_path):
+    results, _ = run_bench(tmp_path, "--methods", "visionselector", "--budgets", "0.3", preset="tiny-qwen2.5-vl-video")
+    row = results["rows"][1]
+    # visionselector on 4 frames of 16 tokens, LLM width 32, d = 16: Q projection of every token, K projection of
+    # each frame's mean, one dot product per token; 2 FLOPs per multiply-add.
+    tokens, frames, width, d = 64, 4, 32, 16
+    assert row["selection_gflop"] * 1e9 == 2 * (tokens * width * d + frames * width * d + tokens * d)
+    assert row["selection_gflop_per_s"] == pytest.approx(row["selection_gflop"] * 1e3 / row["selection_ms"])
+
+
+def test_largest_batch_search_bisects_on_the_measured_peak(monkeypatch):
+    measured = []
+
+    def peak(config, inputs, new_tokens, device):
+        batch = inputs["input_ids"].shape[0]
+        measured.append(batch)
+        return batch * 100
+
+    monkeypatch.setattr(memory, "peak_above_start", peak)
+    inputs = {"input_ids": torch.zeros(1, 5, dtype=torch.long)}
+    assert memory.largest_batch(None, inputs, 350, 2, torch.device("cpu"), 32)["largest_batch"] == 3
+    assert measured == [1, 2, 4, 3]
+    capped = memory.largest_batch(None, inputs, 10**6, 2, torch.device("cpu"), 6)
+    assert capped["largest_batch"] == 6 and capped["capped"]
+    assert memory.largest_batch(None, inputs, 50, 2, torch.device("cpu"), 6)["largest_batch"] == 0
+
+
+@pytest.mark.parametrize("preset", ["tiny-qwen2.5-vl-video", "tiny-llava-onevision-video", "tiny-internvl"])
+def test_repeated_batch_generates_what_one_sample_does(preset):
+    """`repeat_batch` lays out copies as the processor would: every row generates the single sample's tokens."""
+    spec = presets.PRESETS[preset]
+    model = runner.build_model(spec, 2, 2, torch.float32, torch.device("cpu"), "sdpa", 0)
+    inputs = spec.make_inputs(model.config, TEXT_TOKENS, torch.Generator().manual_seed(0))
+    single = model.generate(**inputs, max_new_tokens=3)
+    batch = model.generate(**memory.repeat_batch(inputs, 3), max_new_tokens=3)
+    assert torch.equal(batch, single.repeat(3, 1))
+
+
+def test_what_fits_is_measured_and_reported(tmp_path):
+    results, output = run_bench(
+        tmp_path,
+        "--methods",
+        "visionselector",
+        "--budgets",
+        "0.3",
+        "--fit-memory-mib",
+        "4096",
+        "--fit-max-batch",
+        "2",
+        "--tag",
+        "fit",
+        "--doc",
+        str(tmp_path / "doc.md"),
+    )
+    fits = results["runs"][0]["what_fits"]
+    assert [(row["method"], row["budget"]) for row in fits["rows"]] == [("unpruned", 1.0), ("visionselector", 0.3)]
+    for row in fits["rows"]:
+        assert row["largest_batch"] == 2 and row["capped"]  # 4 GiB holds two tiny samples
+        assert [batch for batch, _ in row["probes"]] == [1, 2] and all(peak >= 0 for _, peak in row["probes"])
+    assert results["rows"][0]["run"].endswith(", fit")
+    doc = (tmp_path / "doc.md").read_text()
+    assert "## What fits in a memory budget" in doc and "## Decode and KV cache" in doc
+    assert "## Selection cost (budget 0.2)" not in doc  # no row at the acceptance budget
+
+
+def test_ideal_batch_ratio_of_one_sample_is_the_single_ratio():
+    config = presets.PRESETS["tiny-llava"].make_config(2, 2)
+    assert ideal_batch_prefill_ratio([12], [16], [5], config) == pytest.approx(ideal_prefill_ratio(12, 16, 5, config))
+
+
+def test_acceptance_compares_the_fastest_repeats_too():
+    from hf_tokenprune.bench.report import acceptance
+
+    def row(method, budget, prefill_min, ideal):
+        return {
+            "method": method,
+            "budget": budget,
+            "spread": {"prefill_ms": [prefill_min, 10 * prefill_min]},
+            "ideal_prefill_ratio": ideal,
+            "kv_cache_bytes": 10,
+            "kv_cache_bytes_predicted": 10,
+            "visual_tokens": 100,
+            "text_tokens": 8,
+        }
+
+    rows = [row("unpruned", 1.0, 400.0, 1.0), row("a", 0.2, 100.0, 5.0), row("a", 0.5, 200.0, 2.0)]
+    (section,) = acceptance({"run": rows}, 0.2)
+    (chosen,) = section["rows"]
+    assert chosen["fastest_over_ideal"] == pytest.approx(400.0 / 100.0 / 5.0)

@@ -33,15 +33,17 @@ class BenchArguments:
     """Arguments of `hf-tokenprune bench`.
 
     Fields: preset, methods, budgets, layers, vision_layers, repeats, warmup, decode_tokens, text_tokens,
-    dtype, device, attn_implementation, threads, output, doc, report, profile, profile_method, profile_budget, seed.
+    dtype, device, attn_implementation, threads, output, doc, report, profile, profile_method, profile_budget, seed,
+    fit_memory_mib, fit_max_batch, tag.
     """
 
     preset: str = field(
         default="qwen2.5-vl-7b",
         metadata={
             "help": "Comma-separated presets: qwen2.5-vl-7b, qwen3-vl-8b, llava-1.5-7b, llava-next-7b, internvl3-8b, "
-            "smolvlm-instruct (published widths, random weights), or tiny-qwen2.5-vl, tiny-qwen3-vl, tiny-llava, "
-            "tiny-llava-next, tiny-internvl, tiny-smolvlm."
+            "smolvlm-instruct, gemma3-12b, llava-onevision-7b (published widths, random weights, one image); videos "
+            "qwen2.5-vl-7b-video16, qwen2.5-vl-7b-video64, llava-onevision-7b-video; the 8-image batch "
+            "qwen2.5-vl-7b-batch8; or the tiny-* presets of the test models."
         },
     )
     methods: str = field(
@@ -93,6 +95,19 @@ class BenchArguments:
         metadata={"help": "Comma-separated budgets of the profiled pruned prefill; FLOPs are counted at the first."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the random weights and inputs."})
+    fit_memory_mib: int = field(
+        default=0,
+        metadata={
+            "help": "What fits: the largest batch of the preset's input whose generate stays within this many MiB above "
+            "the memory in use before it (measured, binary search at the built depth), unpruned and for the first "
+            "method at every budget (0 = skip)."
+        },
+    )
+    fit_max_batch: int = field(default=32, metadata={"help": "Largest batch the what-fits search tries (>= 1)."})
+    tag: str = field(
+        default="",
+        metadata={"help": "Words added to the run's label (e.g. `float32`), telling apart two runs of one preset."},
+    )
 
 
 def _split(value: str, flag: str) -> list[str]:
@@ -155,6 +170,10 @@ def check_arguments(args: BenchArguments) -> dict[str, Any]:
         raise ValueError(f"`--decode-tokens` must be 0 (skip) or >= 3, got {args.decode_tokens}")
     if args.threads < 0:
         raise ValueError(f"`--threads` must be >= 0 (0 = torch's default), got {args.threads}")
+    if args.fit_memory_mib < 0:
+        raise ValueError(f"`--fit-memory-mib` must be >= 0 (0 = skip), got {args.fit_memory_mib}")
+    if args.fit_max_batch < 1:
+        raise ValueError(f"`--fit-max-batch` must be >= 1, got {args.fit_max_batch}")
     if args.text_tokens < 8:
         raise ValueError(f"`--text-tokens` must be >= 8, got {args.text_tokens}")
     if args.dtype not in DTYPES:
@@ -201,6 +220,10 @@ def command_line(args: BenchArguments) -> str:
     ]
     if args.threads:
         flags.append(("threads", args.threads))
+    if args.fit_memory_mib:
+        flags += [("fit-memory-mib", args.fit_memory_mib), ("fit-max-batch", args.fit_max_batch)]
+    if args.tag:
+        flags.append(("tag", f"'{args.tag}'"))
     if args.profile:
         flags += [("profile-method", args.profile_method), ("profile-budget", args.profile_budget)]
     command = "hf-tokenprune bench " + " ".join(f"--{name} {value}" for name, value in flags if value is not None)

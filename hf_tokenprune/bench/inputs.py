@@ -178,3 +178,72 @@ def gemma3_inputs(newlines_id: int, token_range: tuple[int, int]):
         }
 
     return make
+
+
+def qwen2_5_vl_video_inputs(frames: int, frame_patches: tuple[int, int], token_range: tuple[int, int]):
+    """One video as Qwen2.5-VL's processor lays it out: `frames` frames of `frame_patches` (rows, cols) patches, two
+    frames per temporal patch, one placeholder per 2 x 2 merged patches of each temporal group, between vision start
+    and end; `mm_token_type_ids` 2 on the video tokens, one second per temporal group."""
+
+    def make(config, text_tokens, generator):
+        vision = config.vision_config
+        rows, cols = frame_patches
+        groups = frames // vision.temporal_patch_size
+        visual = groups * rows * cols // vision.spatial_merge_size**2
+        block = [config.vision_start_token_id] + [config.video_token_id] * visual + [config.vision_end_token_id]
+        input_ids = _prompt(_text_ids(text_tokens - 2, token_range, generator), block)
+        patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "pixel_values_videos": torch.randn(groups * rows * cols, patch_dim, generator=generator),
+            "video_grid_thw": torch.tensor([[groups, rows, cols]]),
+            "second_per_grid_ts": torch.tensor([1.0]),
+            "mm_token_type_ids": (input_ids == config.video_token_id).int() * 2,
+        }
+
+    return make
+
+
+def llava_onevision_video_token_count(config: LlavaOnevisionConfig, frames: int) -> int:
+    """Video tokens: every frame's patch grid pooled 2 x 2 (rounding up, as the stock `apply_pooling`), one newline."""
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    return frames * (-(-side // 2)) ** 2 + 1
+
+
+def llava_onevision_video_inputs(frames: int, token_range: tuple[int, int]):
+    """One video as LLaVA-OneVision's processor lays it out: `frames` frames at the tower's resolution."""
+
+    def make(config, text_tokens, generator):
+        size = config.vision_config.image_size
+        visual = [config.video_token_id] * llava_onevision_video_token_count(config, frames)
+        input_ids = _prompt(_text_ids(text_tokens, token_range, generator), visual)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "pixel_values_videos": torch.randn(1, frames, 3, size, size, generator=generator),
+        }
+
+    return make
+
+
+def qwen2_5_vl_batch_inputs(image_patches: list[tuple[int, int]], token_range: tuple[int, int], pad_id: int = 0):
+    """A left-padded batch of one image per sample, of the given (rows, cols) patch sizes, as the processor pads it."""
+    single = [qwen2_5_vl_inputs(patches, token_range) for patches in image_patches]
+
+    def make(config, text_tokens, generator):
+        samples = [make_one(config, text_tokens, generator) for make_one in single]
+        length = max(sample["input_ids"].shape[1] for sample in samples)
+
+        def left_pad(values: torch.Tensor, fill: int) -> torch.Tensor:
+            return torch.nn.functional.pad(values, (length - values.shape[1], 0), value=fill)
+
+        return {
+            "input_ids": torch.cat([left_pad(s["input_ids"], pad_id) for s in samples]),
+            "attention_mask": torch.cat([left_pad(s["attention_mask"], 0) for s in samples]),
+            "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
+            "image_grid_thw": torch.cat([s["image_grid_thw"] for s in samples]),
+            "mm_token_type_ids": torch.cat([left_pad(s["mm_token_type_ids"], 0) for s in samples]),
+        }
+
+    return make

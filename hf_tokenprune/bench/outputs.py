@@ -107,7 +107,8 @@ def run_label(run: dict[str, Any]) -> str:
     """`preset, N CPU threads` or `preset, <GPU>`: what tells two runs of one preset apart."""
     machine = run["machine"]
     where = machine.get("gpu") or f"{machine['torch_threads']} CPU thread{'s' if machine['torch_threads'] > 1 else ''}"
-    return f"{run['preset']}, {where}"
+    tag = run.get("settings", {}).get("tag")
+    return f"{run['preset']}, {where}" + (f", {tag}" if tag else "")
 
 
 def slug(label: str) -> str:
@@ -116,7 +117,7 @@ def slug(label: str) -> str:
 
 def tag_rows(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
     """Set every row's `run` to its run's label (rows of one results file follow their runs, one run per preset)."""
-    labels = {run["preset"]: run_label(run) for run in runs}
+    labels = {run["preset"]: run_label(run) for run in runs}  # one results file: one run per preset
     for row in rows:
         row["run"] = labels[row["preset"]]
 

@@ -40,7 +40,10 @@ from .inputs import (
     llava_inputs,
     llava_next_inputs,
     llava_onevision_inputs,
+    llava_onevision_video_inputs,
+    qwen2_5_vl_batch_inputs,
     qwen2_5_vl_inputs,
+    qwen2_5_vl_video_inputs,
     qwen3_vl_inputs,
     smolvlm_inputs,
 )
@@ -60,6 +63,8 @@ class Preset:
     vision_modules: submodules of `model.model` whose forwards together are vision encoding (tower + projector).
     vision_blocks: path under `model.model` of the vision tower's list of blocks.
     block_kinds: vision config -> kind of every vision block; kinds are extrapolated separately.
+    workload: "image" (one image), "video" (one video, its frames pruned like images) or "batch" (several samples
+        of one image each, left-padded: the throughput rows).
     """
 
     name: str
@@ -73,6 +78,7 @@ class Preset:
     vision_modules: tuple[str, ...]
     vision_blocks: str
     block_kinds: Callable[[PretrainedConfig], list[str]] = lambda vision_config: ["block"] * vision_depth(vision_config)
+    workload: str = "image"
 
 
 def _qwen_block_kinds(vision_config: PretrainedConfig) -> list[str]:
@@ -527,6 +533,10 @@ _QWEN_PARTS = dict(vision_modules=("visual",), vision_blocks="visual.blocks", bl
 _SMOLVLM_PARTS = dict(vision_modules=("vision_model", "connector"), vision_blocks="vision_model.encoder.layers")
 _QWEN3_PARTS = dict(vision_modules=("visual",), vision_blocks="visual.blocks")  # one block kind: no windows
 
+# The batch-throughput presets' images, (rows, cols) patches of 14 px: 224 x 224 to 672 x 448 (16 to 48 patches a side).
+_MIXED_IMAGE_PATCHES = [(16, 16), (32, 32), (48, 32), (32, 48), (24, 24), (16, 32), (40, 40), (32, 16)]
+_TINY_MIXED_IMAGE_PATCHES = [(4, 4), (8, 8), (8, 4), (4, 8), (4, 4), (8, 8), (4, 8), (8, 4)]
+
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
@@ -618,6 +628,96 @@ PRESETS: dict[str, Preset] = {
             full_layers=24,
             full_vision_layers=27,
             **_SMOLVLM_PARTS,
+        ),
+        # Video (issue 21): Qwen2.5-VL's processor caps a video's total pixels, so more frames come at a lower
+        # resolution; two frames make one temporal patch group, and each group is one unit of the budget.
+        Preset(
+            "qwen2.5-vl-7b-video16",
+            "Qwen2.5-VL-7B widths; one video of 16 frames at 448 x 448 = 8 temporal groups x 16 x 16 merged patches "
+            "= 2,048 visual tokens",
+            "Qwen/Qwen2.5-VL-7B-Instruct config.json",
+            Qwen2_5_VLForConditionalGeneration,
+            _qwen2_5_vl_7b_config,
+            qwen2_5_vl_video_inputs(16, (32, 32), _QWEN_TOKENS),
+            full_layers=28,
+            full_vision_layers=32,
+            workload="video",
+            **_QWEN_PARTS,
+        ),
+        Preset(
+            "qwen2.5-vl-7b-video64",
+            "Qwen2.5-VL-7B widths; one video of 64 frames at 336 x 336 = 32 temporal groups x 12 x 12 merged patches "
+            "= 4,608 visual tokens",
+            "Qwen/Qwen2.5-VL-7B-Instruct config.json",
+            Qwen2_5_VLForConditionalGeneration,
+            _qwen2_5_vl_7b_config,
+            qwen2_5_vl_video_inputs(64, (24, 24), _QWEN_TOKENS),
+            full_layers=28,
+            full_vision_layers=32,
+            workload="video",
+            **_QWEN_PARTS,
+        ),
+        Preset(
+            "llava-onevision-7b-video",
+            "LLaVA-OneVision-7B widths; one video of 16 frames at 384 x 384, 27 x 27 patches pooled 2 x 2 to 14 x 14 "
+            "per frame = 16 x 196 + 1 newline = 3,137 visual tokens",
+            "llava-hf/llava-onevision-qwen2-7b-ov-hf config.json",
+            LlavaOnevisionForConditionalGeneration,
+            _llava_onevision_7b_config,
+            llava_onevision_video_inputs(16, _QWEN_TOKENS),
+            full_layers=28,
+            full_vision_layers=26,
+            workload="video",
+            **_CLIP_PARTS,
+        ),
+        Preset(
+            "qwen2.5-vl-7b-batch8",
+            "Qwen2.5-VL-7B widths; a left-padded batch of 8 samples, one image each, of mixed sizes from 224 x 224 to "
+            "672 x 448 = 1,888 visual tokens in all",
+            "Qwen/Qwen2.5-VL-7B-Instruct config.json",
+            Qwen2_5_VLForConditionalGeneration,
+            _qwen2_5_vl_7b_config,
+            qwen2_5_vl_batch_inputs(_MIXED_IMAGE_PATCHES, _QWEN_TOKENS),
+            full_layers=28,
+            full_vision_layers=32,
+            workload="batch",
+            **_QWEN_PARTS,
+        ),
+        Preset(
+            "tiny-qwen2.5-vl-video",
+            "tiny random Qwen2.5-VL (hidden 32), one video of 8 frames of 8 x 8 patches = 4 x 16 visual tokens",
+            "hf_tokenprune.testing",
+            Qwen2_5_VLForConditionalGeneration,
+            _tiny_qwen2_5_vl_config,
+            qwen2_5_vl_video_inputs(8, (8, 8), _TINY_TOKENS),
+            full_layers=4,
+            full_vision_layers=4,
+            workload="video",
+            **_QWEN_PARTS,
+        ),
+        Preset(
+            "tiny-llava-onevision-video",
+            "tiny random LLaVA-OneVision (hidden 32), one video of 4 frames = 4 x 4 + 1 visual tokens",
+            "hf_tokenprune.testing",
+            LlavaOnevisionForConditionalGeneration,
+            _tiny_llava_onevision_config,
+            llava_onevision_video_inputs(4, _TINY_TOKENS),
+            full_layers=4,
+            full_vision_layers=4,
+            workload="video",
+            **_CLIP_PARTS,
+        ),
+        Preset(
+            "tiny-qwen2.5-vl-batch8",
+            "tiny random Qwen2.5-VL (hidden 32), a left-padded batch of 8 images of mixed sizes",
+            "hf_tokenprune.testing",
+            Qwen2_5_VLForConditionalGeneration,
+            _tiny_qwen2_5_vl_config,
+            qwen2_5_vl_batch_inputs(_TINY_MIXED_IMAGE_PATCHES, _TINY_TOKENS),
+            full_layers=4,
+            full_vision_layers=4,
+            workload="batch",
+            **_QWEN_PARTS,
         ),
         Preset(
             "tiny-qwen2.5-vl",

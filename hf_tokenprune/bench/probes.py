@@ -2,7 +2,7 @@
 
 Forward hooks on the stock vision modules, the language model and every block mark spans on one clock
 (`time.perf_counter` on CPU, CUDA events on CUDA, or a FLOP counter); a wrapper around the selector's
-`select` marks selection. `measure_ttft` / `measure_decode` run one `generate` and split it by those spans;
+`select_segments` (one call per forward, every image and frame) marks selection. `measure_ttft` / `measure_decode` run one `generate` and split it by those spans;
 `DepthMap` extrapolates a shallower model's spans to full depth.
 """
 
@@ -82,7 +82,7 @@ class Span:
 
 
 class PipelineProbe:
-    """Forward hooks on the stock vision modules, language model and every block, and a timed `select` wrapper.
+    """Forward hooks on the stock vision modules, language model and every block, and a timed `select_segments` wrapper.
 
     Hooks go on the base model's submodules, which every pruned model made from it shares.
     """
@@ -91,6 +91,8 @@ class PipelineProbe:
         self.clock, self.spans, self.handles, self.llm_calls = clock, [], [], 0
         self.llm_starts: list[Any] = []
         self.selectors: list[nn.Module] = []
+        #: id(selector) -> the (args, kwargs) of its last `select_segments` call, to count its FLOPs afterwards.
+        self.selection_inputs: dict[int, tuple[tuple, dict]] = {}
         inner = model.model
         for name in preset.vision_modules:
             self._watch(inner.get_submodule(name), "vision")
@@ -118,16 +120,17 @@ class PipelineProbe:
         self.handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
 
     def time_selector(self, selector: nn.Module) -> None:
-        """Wrap `selector.select` through an instance attribute (replacing another probe's wrapper)."""
-        select = selector.__dict__.setdefault("_unprobed_select", selector.select)
+        """Wrap `selector.select_segments` through an instance attribute (replacing another probe's wrapper)."""
+        select = selector.__dict__.setdefault("_unprobed_select_segments", selector.select_segments)
 
         def timed_select(*args, **kwargs):
             start = self.clock.mark()
             keep_indices = select(*args, **kwargs)
             self.spans.append(Span("selection", 0, self.llm_calls - 1, start, self.clock.mark()))
+            self.selection_inputs[id(selector)] = (args, kwargs)
             return keep_indices
 
-        selector.select = timed_select
+        selector.select_segments = timed_select
         self.selectors.append(selector)
 
     def reset(self) -> None:
@@ -142,12 +145,12 @@ class PipelineProbe:
         ]
 
     def remove(self) -> None:
-        """Remove the hooks and restore every wrapped `select`."""
+        """Remove the hooks and restore every wrapped `select_segments`."""
         for handle in self.handles:
             handle.remove()
         for selector in self.selectors:
-            selector.__dict__.pop("select", None)
-            selector.__dict__.pop("_unprobed_select", None)
+            selector.__dict__.pop("select_segments", None)
+            selector.__dict__.pop("_unprobed_select_segments", None)
         self.handles, self.selectors = [], []
 
 
@@ -196,6 +199,9 @@ class Configuration:
     model: PreTrainedModel
     timings: list[dict[str, Any]] = field(default_factory=list)
     kept_tokens: int = 0
+    kept_per_sample: list[int] = field(default_factory=list)
+    selection_flops: int = 0
+    selection_call: tuple[tuple, dict] | None = None  # the recorded `select_segments` call, until its FLOPs are counted
     kv_bytes: tuple[int, int] = (0, 0)
     decode: dict[str, Any] = field(default_factory=dict)
 
@@ -245,7 +251,9 @@ def measure_ttft(config: Configuration, inputs, probe: PipelineProbe, keep: bool
     if keep:
         visual = visual_mask(config.model, inputs["input_ids"])
         keep_mask = output.get("keep_mask")
-        config.kept_tokens = int(visual.sum()) if keep_mask is None else int(keep_mask[visual].sum())
+        kept = visual if keep_mask is None else keep_mask & visual
+        config.kept_tokens = int(kept.sum())
+        config.kept_per_sample = kept.sum(-1).tolist()
         config.kv_bytes = cache_bytes(output.past_key_values)
     vision_blocks: dict[int, float] = {}
     for index, value in probe.blocks("vision_block"):
@@ -279,8 +287,28 @@ def measure_decode(config: Configuration, inputs, probe: PipelineProbe, tokens: 
     }
 
 
+def selection_flops(selector: nn.Module, call: tuple[tuple, dict]) -> int:
+    """FLOPs of one `select_segments` call replayed on its recorded inputs (2 per multiply-add, torch's count).
+
+    The fused encoder-layer fast path is invisible to `FlopCounterMode`, so it is off while counting.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    args, kwargs = call
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            selector.__dict__.get("_unprobed_select_segments", selector.select_segments)(*args, **kwargs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return counter.get_total_flops()
+
+
 def visual_mask(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
-    return input_ids == model.config.image_token_id
+    """(B, L) True at image and video placeholders (the video id where the architecture has one)."""
+    token_ids = [model.config.image_token_id, getattr(model.config, "video_token_id", None)]
+    return torch.isin(input_ids, torch.tensor([t for t in token_ids if t is not None], device=input_ids.device))
 
 
 def pruning_selector(model: PreTrainedModel, budget: float) -> nn.Module:

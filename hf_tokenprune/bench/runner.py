@@ -21,10 +21,11 @@ import torch
 import transformers
 from transformers import PretrainedConfig, PreTrainedModel
 
-from ..cost import ideal_prefill_ratio, predicted_kv_cache_bytes
+from ..cost import ideal_batch_prefill_ratio, predicted_kv_cache_bytes
 from ..model import get_pruned_model
 from ..modeling.configuration_token_prune import TokenPruneConfig
 from .arguments import DTYPES, BenchArguments, check_arguments, command_line, parse_budgets
+from .memory import largest_batch
 from .outputs import tag_rows, write_outputs
 from .presets import Preset, vision_depth
 from .probes import (
@@ -35,12 +36,15 @@ from .probes import (
     measure_decode,
     measure_ttft,
     pruning_selector,
+    selection_flops,
     visual_mask,
 )
 from .profile import profile_prefill
 from .report import render_doc
 
 SCHEMA_VERSION = 1
+#: New tokens of every what-fits probe: the prefill and one decode step on the cache it filled.
+FIT_NEW_TOKENS = 2
 
 
 def build_model(
@@ -98,14 +102,38 @@ def run_preset(
     for round_index, phase in enumerate(rounds):
         for config in configurations:
             timing = measure_ttft(config, inputs, probe, keep=round_index == args.warmup)
+            if round_index == args.warmup and config.method is not None:
+                selector = pruning_selector(config.model, config.budget)
+                config.selection_call = probe.selection_inputs.pop(id(selector), None)
             if phase == "timed":
                 config.timings.append(timing)
             progress.update()
     progress.close()
+    for config in configurations:
+        if config.selection_call is not None:
+            config.selection_flops = selection_flops(
+                pruning_selector(config.model, config.budget), config.selection_call
+            )
+            config.selection_call = None
     if args.decode_tokens:
         for config in tqdm(configurations, desc=f"decode {preset.name}", unit="run"):
             config.decode = measure_decode(config, inputs, probe, args.decode_tokens, device)
     probe.remove()
+    what_fits = None
+    if args.fit_memory_mib:
+        # Unpruned and the first method at every budget: each search runs the pipeline several times at growing batch.
+        searched = [config for config in configurations if config.method in (None, methods[0])]
+        what_fits = {
+            "budget_mib": args.fit_memory_mib,
+            "new_tokens": FIT_NEW_TOKENS,
+            "max_batch": args.fit_max_batch,
+            "layers": layers,
+            "rows": [
+                {"method": config.method or "unpruned", "budget": config.budget or 1.0}
+                | largest_batch(config, inputs, args.fit_memory_mib * 2**20, FIT_NEW_TOKENS, device, args.fit_max_batch)
+                for config in tqdm(searched, desc=f"what fits {preset.name}", unit="search")
+            ],
+        }
 
     full_config = preset.make_config(preset.full_layers, preset.full_vision_layers)
     full_kinds = preset.block_kinds(full_config.vision_config)
@@ -133,13 +161,17 @@ def run_preset(
                 "dtype",
                 "attn_implementation",
                 "seed",
+                "tag",
             )
         },
+        "workload": preset.workload,
         "widths": _widths(full_config),
         "machine": machine_info(device) | {"load_average_start": load_start, "load_average_end": _load_average()},
         "build_seconds": build_seconds,
         "wall_seconds": time.perf_counter() - started,
     }
+    if what_fits is not None:
+        run["what_fits"] = what_fits
     if args.profile:
         run["profile"] = profile_prefill(
             preset,
@@ -158,8 +190,13 @@ def _rows(preset, configurations, depth: DepthMap, base, full_config, inputs, ar
     dtype = DTYPES[args.dtype]
     layers = base.config.get_text_config().num_hidden_layers
     vision_layers = vision_depth(base.config.vision_config)
-    visual_tokens = int(visual_mask(base, inputs["input_ids"]).sum())
-    text_tokens = inputs["input_ids"].shape[1] - visual_tokens
+    visual = visual_mask(base, inputs["input_ids"])
+    visual_tokens = int(visual.sum())
+    # Per sample (a batch preset holds several): real tokens are the attention mask's, padding is not text.
+    visual_per_sample = visual.sum(-1).tolist()
+    text_per_sample = (inputs["attention_mask"].sum(-1) - visual.sum(-1)).tolist()
+    text_tokens = sum(text_per_sample)
+    batch = inputs["input_ids"].shape[0]
     rows, unpruned = [], None
     for config in configurations:
         per_repeat = [depth.full_depth(timing) for timing in config.timings]
@@ -175,6 +212,8 @@ def _rows(preset, configurations, depth: DepthMap, base, full_config, inputs, ar
         )
         kept = config.kept_tokens
         kv_bytes, kv_tokens = config.kv_bytes
+        # A left-padded batch caches every row at the longest kept sample's length.
+        cached = max(t + k for t, k in zip(text_per_sample, config.kept_per_sample, strict=True))
         row = {
             "preset": preset.name,
             "method": config.method or "unpruned",
@@ -183,15 +222,19 @@ def _rows(preset, configurations, depth: DepthMap, base, full_config, inputs, ar
             "text_tokens": text_tokens,
             "kept_tokens": kept,
             **{name: values[0] for name, values in summary.items()},
-            "ideal_prefill_ratio": ideal_prefill_ratio(text_tokens, visual_tokens, kept, base.config),
-            "ideal_prefill_ratio_visual_only": ideal_prefill_ratio(0, visual_tokens, kept, base.config),
+            "ideal_prefill_ratio": ideal_batch_prefill_ratio(
+                text_per_sample, visual_per_sample, config.kept_per_sample, base.config
+            ),
+            "ideal_prefill_ratio_visual_only": ideal_batch_prefill_ratio(
+                [0] * batch, visual_per_sample, config.kept_per_sample, base.config
+            ),
             "measured_prefill_ratio": unpruned["prefill_ms"][0] / summary["prefill_ms"][0],
             "ttft_speedup": unpruned["ttft_ms"][0] / summary["ttft_ms"][0],
             "kv_cache_bytes": kv_bytes,
             "kv_cache_tokens": kv_tokens,
-            "kv_cache_bytes_predicted": predicted_kv_cache_bytes(base.config, text_tokens + kept, dtype),
+            "kv_cache_bytes_predicted": batch * predicted_kv_cache_bytes(base.config, cached, dtype),
             "kv_cache_bytes_full_depth": kv_bytes // layers * preset.full_layers,
-            "kv_cache_bytes_predicted_full_depth": predicted_kv_cache_bytes(full_config, text_tokens + kept, dtype),
+            "kv_cache_bytes_predicted_full_depth": batch * predicted_kv_cache_bytes(full_config, cached, dtype),
             "extrapolated": layers < preset.full_layers or vision_layers < preset.full_vision_layers,
             "layers": layers,
             "full_layers": preset.full_layers,
@@ -203,6 +246,11 @@ def _rows(preset, configurations, depth: DepthMap, base, full_config, inputs, ar
         }
         row["measured_over_ideal"] = row["measured_prefill_ratio"] / row["ideal_prefill_ratio"]
         row["selection_share_of_ttft"] = row["selection_ms"] / row["ttft_ms"]
+        row["selection_gflop"] = config.selection_flops / 1e9
+        row["selection_gflop_per_s"] = config.selection_flops / 1e6 / row["selection_ms"] if row["selection_ms"] else 0
+        row["batch_size"] = batch
+        if preset.workload == "batch":  # one image per sample
+            row["images_per_s"] = 1e3 * batch / row["ttft_ms"]
         if config.decode:
             steps = config.decode["steps"]
             row["decode_tokens_per_s"] = 1e3 / statistics.median(
