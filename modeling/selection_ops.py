@@ -44,9 +44,7 @@ def pad_segments(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return padded, token_mask
 
 
-def hard_topk_indices_padded(
-    scores: torch.Tensor, token_mask: torch.Tensor, num_keep: list[int]
-) -> list[torch.Tensor]:
+def hard_topk_indices_padded(scores: torch.Tensor, token_mask: torch.Tensor, num_keep: list[int]) -> list[torch.Tensor]:
     """`hard_topk_indices` of every row at once: scores (S, N), token_mask (S, N) -> S keep_indices (num_keep[i],).
 
     Padding scores -inf and sits after every real token, so the stable sort ranks it last even against real -inf

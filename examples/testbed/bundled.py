@@ -195,4 +195,12 @@ def hub_adapter(method: str, cache_dir: str | os.PathLike | None = None) -> Path
     return hub_layout(cache_dir) / method
 
 
-__all__ = ["BUNDLED_ADAPTER_FILES", "CARD_USAGE", "bundle", "default_cache_dir", "hub_adapter", "hub_layout", "layout_hash"]
+__all__ = [
+    "BUNDLED_ADAPTER_FILES",
+    "CARD_USAGE",
+    "bundle",
+    "default_cache_dir",
+    "hub_adapter",
+    "hub_layout",
+    "layout_hash",
+]

@@ -506,7 +506,9 @@ def parse_schedule(schedule: str, records: int) -> list[tuple[int, float, str, i
                 f"`vlm_schedule` rounds are `steps:learning_rate[:scenes[:records]]`, got {part!r} in {schedule!r}"
             ) from None
         if rounds[-1][0] < 1 or not rounds[-1][1] > 0 or rounds[-1][3] < 1:
-            raise ValueError(f"`vlm_schedule` needs steps >= 1, a positive learning rate and records >= 1, got {part!r}")
+            raise ValueError(
+                f"`vlm_schedule` needs steps >= 1, a positive learning rate and records >= 1, got {part!r}"
+            )
         if rounds[-1][2] not in SCENES:
             raise ValueError(f"`vlm_schedule`: a round's scenes must be one of {tuple(SCENES)}, got {part!r}")
     return rounds
