@@ -64,12 +64,7 @@ class DartSelector(TokenSelector):
         generator: torch.Generator | None = None,
     ) -> list[torch.Tensor]:
         """Every segment at once, padded to one batch."""
-        grid_hw = self.check_segment_lists(features, num_keep, grid_hw)
-        if not features or self.redefines_per_segment_methods(DartSelector):
-            return super().select_segments(features, num_keep, grid_hw, generator)
-        for segment, keep in zip(features, num_keep, strict=True):
-            check_selection_inputs(segment, keep)
-        return self._pivots_and_fill(features, num_keep)
+        return self.select_segments_batched(DartSelector, self._pivots_and_fill, features, num_keep, grid_hw, generator)
 
     def _pivots_and_fill(self, features: list[torch.Tensor], num_keep: list[int]) -> list[torch.Tensor]:
         """S segments (N_i, D) -> S keep_indices (num_keep[i],) ascending."""

@@ -60,12 +60,9 @@ class DivPruneSelector(TokenSelector):
         generator: torch.Generator | None = None,
     ) -> list[torch.Tensor]:
         """Every segment at once: the greedy steps run in order, each step vectorised across the segments."""
-        grid_hw = self.check_segment_lists(features, num_keep, grid_hw)
-        if not features or self.redefines_per_segment_methods(DivPruneSelector):
-            return super().select_segments(features, num_keep, grid_hw, generator)
-        for segment, keep in zip(features, num_keep, strict=True):
-            check_selection_inputs(segment, keep)
-        return self._greedy_max_min(features, num_keep)
+        return self.select_segments_batched(
+            DivPruneSelector, self._greedy_max_min, features, num_keep, grid_hw, generator
+        )
 
     def _greedy_max_min(self, features: list[torch.Tensor], num_keep: list[int]) -> list[torch.Tensor]:
         """S segments (N_i, D) -> S keep_indices (num_keep[i],) ascending, the segments padded to one (S, N, D) batch."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .configuration_token_prune import FEATURE_SOURCES, METHOD_CONFIG_CLASSES, TokenPruneConfig
-from .selection_ops import hard_topk_indices, hard_topk_indices_padded, pad_segments
+from .selection_ops import check_selection_inputs, hard_topk_indices, hard_topk_indices_padded, pad_segments
 
 
 class RegisteredMethod(NamedTuple):
@@ -119,6 +119,25 @@ class TokenSelector(nn.Module):
     def batched_method_owner(self, name: str) -> type | None:
         """The class below `TokenSelector` that defines the batched method `name`, or None when only the base does."""
         return next((klass for klass in type(self).__mro__ if name in vars(klass) and klass is not TokenSelector), None)
+
+    def select_segments_batched(
+        self,
+        owner: type,
+        batched,
+        features: list[torch.Tensor],
+        num_keep: list[int],
+        grid_hw: list[tuple[int, int] | None] | None,
+        generator: torch.Generator | None,
+    ) -> list[torch.Tensor]:
+        """`select_segments` of a training-free `owner` class whose `batched(features, num_keep)` handles every segment
+        at once: the lists checked, each segment's inputs checked, and the per-segment fallback kept for subclasses
+        that redefine `score` / `select` (see `redefines_per_segment_methods`)."""
+        grid_hw = self.check_segment_lists(features, num_keep, grid_hw)
+        if not features or self.redefines_per_segment_methods(owner):
+            return TokenSelector.select_segments(self, features, num_keep, grid_hw, generator)
+        for segment, keep in zip(features, num_keep, strict=True):
+            check_selection_inputs(segment, keep)
+        return batched(features, num_keep)
 
     def redefines_per_segment_methods(self, owner: type) -> bool:
         """Whether `score` / `select` are redefined below `owner` (or on the instance), so that `owner`'s batched path
