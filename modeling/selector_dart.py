@@ -64,7 +64,14 @@ class DartSelector(TokenSelector):
         generator: torch.Generator | None = None,
     ) -> list[torch.Tensor]:
         """Every segment at once, padded to one batch."""
-        return self.select_segments_batched(DartSelector, self._pivots_and_fill, features, num_keep, grid_hw, generator)
+        return self.select_segments_batched(
+            DartSelector,
+            lambda segments, keeps, _grids: self._pivots_and_fill(segments, keeps),
+            features,
+            num_keep,
+            grid_hw,
+            generator,
+        )
 
     def _pivots_and_fill(self, features: list[torch.Tensor], num_keep: list[int]) -> list[torch.Tensor]:
         """S segments (N_i, D) -> S keep_indices (num_keep[i],) ascending."""

@@ -61,7 +61,12 @@ class DivPruneSelector(TokenSelector):
     ) -> list[torch.Tensor]:
         """Every segment at once: the greedy steps run in order, each step vectorised across the segments."""
         return self.select_segments_batched(
-            DivPruneSelector, self._greedy_max_min, features, num_keep, grid_hw, generator
+            DivPruneSelector,
+            lambda segments, keeps, _grids: self._greedy_max_min(segments, keeps),
+            features,
+            num_keep,
+            grid_hw,
+            generator,
         )
 
     def _greedy_max_min(self, features: list[torch.Tensor], num_keep: list[int]) -> list[torch.Tensor]:

@@ -60,13 +60,18 @@ class RandomSelector(TokenSelector):
     ) -> list[torch.Tensor]:
         """Every segment at once: without `generator`, one permutation per distinct length serves every segment of
         that length (each call reseeds, so they are the same permutation); a caller's generator is drawn in order."""
-        grid_hw = self.check_segment_lists(features, num_keep, grid_hw)
-        if not features or generator is not None or self.redefines_per_segment_methods(RandomSelector):
+        if generator is not None:
             return super().select_segments(features, num_keep, grid_hw, generator)
+        return self.select_segments_batched(
+            RandomSelector, self._shared_permutations, features, num_keep, grid_hw, generator
+        )
+
+    def _shared_permutations(self, features: list[torch.Tensor], num_keep: list[int], grid_hw) -> list[torch.Tensor]:
+        """Checked segments -> keep_indices, one seeded permutation per distinct length."""
         permutations: dict[int, torch.Tensor] = {}
         keep_indices = []
         for segment, keep in zip(features, num_keep, strict=True):
-            num_tokens = check_selection_inputs(segment, keep)
+            num_tokens = segment.shape[0]
             if num_tokens not in permutations:
                 seeded = torch.Generator().manual_seed(self.config.seed)
                 permutations[num_tokens] = torch.randperm(num_tokens, generator=seeded)

@@ -59,17 +59,18 @@ class UniformSelector(TokenSelector):
         generator: torch.Generator | None = None,
     ) -> list[torch.Tensor]:
         """Every segment at once: positions depend only on (N, num_keep, grid), so each distinct one is computed once."""
-        grid_hw = self.check_segment_lists(features, num_keep, grid_hw)
-        if not features or self.redefines_per_segment_methods(UniformSelector):
-            return super().select_segments(features, num_keep, grid_hw, generator)
+        return self.select_segments_batched(
+            UniformSelector, self._shared_positions, features, num_keep, grid_hw, generator
+        )
+
+    def _shared_positions(self, features: list[torch.Tensor], num_keep: list[int], grid_hw) -> list[torch.Tensor]:
+        """Checked segments -> keep_indices, `select` run once per distinct (N, num_keep, grid, device)."""
         computed: dict[tuple, torch.Tensor] = {}
         keep_indices = []
         for segment, keep, grid in zip(features, num_keep, grid_hw, strict=True):
             key = (segment.shape[0], keep, None if grid is None else (int(grid[0]), int(grid[1])), segment.device)
             if key not in computed:
                 computed[key] = self.select(segment, keep, grid_hw=grid)
-            else:
-                check_selection_inputs(segment, keep)
             keep_indices.append(computed[key])
         return keep_indices
 

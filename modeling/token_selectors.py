@@ -129,15 +129,15 @@ class TokenSelector(nn.Module):
         grid_hw: list[tuple[int, int] | None] | None,
         generator: torch.Generator | None,
     ) -> list[torch.Tensor]:
-        """`select_segments` of a training-free `owner` class whose `batched(features, num_keep)` handles every segment
-        at once: the lists checked, each segment's inputs checked, and the per-segment fallback kept for subclasses
-        that redefine `score` / `select` (see `redefines_per_segment_methods`)."""
+        """`select_segments` of a training-free `owner` class whose `batched(features, num_keep, grid_hw)` handles every
+        segment at once: the lists checked, each segment's inputs checked, and the per-segment fallback kept for
+        subclasses that redefine `score` / `select` (see `redefines_per_segment_methods`)."""
         grid_hw = self.check_segment_lists(features, num_keep, grid_hw)
         if not features or self.redefines_per_segment_methods(owner):
             return TokenSelector.select_segments(self, features, num_keep, grid_hw, generator)
         for segment, keep in zip(features, num_keep, strict=True):
             check_selection_inputs(segment, keep)
-        return batched(features, num_keep)
+        return batched(features, num_keep, grid_hw)
 
     def redefines_per_segment_methods(self, owner: type) -> bool:
         """Whether `score` / `select` are redefined below `owner` (or on the instance), so that `owner`'s batched path
