@@ -252,6 +252,8 @@ def test_cli_writes_what_evaluate_computes(testbed, results, tmp_path, monkeypat
         "uniform",
         "--budgets",
         "7",
+        "--task",
+        "v1",  # the fixture's examples are v1 ones (`tasks.make_split` is what the test replaces)
         "--split",
         "validation",
         "--limit",

@@ -99,14 +99,13 @@ def test_lmms_eval_finds_the_plugin_through_its_entry_point():
 
 def test_lmms_eval_accuracy_equals_hf_tokenprune_eval(lmms_run):
     from hf_tokenprune_testbed.evaluate import evaluate
-    from hf_tokenprune_testbed.model import DEFAULT_ADAPTERS, load_testbed
-    from hf_tokenprune_testbed.tasks import make_split
+    from hf_tokenprune_testbed.model import BUNDLED_TASK, DEFAULT_ADAPTERS, load_testbed
+    from hf_tokenprune_testbed.scenes import task_split
 
     results, records = lmms_run
     base, processor = load_testbed()
-    ours = evaluate(
-        base, processor, make_split("test", LIMIT), [METHOD], [BUDGET], DEFAULT_ADAPTERS, batch_size=32, progress=False
-    )
+    examples = task_split("test", LIMIT, BUNDLED_TASK)  # what the exported task holds
+    ours = evaluate(base, processor, examples, [METHOD], [BUDGET], DEFAULT_ADAPTERS, batch_size=32, progress=False)
     (row,) = ours["results"]
     assert results["results"]["testbed_vqa"]["exact_match,none"] == pytest.approx(row["accuracy"], abs=1e-12)
     # The same images reach the model, and the same number of their tokens is kept.

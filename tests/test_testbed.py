@@ -197,6 +197,113 @@ def test_reproduce_resumes_from_the_last_finished_stage(tmp_path, monkeypatch):
     ]
 
 
+def test_parse_schedule_reads_each_rounds_fields_and_their_defaults():
+    from hf_tokenprune_testbed.pipeline import Round, parse_schedule
+
+    assert parse_schedule("5:1e-3,6:2e-3:easy,7:3e-3:full:9,8:4e-3:full:10:0.5", 4) == [
+        Round(5, 1e-3, "full", 4, 0.0),
+        Round(6, 2e-3, "easy", 4, 0.0),
+        Round(7, 3e-3, "full", 9, 0.0),
+        Round(8, 4e-3, "full", 10, 0.5),
+    ]
+
+
+def test_reproduce_goes_on_from_a_finished_run_with_rounds_appended(tmp_path, monkeypatch):
+    """Oracle: the stage functions' calls. A finished one-round run rerun with a second round appended skips the
+    vision stage, round 1 and the records, trains round 2 from round 1's weights (moved from `base` to its round
+    folder) with that round's count weight, and reruns the selectors and the eval, which read the new `base`."""
+    import hf_tokenprune_testbed.evaluate as evaluate_module
+    import hf_tokenprune_testbed.pipeline as pipeline
+
+    row = {"method": "random", "budget": 0.5, "accuracy": 0.5, "retention": 1.0, "kept_tokens": 1.0}
+    fake_results = json.dumps({"unpruned_accuracy": 0.5, "results": [row]})
+    monkeypatch.setattr(
+        evaluate_module,
+        "run_eval",
+        lambda args: Path(args.output).write_text(fake_results) and json.loads(fake_results),
+    )
+    args = ReproduceArguments(output=str(tmp_path / "run"), **TOY_RECIPE)
+    run_reproduce(args)
+    run = tmp_path / "run"
+    round_one = (run / "base" / "model.safetensors").read_bytes()
+
+    def must_not_rerun(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(pipeline, "train_vision_stage", must_not_rerun)
+    monkeypatch.setattr(pipeline, "write_records", must_not_rerun)
+    real_train_vlm, rounds_run = pipeline.train_vlm, []
+
+    def train_vlm(output_dir, **kwargs):
+        rounds_run.append((output_dir.name, Path(kwargs["init_from"]).name, kwargs["count_weight"]))
+        return real_train_vlm(output_dir, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_vlm", train_vlm)
+    selectors_run = []
+    real_train_selector = pipeline.train_selector
+    monkeypatch.setattr(
+        pipeline, "train_selector", lambda m, *rest: selectors_run.append(m) or real_train_selector(m, *rest)
+    )
+    run_reproduce(
+        dataclasses.replace(args, vlm_schedule="1:1e-3,2:1e-2:full:2:0.5")
+    )  # 2 steps: the first warms up from lr 0
+    assert rounds_run == [("base.partial", "vlm-round-1", 0.5)]
+    assert (run / "vlm-round-1" / "model.safetensors").read_bytes() == round_one
+    assert (run / "base" / "model.safetensors").read_bytes() != round_one
+    assert selectors_run == list(BUNDLED_METHODS)
+    state = json.loads((run / "stages.json").read_text())
+    assert state["arguments"]["vlm_schedule"] == "1:1e-3,2:1e-2:full:2:0.5"
+    assert list(state["done"]) == [
+        "vision",
+        "vlm-round-1",
+        "records",
+        "vlm-round-2",
+        *(f"selector-{m}" for m in BUNDLED_METHODS),
+        "eval-v2",
+    ]
+    with pytest.raises(ValueError, match="vlm_schedule"):  # not an extension: dropping a round is refused
+        run_reproduce(dataclasses.replace(args, vlm_schedule="1:1e-3"))
+
+
+def test_reproduce_reruns_only_the_stages_that_read_a_changed_downstream_argument(tmp_path, monkeypatch):
+    """Oracle: which stage functions run. After a finished run, a new `selector_steps` reruns the three selectors and
+    the eval (not the VLM or the records); then a new `eval_limit` reruns the eval alone."""
+    import hf_tokenprune_testbed.evaluate as evaluate_module
+    import hf_tokenprune_testbed.pipeline as pipeline
+
+    evals = []
+
+    def fake_eval(args):
+        evals.append(args.limit)
+        row = {"method": "random", "budget": 0.5, "accuracy": 0.5, "retention": 1.0, "kept_tokens": 1.0}
+        results = {"unpruned_accuracy": 0.5, "results": [row]}
+        Path(args.output).write_text(json.dumps(results))
+        return results
+
+    monkeypatch.setattr(evaluate_module, "run_eval", fake_eval)
+    args = ReproduceArguments(output=str(tmp_path / "run"), **TOY_RECIPE)
+    run_reproduce(args)
+
+    def must_not_rerun(*args, **kwargs):
+        raise AssertionError("a stage that reads no changed argument ran again")
+
+    for name in ("train_vision_stage", "train_vlm", "write_records"):
+        monkeypatch.setattr(pipeline, name, must_not_rerun)
+    selectors_run, real_train_selector = [], pipeline.train_selector
+
+    def train_selector(method, base_dir, records, adapter, args):
+        selectors_run.append((method, args.selector_steps))
+        return real_train_selector(method, base_dir, records, adapter, args)
+
+    monkeypatch.setattr(pipeline, "train_selector", train_selector)
+    run_reproduce(dataclasses.replace(args, selector_steps=2))
+    assert selectors_run == [(method, 2) for method in BUNDLED_METHODS] and evals == [2, 2]
+    run_reproduce(dataclasses.replace(args, selector_steps=2, eval_limit=3))
+    assert len(selectors_run) == 3 and evals == [2, 2, 3]
+    state = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert state["arguments"]["selector_steps"] == 2 and state["arguments"]["eval_limit"] == 3
+
+
 def test_reproduce_refuses_to_resume_with_other_arguments(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -651,7 +758,19 @@ def test_train_vlm_on_cached_visual_tokens_trains_the_language_model_only_for_ep
 
 
 @pytest.mark.parametrize(
-    "schedule", ["1000", "1000:", "x:1e-3", "0:1e-3", "10:-1", "10:1e-3,", "10:1e-3:full:0", "10:1e-3:full:8:9"]
+    "schedule",
+    [
+        "1000",
+        "1000:",
+        "x:1e-3",
+        "0:1e-3",
+        "10:-1",
+        "10:1e-3,",
+        "10:1e-3:full:0",
+        "10:1e-3:full:8:-1",
+        "10:1e-3:full:8:x",
+        "10:1e-3:full:8:1:9",
+    ],
 )
 def test_reproduce_rejects_a_bad_vlm_schedule_before_training(tmp_path, schedule):
     with pytest.raises(ValueError, match="vlm_schedule"):
@@ -667,13 +786,22 @@ def test_reproduce_rejects_bad_arguments_before_training(tmp_path, field, value)
 
 
 def test_selector_records_hold_captions_per_the_papers(tmp_path):
-    """Issue 15, defect 5: the selector stage writes caption records (papers 002 / 004 train on dense captions);
-    they load through the library's loader and the collator labels the whole caption."""
+    """Issue 15, defect 5: the selector stage writes caption records (papers 002 / 004 train on dense captions) when
+    the recipe's VLM learned to caption, none when it did not; they load through the library's loader and the
+    collator labels the whole caption."""
     from hf_tokenprune.training import TokenPruneDataCollator, load_conversation_records
     from hf_tokenprune_testbed.model import CAPTION_PROMPT, load_testbed
-    from hf_tokenprune_testbed.pipeline import SELECTOR_CAPTION_EVERY, caption_text, write_records
+    from hf_tokenprune_testbed.pipeline import (
+        SELECTOR_CAPTION_EVERY,
+        caption_text,
+        selector_caption_every,
+        write_records,
+    )
 
     assert SELECTOR_CAPTION_EVERY["autoselect"] == 1 and SELECTOR_CAPTION_EVERY["visionselector"] >= 1
+    for method, every in SELECTOR_CAPTION_EVERY.items():
+        assert selector_caption_every(method, ReproduceArguments(output="x", vlm_caption_every=4)) == every
+        assert selector_caption_every(method, ReproduceArguments(output="x", vlm_caption_every=0)) == 0
     path = write_records("train", 4, tmp_path, caption_every=2)
     raw = json.loads(path.read_text())
     assert [record["kind"] == "caption" for record in raw] == [True, False, True, False]
@@ -714,6 +842,35 @@ def test_gather_loss_is_the_attention_mass_on_the_relevant_tokens_from_the_answe
         loss, -(torch.log(torch.tensor(2 / 5 + 1e-6)) + torch.log(torch.tensor(1 / 6 + 1e-6))) / 2
     )
     assert RelevanceTrainer._gather_loss(input_ids, labels, torch.zeros(2, 3), attentions, image) is None
+
+
+def test_count_loss_is_zero_exactly_when_head_1_is_uniform_over_the_matches_and_its_own_position():
+    """Oracle: attention built by hand. Head 1 uniform over {relevant tokens, the answering position} gives 0 (its
+    weight on that position is 1 / (matches + 1)); uniform over the whole causal past gives the cross-entropy against
+    that target minus its minimum, computed here in closed form; head 0 is not read."""
+    from hf_tokenprune_testbed.pipeline import RelevanceTrainer
+
+    image = 7
+    input_ids = torch.tensor([[1, image, image, image, 2, 3, 4, 0]])
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 5:7] = 9  # answered from position 4
+    relevance = torch.tensor([[1.0, 0.0, 1.0]])  # visual positions 1 and 3
+    attentions = torch.zeros(1, 3, 8, 8)
+    attentions[0, 1, 4, [1, 3, 4]] = 1 / 3
+    attentions[0, 0, 4, 0] = 1.0  # head 0 elsewhere: not read
+    torch.testing.assert_close(
+        RelevanceTrainer._count_loss(input_ids, labels, relevance, attentions, image),
+        torch.tensor(0.0),
+        atol=1e-5,
+        rtol=0,
+    )
+    attentions[0, 1, 4] = 0.0
+    attentions[0, 1, 4, :5] = 1 / 5  # uniform over the causal past: each target weight is 3/5 of its goal
+    torch.testing.assert_close(
+        RelevanceTrainer._count_loss(input_ids, labels, relevance, attentions, image),
+        -torch.log(torch.tensor(3 / 5 + 1e-6)),
+    )
+    assert RelevanceTrainer._count_loss(input_ids, labels, torch.zeros(1, 3), attentions, image) is None
 
 
 @pytest.mark.parametrize("method", BUNDLED_METHODS)

@@ -36,10 +36,9 @@ DEFAULT_MODEL_DIR = DEFAULT_DIR / "base"
 # a method registered later has no bundled adapter).
 BUNDLED_METHODS = ("visionselector", "autoselect", "reconstruction")
 DEFAULT_ADAPTERS = {method: DEFAULT_DIR / method for method in BUNDLED_METHODS}
-# The task the bundled VLM was trained on, and so the default of `demo`, `eval`, the Space and the lmms-eval task.
-# The bundle in default_model/ is still the task-v1 VLM (its processor: 14 px patches, 280 x 280 px); `reproduce`
-# now trains on task v2 (docs/testbed.md), and a v2 bundle changes this to "v2".
-BUNDLED_TASK = "v1"
+# The task the bundled VLM was trained on, and so the default of `demo`, `eval`, the Space and the lmms-eval task:
+# default_model/ holds the task-v2 VLM of `runs/testbed-v2` (docs/testbed.md). Task v1 stays available (`--task v1`).
+BUNDLED_TASK = "v2"
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
