@@ -141,19 +141,30 @@ TOY_RECIPE = dict(
 )
 
 
+def fake_run_eval(monkeypatch) -> list[int]:
+    """Replace the recipe's eval stage by one that writes a fixed one-row result; returns the list of the `limit`s
+    it is called with."""
+    import hf_tokenprune_testbed.evaluate as evaluate_module
+
+    limits = []
+
+    def run_eval(args):
+        limits.append(args.limit)
+        row = {"method": "random", "budget": 0.5, "accuracy": 0.5, "retention": 1.0, "kept_tokens": 1.0}
+        results = {"unpruned_accuracy": 0.5, "results": [row]}
+        Path(args.output).write_text(json.dumps(results))
+        return results
+
+    monkeypatch.setattr(evaluate_module, "run_eval", run_eval)
+    return limits
+
+
 def test_reproduce_resumes_from_the_last_finished_stage(tmp_path, monkeypatch):
     """A stage cut off mid-way (here: autoselect's training raises after writing part of its folder) leaves the
     finished stages recorded; the rerun skips them (their functions would fail if called) and redoes the cut one."""
-    import hf_tokenprune_testbed.evaluate as evaluate_module
     import hf_tokenprune_testbed.pipeline as pipeline
 
-    row = {"method": "random", "budget": 0.5, "accuracy": 0.5, "retention": 1.0, "kept_tokens": 1.0}
-    fake_results = json.dumps({"unpruned_accuracy": 0.5, "results": [row]})
-    monkeypatch.setattr(
-        evaluate_module,
-        "run_eval",
-        lambda args: Path(args.output).write_text(fake_results) and json.loads(fake_results),
-    )
+    fake_run_eval(monkeypatch)
     real_train_selector = pipeline.train_selector
 
     def cut_off(method, base_dir, records, adapter, args):
@@ -212,16 +223,9 @@ def test_reproduce_goes_on_from_a_finished_run_with_rounds_appended(tmp_path, mo
     """Oracle: the stage functions' calls. A finished one-round run rerun with a second round appended skips the
     vision stage, round 1 and the records, trains round 2 from round 1's weights (moved from `base` to its round
     folder) with that round's count weight, and reruns the selectors and the eval, which read the new `base`."""
-    import hf_tokenprune_testbed.evaluate as evaluate_module
     import hf_tokenprune_testbed.pipeline as pipeline
 
-    row = {"method": "random", "budget": 0.5, "accuracy": 0.5, "retention": 1.0, "kept_tokens": 1.0}
-    fake_results = json.dumps({"unpruned_accuracy": 0.5, "results": [row]})
-    monkeypatch.setattr(
-        evaluate_module,
-        "run_eval",
-        lambda args: Path(args.output).write_text(fake_results) and json.loads(fake_results),
-    )
+    fake_run_eval(monkeypatch)
     args = ReproduceArguments(output=str(tmp_path / "run"), **TOY_RECIPE)
     run_reproduce(args)
     run = tmp_path / "run"
@@ -268,19 +272,9 @@ def test_reproduce_goes_on_from_a_finished_run_with_rounds_appended(tmp_path, mo
 def test_reproduce_reruns_only_the_stages_that_read_a_changed_downstream_argument(tmp_path, monkeypatch):
     """Oracle: which stage functions run. After a finished run, a new `selector_steps` reruns the three selectors and
     the eval (not the VLM or the records); then a new `eval_limit` reruns the eval alone."""
-    import hf_tokenprune_testbed.evaluate as evaluate_module
     import hf_tokenprune_testbed.pipeline as pipeline
 
-    evals = []
-
-    def fake_eval(args):
-        evals.append(args.limit)
-        row = {"method": "random", "budget": 0.5, "accuracy": 0.5, "retention": 1.0, "kept_tokens": 1.0}
-        results = {"unpruned_accuracy": 0.5, "results": [row]}
-        Path(args.output).write_text(json.dumps(results))
-        return results
-
-    monkeypatch.setattr(evaluate_module, "run_eval", fake_eval)
+    evals = fake_run_eval(monkeypatch)
     args = ReproduceArguments(output=str(tmp_path / "run"), **TOY_RECIPE)
     run_reproduce(args)
 
