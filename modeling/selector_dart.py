@@ -56,22 +56,9 @@ class DartSelector(TokenSelector):
         return self._pivots_and_fill([features], [num_keep])[0]
 
     @torch.no_grad()
-    def select_segments(
-        self,
-        features: list[torch.Tensor],
-        num_keep: list[int],
-        grid_hw: list[tuple[int, int] | None] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> list[torch.Tensor]:
+    def select_batch(self, features, num_keep, grid_hw, generator) -> list[torch.Tensor]:
         """Every segment at once, padded to one batch."""
-        return self.select_segments_batched(
-            DartSelector,
-            lambda segments, keeps, _grids: self._pivots_and_fill(segments, keeps),
-            features,
-            num_keep,
-            grid_hw,
-            generator,
-        )
+        return self._pivots_and_fill(features, num_keep)
 
     def _pivots_and_fill(self, features: list[torch.Tensor], num_keep: list[int]) -> list[torch.Tensor]:
         """S segments (N_i, D) -> S keep_indices (num_keep[i],) ascending."""

@@ -52,22 +52,9 @@ class DivPruneSelector(TokenSelector):
         return self._greedy_max_min([features], [num_keep])[0]
 
     @torch.no_grad()
-    def select_segments(
-        self,
-        features: list[torch.Tensor],
-        num_keep: list[int],
-        grid_hw: list[tuple[int, int] | None] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> list[torch.Tensor]:
+    def select_batch(self, features, num_keep, grid_hw, generator) -> list[torch.Tensor]:
         """Every segment at once: the greedy steps run in order, each step vectorised across the segments."""
-        return self.select_segments_batched(
-            DivPruneSelector,
-            lambda segments, keeps, _grids: self._greedy_max_min(segments, keeps),
-            features,
-            num_keep,
-            grid_hw,
-            generator,
-        )
+        return self._greedy_max_min(features, num_keep)
 
     def _greedy_max_min(self, features: list[torch.Tensor], num_keep: list[int]) -> list[torch.Tensor]:
         """S segments (N_i, D) -> S keep_indices (num_keep[i],) ascending, the segments padded to one (S, N, D) batch."""

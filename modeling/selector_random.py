@@ -51,23 +51,14 @@ class RandomSelector(TokenSelector):
         order = torch.randperm(num_tokens, generator=generator, device=generator.device)
         return torch.sort(order[:num_keep]).values.to(features.device)
 
-    def select_segments(
-        self,
-        features: list[torch.Tensor],
-        num_keep: list[int],
-        grid_hw: list[tuple[int, int] | None] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> list[torch.Tensor]:
+    def select_batch(self, features, num_keep, grid_hw, generator) -> list[torch.Tensor]:
         """Every segment at once: without `generator`, one permutation per distinct length serves every segment of
         that length (each call reseeds, so they are the same permutation); a caller's generator is drawn in order."""
         if generator is not None:
-            return super().select_segments(features, num_keep, grid_hw, generator)
-        return self.select_segments_batched(
-            RandomSelector, self._shared_permutations, features, num_keep, grid_hw, generator
-        )
-
-    def _shared_permutations(self, features: list[torch.Tensor], num_keep: list[int], grid_hw) -> list[torch.Tensor]:
-        """Checked segments -> keep_indices, one seeded permutation per distinct length."""
+            return [
+                self.select(segment, keep, generator=generator)
+                for segment, keep in zip(features, num_keep, strict=True)
+            ]
         permutations: dict[int, torch.Tensor] = {}
         keep_indices = []
         for segment, keep in zip(features, num_keep, strict=True):

@@ -51,20 +51,9 @@ class UniformSelector(TokenSelector):
         ).flatten()
         return candidates[evenly_spaced(num_keep, candidates.numel(), device)]
 
-    def select_segments(
-        self,
-        features: list[torch.Tensor],
-        num_keep: list[int],
-        grid_hw: list[tuple[int, int] | None] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> list[torch.Tensor]:
-        """Every segment at once: positions depend only on (N, num_keep, grid), so each distinct one is computed once."""
-        return self.select_segments_batched(
-            UniformSelector, self._shared_positions, features, num_keep, grid_hw, generator
-        )
-
-    def _shared_positions(self, features: list[torch.Tensor], num_keep: list[int], grid_hw) -> list[torch.Tensor]:
-        """Checked segments -> keep_indices, `select` run once per distinct (N, num_keep, grid, device)."""
+    def select_batch(self, features, num_keep, grid_hw, generator) -> list[torch.Tensor]:
+        """Every segment at once: positions depend only on (N, num_keep, grid), so `select` runs once per distinct
+        (N, num_keep, grid, device)."""
         computed: dict[tuple, torch.Tensor] = {}
         keep_indices = []
         for segment, keep, grid in zip(features, num_keep, grid_hw, strict=True):

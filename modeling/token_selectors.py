@@ -39,8 +39,9 @@ class TokenSelector(nn.Module):
         papers: titles of the papers the method comes from, cited on model cards (empty for a plain baseline).
 
     Subclasses implement `score` (learned and score-based methods) or override `select`. `select_segments` picks the
-    tokens of every image / frame of a forward in one call: by default one `select` per segment, or, for a class that
-    implements `score_padded`, one batched scorer call over the padded segments and a batched top-k.
+    tokens of every image / frame of a forward in one call: by default one `select` per segment; for a class that
+    implements `score_padded`, one batched scorer call over the padded segments and a batched top-k; for a class that
+    implements `select_batch` (training-free rules), that one call.
     """
 
     trainable: ClassVar[bool] = False
@@ -81,6 +82,18 @@ class TokenSelector(nn.Module):
         per forward by `select_segments`."""
         raise NotImplementedError(f"{type(self).__name__} does not define `score_padded`")
 
+    def select_batch(
+        self,
+        features: list[torch.Tensor],
+        num_keep: list[int],
+        grid_hw: list[tuple[int, int] | None],
+        generator: torch.Generator | None,
+    ) -> list[torch.Tensor]:
+        """Batched `select` of a training-free rule: S checked segments (N_i, input_dim), their budgets and layouts ->
+        S keep_indices, equal to one `select` per segment. Optional: a selector that implements it is selected in one
+        call per forward by `select_segments`."""
+        raise NotImplementedError(f"{type(self).__name__} does not define `select_batch`")
+
     def select_segments(
         self,
         features: list[torch.Tensor],
@@ -91,18 +104,25 @@ class TokenSelector(nn.Module):
         """Pick `num_keep[i]` of the N_i tokens of segment i, for every segment (image or frame) at once.
 
         features: S tensors (N_i, input_dim); grid_hw: S layouts (or None). Returns S keep_indices (num_keep[i],) int64
-        ascending, equal to calling `select` on each segment alone. One batched scorer call when the class implements
-        `score_padded` and no subclass below it redefines `score` / `select`; else one `select` per segment.
+        ascending, equal to calling `select` on each segment alone. One `select_batch` call, or one batched scorer call
+        when the class implements `score_padded`, unless a subclass below the implementing class redefines `score` /
+        `select` (see `redefines_per_segment_methods`); else one `select` per segment.
         """
         grid_hw = self.check_segment_lists(features, num_keep, grid_hw)
-        owner = self.batched_method_owner("score_padded")
-        if not features or owner is None or self.redefines_per_segment_methods(owner):
-            return [
-                self.select(segment, keep, grid_hw=grid, generator=generator)
-                for segment, keep, grid in zip(features, num_keep, grid_hw, strict=True)
-            ]
-        padded, token_mask = pad_segments(features)
-        return hard_topk_indices_padded(self.score_padded(padded, token_mask), token_mask, num_keep)
+        if features:
+            owner = self.batched_method_owner("select_batch")
+            if owner is not None and not self.redefines_per_segment_methods(owner):
+                for segment, keep in zip(features, num_keep, strict=True):
+                    check_selection_inputs(segment, keep)
+                return self.select_batch(features, num_keep, grid_hw, generator)
+            owner = self.batched_method_owner("score_padded")
+            if owner is not None and not self.redefines_per_segment_methods(owner):
+                padded, token_mask = pad_segments(features)
+                return hard_topk_indices_padded(self.score_padded(padded, token_mask), token_mask, num_keep)
+        return [
+            self.select(segment, keep, grid_hw=grid, generator=generator)
+            for segment, keep, grid in zip(features, num_keep, grid_hw, strict=True)
+        ]
 
     @staticmethod
     def check_segment_lists(
@@ -119,25 +139,6 @@ class TokenSelector(nn.Module):
     def batched_method_owner(self, name: str) -> type | None:
         """The class below `TokenSelector` that defines the batched method `name`, or None when only the base does."""
         return next((klass for klass in type(self).__mro__ if name in vars(klass) and klass is not TokenSelector), None)
-
-    def select_segments_batched(
-        self,
-        owner: type,
-        batched,
-        features: list[torch.Tensor],
-        num_keep: list[int],
-        grid_hw: list[tuple[int, int] | None] | None,
-        generator: torch.Generator | None,
-    ) -> list[torch.Tensor]:
-        """`select_segments` of a training-free `owner` class whose `batched(features, num_keep, grid_hw)` handles every
-        segment at once: the lists checked, each segment's inputs checked, and the per-segment fallback kept for
-        subclasses that redefine `score` / `select` (see `redefines_per_segment_methods`)."""
-        grid_hw = self.check_segment_lists(features, num_keep, grid_hw)
-        if not features or self.redefines_per_segment_methods(owner):
-            return TokenSelector.select_segments(self, features, num_keep, grid_hw, generator)
-        for segment, keep in zip(features, num_keep, strict=True):
-            check_selection_inputs(segment, keep)
-        return batched(features, num_keep, grid_hw)
 
     def redefines_per_segment_methods(self, owner: type) -> bool:
         """Whether `score` / `select` are redefined below `owner` (or on the instance), so that `owner`'s batched path
