@@ -21,7 +21,7 @@ from .modeling.builtin_architectures import (
     PrunedQwen3VLForConditionalGeneration,
     PrunedSmolVLMForConditionalGeneration,
 )
-from .modeling.configuration_token_prune import TokenPruneConfig
+from .modeling.configuration_token_prune import AutoBudget, TokenPruneConfig
 from .modeling.token_selectors import (
     TokenSelector,
     available_selectors,
@@ -58,6 +58,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "AutoBudget",
     "PrunedGemma3ForConditionalGeneration",
     "PRUNED_CLASSES",
     "PrunedIdefics3ForConditionalGeneration",

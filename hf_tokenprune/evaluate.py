@@ -21,7 +21,7 @@ from transformers.utils import cached_file
 
 from .hub import is_hub_id
 from .model import get_pruned_model
-from .modeling.configuration_token_prune import CONFIG_NAME, TokenPruneConfig, check_budget
+from .modeling.configuration_token_prune import AUTO, CONFIG_NAME, AutoBudget, TokenPruneConfig, check_budget
 from .modeling.repo_io import EXTRA_FILES, SELECTOR_WEIGHTS_NAME, check_eval_results, replace_atomically, write_json
 from .modeling.token_selectors import available_selectors, get_selector_class
 
@@ -38,22 +38,31 @@ def _split_list(value: str, name: str) -> list[str]:
     return items
 
 
-def parse_budgets(value: str | Sequence[float | int], name: str = "budgets") -> list[float | int]:
-    """Budgets from "0.1,0.2,16" (or a list): floats are fractions, integers token counts; duplicates dropped."""
+def parse_budgets(
+    value: str | Sequence[float | int | AutoBudget], name: str = "budgets"
+) -> list[float | int | AutoBudget]:
+    """Budgets from "0.1,0.2,16,auto,auto:0.8" (or a list): floats are fractions, integers token counts, "auto..." an
+    `AutoBudget` (the selector chooses per image); duplicates dropped."""
     items = _split_list(value, name) if isinstance(value, str) else list(value)
     if not items:
         raise ValueError(f"`{name}` is empty; give at least one budget")
     budgets = []
     for item in items:
-        if isinstance(item, str):
+        if isinstance(item, str) and item.split(":")[0] != AUTO:
             try:
                 item = int(item) if _INTEGER.fullmatch(item) else float(item)
             except ValueError:
                 raise ValueError(
-                    f"`{name}`: {item!r} is not a number; a budget is a float in (0, 1] or an int >= 1"
+                    f"`{name}`: {item!r} is not a number; a budget is a float in (0, 1], an int >= 1 or "
+                    "'auto[:THRESHOLD[:MIN_FRACTION[:MAX_FRACTION]]]'"
                 ) from None
         budgets.append(check_budget(item, name))
     return list(dict.fromkeys(budgets))
+
+
+def format_budget(budget: float | int | str | AutoBudget) -> str:
+    """A budget as the tables and progress bar show it: numbers with `:g`, an adaptive budget as its string."""
+    return str(budget) if isinstance(budget, (str, AutoBudget)) else f"{budget:g}"
 
 
 def check_methods(methods: str | Sequence[str], name: str = "methods") -> list[str]:
@@ -352,13 +361,13 @@ def evaluate(
             config = adapters[method] if method in adapters else TokenPruneConfig(method=method, seed=seed)
             pruned = get_pruned_model(base, config).eval()
             for budget in budgets:
-                bar.set_postfix_str(f"{method} @ {budget:g}")
+                bar.set_postfix_str(f"{method} @ {format_budget(budget)}")
                 answers, kept_tokens, _, recall = run(pruned, prune_budget=budget)
                 accuracy, by_kind = _accuracies(answers, examples, kinds)
                 rows.append(
                     {
                         "method": method,
-                        "budget": budget,
+                        "budget": str(budget) if isinstance(budget, AutoBudget) else budget,
                         "accuracy": accuracy,
                         "retention": accuracy / unpruned_accuracy,
                         "kept_tokens": kept_tokens,
@@ -420,7 +429,7 @@ def format_table(results: Mapping[str, Any]) -> str:
     table += [
         [
             row["method"],
-            f"{row['budget']:g}",
+            format_budget(row["budget"]),
             f"{100 * row['accuracy']:.1f}",
             f"{100 * row['retention']:.1f}",
             f"{row['kept_tokens']:.1f}",
@@ -437,26 +446,67 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 
 def plot_retention(results: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Retention (% of unpruned accuracy) against budget, one line per method, unpruned as the 100% line."""
+    """Retention (% of unpruned accuracy) against budget, one line per method, unpruned as the 100% line.
+
+    With "auto" rows (adaptive budgets, which have no place on the budget axis) a second panel plots every row's
+    retention against its mean kept visual tokens: fixed budgets as lines per method, adaptive ones as stars.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = results["results"]
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    fixed = [row for row in rows if not isinstance(row["budget"], str)]
+    adaptive = [row for row in rows if isinstance(row["budget"], str)]
+    figure, panels = plt.subplots(1, 2 if adaptive else 1, figsize=(13 if adaptive else 7, 4.5), squeeze=False)
+    axes = panels[0, 0]
+    colours = {}
     for method in dict.fromkeys(row["method"] for row in rows):
-        points = sorted((row["budget"], 100 * row["retention"]) for row in rows if row["method"] == method)
-        axes.plot(*zip(*points, strict=True), marker="o", label=method)
+        points = sorted((row["budget"], 100 * row["retention"]) for row in fixed if row["method"] == method)
+        if points:
+            (line,) = axes.plot(*zip(*points, strict=True), marker="o", label=method)
+            colours[method] = line.get_color()
     axes.axhline(100, color="black", linestyle="--", linewidth=1.5, label="unpruned")
-    fractions = all(isinstance(row["budget"], float) for row in rows)
+    fractions = all(isinstance(row["budget"], float) for row in fixed)
     axes.set(
         xlabel="budget (fraction of visual tokens kept)" if fractions else "budget",
         ylabel="retention (% of unpruned accuracy)",
         title=f"accuracy retained after pruning (unpruned accuracy {100 * results['unpruned_accuracy']:.1f}%)",
     )
-    axes.set_xticks(sorted({row["budget"] for row in rows}))
-    axes.set_ylim(0, max(105, 5 + max(100 * row["retention"] for row in rows)))
+    axes.set_xticks(sorted({row["budget"] for row in fixed}))
+    top = max(105, 5 + max(100 * row["retention"] for row in rows))
+    if adaptive:
+        kept_axes = panels[0, 1]
+        for method in dict.fromkeys(row["method"] for row in rows):
+            points = sorted((row["kept_tokens"], 100 * row["retention"]) for row in fixed if row["method"] == method)
+            if points:
+                kept_axes.plot(*zip(*points, strict=True), marker="o", color=colours[method], label=method)
+            for row in (row for row in adaptive if row["method"] == method):
+                kept_axes.plot(
+                    row["kept_tokens"],
+                    100 * row["retention"],
+                    marker="*",
+                    markersize=13,
+                    linestyle="none",
+                    color=colours.get(method, "black"),
+                )
+                kept_axes.annotate(
+                    row["budget"],
+                    (row["kept_tokens"], 100 * row["retention"]),
+                    fontsize=7,
+                    xytext=(4, -10),
+                    textcoords="offset points",
+                )
+        kept_axes.axhline(100, color="black", linestyle="--", linewidth=1.5)
+        kept_axes.set(
+            xlabel="mean kept visual tokens per image",
+            ylabel="retention (% of unpruned accuracy)",
+            title="fixed budgets (lines) and adaptive 'auto' budgets (stars)",
+        )
+        kept_axes.set_ylim(0, top)
+        kept_axes.grid(alpha=0.3)
+    axes.set_ylim(0, top)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -482,6 +532,7 @@ __all__ = [
     "check_eval_options",
     "evaluate",
     "first_word",
+    "format_budget",
     "format_table",
     "image_then_question",
     "plot_retention",

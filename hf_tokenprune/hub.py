@@ -129,9 +129,11 @@ def _number(value: int | float) -> str:
     return str(value) if isinstance(value, int) else format(value, ".6g")
 
 
-def _budget_description(budget: float | int | None) -> str:
+def _budget_description(budget: float | int | str | None) -> str:
     if budget is None:
         return "none: without `prune_budget` the model runs unpruned."
+    if isinstance(budget, str):
+        return f"`{budget}`: without `prune_budget`, the selector chooses each image's budget from its scores."
     if isinstance(budget, float):
         return f"`{budget}`: without `prune_budget`, {100 * budget:g}% of each image's visual tokens are kept."
     return f"`{budget}`: without `prune_budget`, {budget} visual tokens of each image are kept."

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +21,9 @@ from transformers.generation.streamers import BaseStreamer
 from transformers.utils import ModelOutput, logging
 
 from .builtin_selectors import VisionSelectorScorer  # noqa: F401  (importing the module registers every built-in)
-from .configuration_token_prune import TokenPruneConfig, check_budget
-from .token_selectors import TokenSelector, get_selector_class
+from .configuration_token_prune import AutoBudget, TokenPruneConfig, check_budget
+from .selection_ops import tokens_to_keep
+from .token_selectors import TokenSelector, available_selectors, get_selector_class
 
 logger = logging.get_logger(__name__)
 
@@ -204,14 +204,7 @@ class PrunePlan:
         return full
 
 
-def tokens_to_keep(budget: float | int, num_tokens: int) -> int:
-    """Contract: a float keeps max(1, round(b * N)) tokens (half rounds up), an int keeps min(K, N)."""
-    if isinstance(budget, float):
-        return min(num_tokens, max(1, math.floor(budget * num_tokens + 0.5)))
-    return min(budget, num_tokens)
-
-
-def budget_keeps_everything(budget: float | int | None) -> bool:
+def budget_keeps_everything(budget: float | int | AutoBudget | None) -> bool:
     return budget is None or (isinstance(budget, float) and budget == 1.0)
 
 
@@ -301,6 +294,15 @@ def placed_side_inputs(
     for values, rows, cols in carried:
         full[rows, cols] = values.to(full.dtype)
     return full
+
+
+def prompt_embeds_by_row(
+    inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, visual_mask: torch.Tensor
+) -> list[torch.Tensor]:
+    """What a selector that `uses_prompt` reads: per row of (B, L, D) `inputs_embeds`, the (M_b, D) embeddings of
+    its attended tokens that are not visual placeholders (the prompt's text, chat template included)."""
+    text = attention_mask.bool() & ~visual_mask
+    return [inputs_embeds[row, text[row]] for row in range(inputs_embeds.shape[0])]
 
 
 #: Model input that `prepare_inputs_for_generation` adds for `forward`: (visual_mask, side_inputs) of the kept prompt.
@@ -460,15 +462,18 @@ class TokenPruningMixin:
         return cls.prune_hooks.vision_feature_dim(model_config)
 
     # ----------------------------------------------------------------- call-time resolution
-    def resolve_pruning(self, prune_budget: Any, prune_method: Any) -> tuple[float | int | None, TokenSelector | None]:
+    def resolve_pruning(
+        self, prune_budget: Any, prune_method: Any
+    ) -> tuple[float | int | AutoBudget | None, TokenSelector | None]:
         """Validate the call-time arguments (before any compute) and return (budget, selector).
 
         The selector is the one `forward` / `generate` would call for these arguments (attached or transient);
-        (None, None) when the call keeps every token.
+        (None, None) when the call keeps every token. An "auto" budget comes back as its `AutoBudget`.
         """
-        check_budget(prune_budget, "prune_budget")
+        prune_budget = check_budget(prune_budget, "prune_budget")
         config = getattr(self, "token_prune_config", None)
         budget = prune_budget if prune_budget is not None else (config.budget if config is not None else None)
+        budget = check_budget(budget, "budget")
         if prune_method is None:
             if config is None:
                 if not budget_keeps_everything(budget):
@@ -481,6 +486,13 @@ class TokenPruningMixin:
         selector_cls = get_selector_class(prune_method, argument="prune_method")
         if budget_keeps_everything(budget):
             return None, None
+        if isinstance(budget, AutoBudget) and not selector_cls.produces_scores():
+            raise ValueError(
+                f"`prune_budget` {str(budget)!r} lets the selector choose each image's budget from its token scores, "
+                f"but `prune_method` {prune_method!r} does not score tokens; use a method that does "
+                f"({', '.join(name for name in available_selectors() if get_selector_class(name).produces_scores())})"
+                " or a fixed budget"
+            )
         if config is not None and prune_method == config.method and self.token_selector is not None:
             return budget, self.token_selector
         if selector_cls.trainable:
@@ -537,7 +549,7 @@ class TokenPruningMixin:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         vision_inputs: dict[str, Any],
-        budget: float | int,
+        budget: float | int | AutoBudget,
         selector: TokenSelector,
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
@@ -562,22 +574,34 @@ class TokenPruningMixin:
             rows = torch.cat([seg_rows for _, seg_rows, _ in placed])
             cols = torch.cat([seg_cols for _, _, seg_cols in placed])
             inputs_embeds[rows, cols] = torch.cat([segment.embeds for segment, _, _ in placed]).to(inputs_embeds.dtype)
-        # Units that lose tokens, selected together: one `select_segments` call (one scorer pass) per forward.
-        pruned_units = [
-            (segment, seg_rows, seg_cols, tokens_to_keep(budget, seg_rows.numel()))
-            for segment, seg_rows, seg_cols in selection_units(placed, budget_scope)
-            if tokens_to_keep(budget, seg_rows.numel()) < seg_rows.numel()
-        ]
-        if pruned_units:
+        units = selection_units(placed, budget_scope)
+        if isinstance(budget, AutoBudget):  # every unit is scored; its count comes from its scores
+            pruned_units = [(segment, seg_rows, seg_cols, None) for segment, seg_rows, seg_cols in units]
+        else:  # units that lose tokens
+            pruned_units = [
+                (segment, seg_rows, seg_cols, tokens_to_keep(budget, seg_rows.numel()))
+                for segment, seg_rows, seg_cols in units
+                if tokens_to_keep(budget, seg_rows.numel()) < seg_rows.numel()
+            ]
+        if pruned_units:  # selected together: one `select_segments` call (one scorer pass) per forward
             use_features = selector.feature_source == "vision_features"
             features = [segment.features if use_features else segment.embeds for segment, *_ in pruned_units]
             selector_dtype = next(selector.parameters(), features[0]).dtype
+            features = [segment_features.to(selector_dtype) for segment_features in features]
+            score_inputs = {}
+            if selector.uses_prompt:
+                prompts = prompt_embeds_by_row(inputs_embeds, attention_mask, self.visual_token_mask(input_ids))
+                score_inputs["prompt_embeds"] = [prompts[int(seg_rows[0])] for _, seg_rows, *_ in pruned_units]
             with torch.no_grad():
-                kept = selector.select_segments(
-                    [segment_features.to(selector_dtype) for segment_features in features],
-                    [num_keep for *_, num_keep in pruned_units],
-                    grid_hw=[segment.grid_hw for segment, *_ in pruned_units],
-                )
+                if isinstance(budget, AutoBudget):
+                    kept = selector.select_segments_auto(features, budget, **score_inputs)
+                else:
+                    kept = selector.select_segments(
+                        features,
+                        [num_keep for *_, num_keep in pruned_units],
+                        grid_hw=[segment.grid_hw for segment, *_ in pruned_units],
+                        **score_inputs,
+                    )
             for (_, seg_rows, seg_cols, _), keep_indices in zip(pruned_units, kept, strict=True):
                 dropped = torch.ones(seg_rows.numel(), dtype=torch.bool, device=input_ids.device)
                 dropped[keep_indices.to(input_ids.device)] = False

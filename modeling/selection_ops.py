@@ -14,6 +14,13 @@ import torch
 from torch.nn import functional as F
 
 
+def tokens_to_keep(budget: float | int, num_tokens: int) -> int:
+    """Contract: a float keeps max(1, round(b * N)) tokens (half rounds up), an int keeps min(K, N)."""
+    if isinstance(budget, float):
+        return min(num_tokens, max(1, math.floor(budget * num_tokens + 0.5)))
+    return min(budget, num_tokens)
+
+
 def hard_topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k highest scores, returned in ascending position order.
 
@@ -87,3 +94,21 @@ def evenly_spaced(count: int, total: int, device: torch.device | None = None) ->
 def unit_rows(features: torch.Tensor) -> torch.Tensor:
     """features: (N, D) -> (N, D) rows scaled to unit L2 norm, in at least float32."""
     return F.normalize(features.to(torch.promote_types(features.dtype, torch.float32)), dim=-1)
+
+
+def auto_keep_count(scores: torch.Tensor, threshold: float, min_keep: int, max_keep: int) -> int:
+    """`prune_budget="auto"`'s count for one image: the fewest top-scored tokens whose share of softmax(z) reaches
+    `threshold`, z being the image's N scores (N,) z-scored, clamped to [min_keep, max_keep] (1 <= min_keep <=
+    max_keep <= N).
+
+    Why z-scores: a method's logit scale is arbitrary (visionselector's bilinear scores reach the hundreds after
+    training, so a softmax of raw scores puts all mass on two or three tokens); standardised, the rule reads the shape
+    of the score distribution alone, as paper 004 (Eq. 4) standardises scores before its Soft Top-K.
+    """
+    values = scores.detach().double()
+    spread = values.std(correction=0)
+    z = (values - values.mean()) / spread if spread > 0 else torch.zeros_like(values)
+    mass = torch.sort(torch.softmax(z, dim=-1), descending=True).values.cumsum(-1)
+    # Float64 and a small slack: a mass that reaches the threshold up to rounding counts as reaching it.
+    reached = int((mass < threshold - 1e-12).sum()) + 1
+    return max(min_keep, min(max_keep, reached, scores.shape[0]))

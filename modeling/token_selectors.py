@@ -10,13 +10,20 @@ parties register theirs the same way.
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
-from .configuration_token_prune import FEATURE_SOURCES, METHOD_CONFIG_CLASSES, TokenPruneConfig
-from .selection_ops import check_selection_inputs, hard_topk_indices, hard_topk_indices_padded, pad_segments
+from .configuration_token_prune import FEATURE_SOURCES, METHOD_CONFIG_CLASSES, AutoBudget, TokenPruneConfig
+from .selection_ops import (
+    auto_keep_count,
+    check_selection_inputs,
+    hard_topk_indices,
+    hard_topk_indices_padded,
+    pad_segments,
+    tokens_to_keep,
+)
 
 
 class RegisteredMethod(NamedTuple):
@@ -45,6 +52,9 @@ class TokenSelector(nn.Module):
     """
 
     trainable: ClassVar[bool] = False
+    #: whether selection reads the sample's prompt: then `select_segments` / `score_segments` take `prompt_embeds`,
+    #: one (M_i, llm_hidden_size) tensor per segment (the input embeddings of its sample's attended text tokens).
+    uses_prompt: ClassVar[bool] = False
     default_feature_source: ClassVar[str] = "projector_output"
     papers: ClassVar[tuple[str, ...]] = ()
 
@@ -123,6 +133,44 @@ class TokenSelector(nn.Module):
             self.select(segment, keep, grid_hw=grid, generator=generator)
             for segment, keep, grid in zip(features, num_keep, grid_hw, strict=True)
         ]
+
+    @classmethod
+    def produces_scores(cls) -> bool:
+        """Whether the method ranks tokens by a `score` (what `prune_budget="auto"` reads); rules that pick tokens
+        another way (`select` / `select_batch` only) do not."""
+        return any("score" in vars(klass) for klass in cls.__mro__ if klass is not TokenSelector)
+
+    def score_segments(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Scores of every segment: S tensors (N_i, input_dim) -> S tensors (N_i,). One batched `score_padded` call
+        where the class implements it (and no subclass below redefines `score`), else one `score` per segment."""
+        for segment in features:
+            check_selection_inputs(segment, 1)
+        owner = self.batched_method_owner("score_padded")
+        if features and owner is not None and not self.redefines_per_segment_methods(owner):
+            padded, token_mask = pad_segments(features)
+            scores = self.score_padded(padded, token_mask)
+            return [row[:length] for row, length in zip(scores, token_mask.sum(-1).tolist(), strict=True)]
+        return [self.score(segment) for segment in features]
+
+    def select_segments_auto(
+        self, features: list[torch.Tensor], budget: AutoBudget, **score_inputs: Any
+    ) -> list[torch.Tensor]:
+        """`prune_budget="auto"`: each segment keeps the `auto_keep_count` of its scores under `budget`, chosen by
+        hard top-k on those scores. features: S tensors (N_i, input_dim) -> S keep_indices, ascending.
+        `score_inputs` go to `score_segments` (`prompt_embeds` for a selector that `uses_prompt`)."""
+        if not self.produces_scores():
+            raise ValueError(f"{type(self).__name__} does not score tokens, so it cannot choose an 'auto' budget")
+        kept = []
+        for scores in self.score_segments(features, **score_inputs):
+            num_tokens = scores.shape[0]
+            count = auto_keep_count(
+                scores,
+                budget.threshold,
+                tokens_to_keep(float(budget.min_fraction), num_tokens),
+                tokens_to_keep(float(budget.max_fraction), num_tokens),
+            )
+            kept.append(hard_topk_indices(scores, count))
+        return kept
 
     @staticmethod
     def check_segment_lists(

@@ -7,13 +7,15 @@ attention at unpruned positions (drop equals mask), and one-by-one runs (batchin
 from __future__ import annotations
 
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 from transformers import TextIteratorStreamer
 from transformers.generation.streamers import BaseStreamer
 
-from hf_tokenprune import TokenPruneConfig, available_selectors, get_pruned_model
+from hf_tokenprune import AutoBudget, TokenPruneConfig, available_selectors, get_pruned_model
 from hf_tokenprune.modeling.modeling_pruned_internvl import placeholder_runs
 from hf_tokenprune.testing import (
     BUILDERS,
@@ -28,8 +30,17 @@ from hf_tokenprune.testing import (
 )
 
 ARCHS = list(BUILDERS)
-METHODS = ["visionselector", "autoselect", "reconstruction", "random", "uniform", "divprune", "dart"]
-LEARNED = {"visionselector", "autoselect", "reconstruction"}
+METHODS = [
+    "visionselector",
+    "autoselect",
+    "reconstruction",
+    "questionselector",
+    "random",
+    "uniform",
+    "divprune",
+    "dart",
+]
+LEARNED = {"visionselector", "autoselect", "reconstruction", "questionselector"}
 NEW_TOKENS = 4
 
 
@@ -608,3 +619,202 @@ def test_continuing_from_a_pruned_cache_is_refused(base_models, arch):
             model.generate(**continued, prune_budget=budget, max_new_tokens=2)
         with pytest.raises(ValueError, match="past_key_values.*pruned.*generate"):
             model(**continued, prune_budget=budget)
+
+
+# ---------------------------------------------------------------- adaptive budgets (prune_budget="auto")
+AUTO_BUDGETS = ["auto", "auto:0.5", AutoBudget(threshold=0.99, min_fraction=0.1, max_fraction=0.9)]
+
+
+def reference_auto_keep(scores: torch.Tensor, budget: AutoBudget) -> list[int]:
+    """The "auto" rule computed another way (numpy, one segment): the fewest top-scored tokens whose softmax mass (of the
+    z-scored scores) reaches the threshold, clamped to the fraction bounds rounded as float budgets are; positions ascending."""
+    values = scores.double().numpy()
+    values = (values - values.mean()) / values.std() if values.std() > 0 else np.zeros_like(values)
+    probabilities = np.exp(values - values.max())
+    probabilities /= probabilities.sum()
+    order = np.argsort(-values, kind="stable")
+    count = int(np.searchsorted(np.cumsum(probabilities[order]), budget.threshold - 1e-12) + 1)
+    size = len(values)
+    low, high = (
+        min(size, max(1, math.floor(fraction * size + 0.5))) for fraction in (budget.min_fraction, budget.max_fraction)
+    )
+    return sorted(order[: max(low, min(high, count))].tolist())
+
+
+def expected_auto_mask(model, inputs: dict, budget: AutoBudget, scope: str = "image") -> torch.Tensor:
+    """keep_mask an "auto" budget must give: each unit (image / frame, or a sample's images together) scored alone."""
+    selector = model.token_selector
+    vision_inputs, _ = model.split_vision_inputs(dict(inputs))
+    with torch.no_grad():
+        placed = model.place_visual_segments(
+            inputs["input_ids"], vision_inputs, need_features=selector.feature_source == "vision_features"
+        )
+    units = placed
+    if scope == "sample":
+        units = []
+        for row in sorted({int(rows[0]) for _, rows, _ in placed}):
+            members = [item for item in placed if int(item[1][0]) == row]
+            units.append((members, torch.cat([m[1] for m in members]), torch.cat([m[2] for m in members])))
+    keep_mask = torch.ones_like(inputs["input_ids"], dtype=torch.bool)
+    for unit, rows, cols in units:
+        segments = unit if scope == "sample" else [(unit, rows, cols)]
+        use_features = selector.feature_source == "vision_features"
+        features = torch.cat([segment.features if use_features else segment.embeds for segment, *_ in segments])
+        dtype = next(selector.parameters()).dtype
+        with torch.no_grad():
+            if selector.uses_prompt:  # the row's attended text tokens, embedded
+                row_ids, row_mask = inputs["input_ids"][int(rows[0])], inputs["attention_mask"][int(rows[0])].bool()
+                text = row_ids[row_mask & (row_ids != IMAGE_ID) & (row_ids != VIDEO_ID)]
+                scores = selector.score(features.to(dtype), model.get_input_embeddings()(text).to(dtype))
+            else:
+                scores = selector.score(features.to(dtype))
+        kept = reference_auto_keep(scores, budget)
+        keep_mask[rows, cols] = False
+        keep_mask[rows[kept], cols[kept]] = True
+    return keep_mask
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", sorted(LEARNED))
+def test_auto_budget_keeps_what_the_scores_choose(base_models, arch, method):
+    model = pruned(base_models(arch), method)
+    inputs = batch_inputs(arch)
+    counts = set()
+    for budget in AUTO_BUDGETS:
+        parsed = budget if isinstance(budget, AutoBudget) else AutoBudget.from_string(budget)
+        with torch.no_grad():
+            keep_mask = model(**inputs, prune_budget=budget).keep_mask
+        assert torch.equal(keep_mask, expected_auto_mask(model, inputs, parsed))
+        counts.add(int(keep_mask.sum()))
+    assert len(counts) > 1, "the settings change what is kept"
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava_next", "internvl"])
+def test_auto_budget_sample_scope(base_models, arch):
+    model = pruned(base_models(arch), "autoselect")
+    inputs = build_inputs(arch, make_samples([3, 0, 2, 1], IMAGE_SIZES[arch]))
+    with torch.no_grad():
+        keep_mask = model(**inputs, prune_budget="auto:0.8", prune_budget_scope="sample").keep_mask
+    assert torch.equal(keep_mask, expected_auto_mask(model, inputs, AutoBudget(0.8), scope="sample"))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_auto_budget_keeping_everything_is_the_base_model(base_models, arch):
+    base = base_models(arch)
+    model = pruned(base, "visionselector")
+    inputs = batch_inputs(arch)
+    everything = AutoBudget(threshold=0.5, min_fraction=1.0, max_fraction=1.0)
+    with torch.no_grad():
+        out = model(**inputs, prune_budget=everything)
+        expected = base(**inputs).logits
+    assert out.keep_mask.all()
+    attended = inputs["attention_mask"].bool()
+    torch.testing.assert_close(out.logits[attended], expected[attended], atol=1e-5, rtol=0)
+    generated = model.generate(**inputs, prune_budget=everything, max_new_tokens=NEW_TOKENS)
+    assert torch.equal(generated, base.generate(**inputs, max_new_tokens=NEW_TOKENS))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", sorted(LEARNED))
+def test_auto_budget_drop_equals_mask(base_models, arch, method):
+    base = base_models(arch, "sdpa")
+    model = pruned(base, method)
+    inputs = batch_inputs(arch)
+    with torch.no_grad():
+        out = model(**inputs, prune_budget="auto")
+        reference = base(**masked_base_inputs(base, inputs, out.keep_mask)).logits
+    assert not out.keep_mask.all()
+    compared = out.keep_mask & inputs["attention_mask"].bool()
+    torch.testing.assert_close(out.logits[compared], reference[compared], atol=1e-4, rtol=0)
+    generated = model.generate(**inputs, prune_budget="auto", max_new_tokens=NEW_TOKENS, return_dict_in_generate=True)
+    assert torch.equal(generated.keep_mask, out.keep_mask)
+    expected = base.generate(**masked_base_inputs(base, inputs, out.keep_mask), max_new_tokens=NEW_TOKENS)
+    length = inputs["input_ids"].shape[1]
+    assert torch.equal(generated.sequences[:, length:], expected[:, length:])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", sorted(LEARNED))
+def test_auto_budget_batch_equals_one_by_one(base_models, arch, method):
+    model = pruned(base_models(arch, "sdpa"), method)
+    samples = make_samples([2, 0, 1], IMAGE_SIZES[arch])
+    batch = build_inputs(arch, samples)
+    batched = model.generate(**batch, prune_budget="auto", max_new_tokens=NEW_TOKENS, return_dict_in_generate=True)
+    length = batch["input_ids"].shape[1]
+    for row, sample in enumerate(samples):
+        alone = build_inputs(arch, [sample])
+        single = model.generate(**alone, prune_budget="auto", max_new_tokens=NEW_TOKENS, return_dict_in_generate=True)
+        single_length = alone["input_ids"].shape[1]
+        assert torch.equal(batched.sequences[row, length:], single.sequences[0, single_length:])
+        assert torch.equal(batched.keep_mask[row, length - single_length :], single.keep_mask[0])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_auto_budget_kv_cache_holds_only_kept_tokens(base_models, arch):
+    model = pruned(base_models(arch), "reconstruction")
+    inputs = batch_inputs(arch)
+    out = model.generate(**inputs, prune_budget="auto", max_new_tokens=NEW_TOKENS, return_dict_in_generate=True)
+    kept_length = int((out.keep_mask & inputs["attention_mask"].bool()).sum(-1).max())
+    assert kept_length < inputs["input_ids"].shape[1]
+    assert out.past_key_values.get_seq_length() == kept_length + NEW_TOKENS - 1
+
+
+@pytest.mark.parametrize(
+    "bad_budget, message",
+    [
+        ("auto:0", r"threshold.*\(0, 1\]"),
+        ("auto:1.5", r"threshold.*\(0, 1\]"),
+        ("auto:x", "floats"),
+        ("auto:0.9:0.6:0.4", "max_fraction.*min_fraction"),
+        ("auto:0.9:0:0.5", r"min_fraction.*\(0, 1\]"),
+        ("auto:0.9:0.1:0.5:1", "auto:THRESHOLD"),
+        ("auto:nan", r"threshold.*\(0, 1\]"),
+    ],
+)
+@pytest.mark.parametrize("entry", ["forward", "generate"])
+def test_bad_auto_budget_fails_before_compute(base_models, bad_budget, message, entry):
+    model = pruned(base_models("qwen2_5_vl"), "visionselector")
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    counter = VisionCallCounter(model)
+    try:
+        with pytest.raises(ValueError, match="prune_budget") as info:
+            getattr(model, entry)(**batch_inputs("qwen2_5_vl"), prune_budget=bad_budget)
+    finally:
+        counter.handle.remove()
+    assert re.search(message, str(info.value))
+    assert counter.calls == 0
+    assert all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["random", "uniform", "divprune", "dart"])
+@pytest.mark.parametrize("entry", ["forward", "generate"])
+def test_auto_budget_of_a_method_without_scores_is_refused(base_models, method, entry):
+    model = pruned(base_models("llava"), "visionselector")
+    counter = VisionCallCounter(model)
+    try:
+        with pytest.raises(ValueError, match=f"prune_budget.*'auto'.*prune_method.*'{method}'.*does not score"):
+            getattr(model, entry)(**batch_inputs("llava"), prune_budget="auto", prune_method=method)
+    finally:
+        counter.handle.remove()
+    assert counter.calls == 0
+
+
+def test_auto_budget_as_the_config_default(base_models):
+    base = base_models("llava")
+    config = TokenPruneConfig(method="autoselect", budget=AutoBudget(threshold=0.7))
+    assert config.budget == "auto:0.7"
+    assert TokenPruneConfig.from_dict(config.to_dict()).budget == "auto:0.7"
+    model = pruned(base, "autoselect", budget="auto:0.7")
+    inputs = batch_inputs("llava")
+    with torch.no_grad():
+        from_default = model(**inputs).keep_mask
+        from_call = model(**inputs, prune_budget=AutoBudget(threshold=0.7)).keep_mask
+    assert torch.equal(from_default, from_call) and not from_default.all()
+    with pytest.raises(ValueError, match="budget.*threshold"):
+        TokenPruneConfig(method="autoselect", budget="auto:2")
+
+
+def test_auto_budget_round_trips_through_its_string():
+    for budget in (AutoBudget(), AutoBudget(0.8), AutoBudget(0.8, 0.05), AutoBudget(0.8, 0.05, 0.4)):
+        assert AutoBudget.from_string(str(budget)) == budget
+    assert str(AutoBudget()) == "auto" and str(AutoBudget(0.9, 0.02, 0.3)) == "auto:0.9:0.02:0.3"

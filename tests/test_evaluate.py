@@ -19,7 +19,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 import hf_tokenprune.evaluate as evaluate_module
 import hf_tokenprune_testbed.evaluate as testbed_eval
 import hf_tokenprune_testbed.model as testbed_model
-from hf_tokenprune import TokenPruneConfig, get_pruned_model
+from hf_tokenprune import AutoBudget, TokenPruneConfig, get_pruned_model
 from hf_tokenprune.cli import main
 from hf_tokenprune.evaluate import eval_results_json, format_table, resolve_adapter, write_outputs
 from hf_tokenprune.modeling.pruning import tokens_to_keep
@@ -158,6 +158,42 @@ def test_learned_method_uses_the_adapter_weights(testbed, tmp_path, monkeypatch)
             "kept_tokens": sum(kept) / len(kept),
         }
     ]
+
+
+def test_auto_budgets_are_evaluated_written_and_plotted(testbed, tmp_path):
+    """An "auto" row is what `predict` gives with that `AutoBudget`; it is written as its string, read back by the
+    JSON schema, shown in the table, and plotted against kept tokens beside the fixed budgets."""
+    base, processor, examples, _ = testbed
+    trained = get_pruned_model(base, TokenPruneConfig(method="questionselector"))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for tensor in trained.token_selector.parameters():
+            tensor.normal_()
+    trained.save_pretrained(tmp_path / "questionselector", base_model_name_or_path="org/testbed")
+    budgets = [0.2, "auto:0.5", AutoBudget(threshold=0.9, min_fraction=0.2)]
+    out = evaluate(
+        base,
+        processor,
+        examples,
+        ["questionselector"],
+        budgets,
+        {"questionselector": tmp_path / "questionselector"},
+        batch_size=BATCH,
+        progress=False,
+    )
+    assert [row["budget"] for row in out["results"]] == [0.2, "auto:0.5", "auto:0.9:0.2"]
+    images, questions = [e.image for e in examples], [e.question for e in examples]
+    for row, budget in zip(out["results"][1:], (AutoBudget(0.5), AutoBudget(0.9, 0.2)), strict=True):
+        answers, kept, _ = predict(trained, processor, images, questions, BATCH, prune_budget=budget)
+        assert row["kept_tokens"] == sum(kept) / len(kept) and row["accuracy"] == hand_accuracy(answers, examples)
+    json_path, png_path = write_outputs(out, tmp_path / "auto.json")
+    data = json.loads(json_path.read_text())
+    assert check_eval_results(data, "auto.json") == data and data["results"][1]["budget"] == "auto:0.5"
+    with Image.open(png_path) as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1]  # two panels side by side
+    assert "| questionselector | auto:0.9:0.2 |" in format_table(out)
+    with pytest.raises(ValueError, match="budgets.*auto"):
+        evaluate(base, processor, examples, ["questionselector"], ["autox"], progress=False)
 
 
 def test_zero_unpruned_accuracy_is_refused_before_pruning(testbed, monkeypatch):

@@ -27,7 +27,7 @@ from hf_tokenprune import TokenPruneConfig, get_pruned_model
 from hf_tokenprune.testing import BUILDERS, IMAGE_SIZES, build_inputs, make_samples, place_in_hf_cache
 
 ARCHS = tuple(BUILDERS)
-LEARNED = ("visionselector", "autoselect", "reconstruction")
+LEARNED = ("visionselector", "autoselect", "reconstruction", "questionselector")
 MODELING = Path(__file__).resolve().parents[1] / "modeling"
 ROOT = Path(__file__).resolve().parents[1]
 

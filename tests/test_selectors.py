@@ -321,3 +321,73 @@ def test_third_party_selector_registers_and_selects(isolated_registry):
     assert "last_tokens" in token_selectors.available_selectors()
     selector = get_selector_class("last_tokens")(TokenPruneConfig(method="last_tokens"), INPUT_DIM, LLM_HIDDEN_SIZE)
     assert selector.select(random_features(9), 3).tolist() == [6, 7, 8]
+
+
+# ---------------------------------------------------------------- questionselector (reads the prompt)
+def make_question_selector(**config_fields) -> TokenSelector:
+    return make_selector("questionselector", input_dim=LLM_HIDDEN_SIZE, **config_fields)
+
+
+def test_questionselector_score_matches_explicit_cross_attention():
+    selector = make_question_selector().double()
+    for projection in (selector.query_proj, selector.key_proj, selector.text_proj):
+        torch.nn.init.normal_(projection.weight, std=0.2)
+    features, prompt = random_features(30, LLM_HIDDEN_SIZE).double(), random_features(7, LLM_HIDDEN_SIZE, 1).double()
+    d = selector.projection_dim
+    expected = torch.empty(30, dtype=torch.float64)
+    keys = features @ selector.key_proj.weight.T
+    text = prompt @ selector.text_proj.weight.T
+    for i in range(30):  # token by token, as the docstring writes it
+        query = selector.query_proj.weight @ features[i]
+        weights = torch.softmax(torch.stack([query @ text[m] for m in range(7)]) / math.sqrt(d), dim=0)
+        context = sum(weights[m] * text[m] for m in range(7))
+        expected[i] = query @ (keys.mean(0) + context) / math.sqrt(d)
+    torch.testing.assert_close(selector.score(features, prompt), expected, rtol=1e-9, atol=1e-9)
+    # Without any text token there is no context: the visionselector term alone.
+    alone = (features @ selector.query_proj.weight.T) @ keys.mean(0) / math.sqrt(d)
+    torch.testing.assert_close(selector.score(features, prompt[:0]), alone, rtol=1e-9, atol=1e-9)
+
+
+def test_questionselector_keeps_what_the_question_names():
+    """With W_q = W_t = I and W_k = 0, a visual token scores its softmax-weighted match to the prompt's words: the
+    token that shows the asked word wins, and another question picks another token."""
+    selector = make_question_selector(scorer_hidden_size=LLM_HIDDEN_SIZE)
+    with torch.no_grad():
+        selector.query_proj.weight.copy_(torch.eye(LLM_HIDDEN_SIZE))
+        selector.text_proj.weight.copy_(torch.eye(LLM_HIDDEN_SIZE))
+        selector.key_proj.weight.zero_()
+    words = 3 * torch.eye(LLM_HIDDEN_SIZE)[:6]  # six orthogonal "word embeddings"
+    template = 3 * torch.eye(LLM_HIDDEN_SIZE)[10:12]  # words of the chat template, shown nowhere
+    image = torch.cat([words, 0.1 * random_features(20, LLM_HIDDEN_SIZE)])  # one token per word, then background
+    for asked in range(6):
+        prompt = torch.cat([template, words[asked : asked + 1]])
+        (kept,) = selector.select_segments([image], [1], prompt_embeds=[prompt])
+        assert kept.tolist() == [asked]
+
+
+def test_questionselector_batch_with_padding_equals_one_by_one():
+    selector = make_question_selector()
+    for projection in (selector.query_proj, selector.key_proj, selector.text_proj):
+        torch.nn.init.normal_(projection.weight, std=0.3, generator=torch.Generator().manual_seed(3))
+    segments = [random_features(n, LLM_HIDDEN_SIZE, seed=n) for n in (12, 5, 9)]
+    prompts = [random_features(m, LLM_HIDDEN_SIZE, seed=100 + m) for m in (4, 11, 0)]
+    batched = selector.select_segments(segments, [3, 2, 4], prompt_embeds=prompts)
+    scores = selector.score_segments(segments, prompt_embeds=prompts)
+    for segment, prompt, keep, kept, score in zip(segments, prompts, [3, 2, 4], batched, scores, strict=True):
+        alone = selector.score(segment, prompt)
+        torch.testing.assert_close(score, alone, atol=1e-5, rtol=1e-5)
+        assert kept.tolist() == sorted(torch.sort(alone, descending=True, stable=True).indices[:keep].tolist())
+
+
+def test_questionselector_refuses_a_missing_or_misshapen_prompt():
+    selector = make_question_selector()
+    features = random_features(8, LLM_HIDDEN_SIZE)
+    with pytest.raises(ValueError, match="prompt_embeds"):
+        selector.select_segments([features], [2])
+    with pytest.raises(ValueError, match="prompt"):
+        selector.select(features, 2)
+    with pytest.raises(ValueError, match=f"prompt_embeds.*\\(M, {LLM_HIDDEN_SIZE}\\)"):
+        selector.select_segments([features], [2], prompt_embeds=[random_features(3, 5)])
+    with pytest.raises(ValueError, match="one \\(M, D\\) prompt per segment"):
+        selector.select_segments([features], [2], prompt_embeds=[])
+    assert selector.uses_prompt and selector.produces_scores() and selector.trainable

@@ -16,7 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
-from hf_tokenprune import get_pruned_model
+from hf_tokenprune import available_selectors, get_pruned_model
 from hf_tokenprune.cli import main
 from hf_tokenprune.hub import GRADIO_SDK_VERSION, push_space, render_space
 from hf_tokenprune.space import (
@@ -157,9 +157,7 @@ def test_overlay_covers_every_token_cell_for_any_image_size(space_model, size):
 
 
 def test_methods_are_every_method_the_model_can_run(space_model):
-    from hf_tokenprune import available_selectors
-
-    assert sorted(space_model.methods) == sorted(available_selectors())  # testbed: all three learned ones bundled
+    assert sorted(space_model.methods) == sorted(available_selectors())  # testbed: every learned one is bundled
 
 
 # ---------------------------------------------------------------------------------------------- in the browser
@@ -300,10 +298,11 @@ def test_browser_run_matches_generate_and_shows_the_overlay(browser, tmp_path):
     assert not _blank(overlay)
 
     status = page.run("#compare")
-    assert status.startswith("Compared 7 methods"), status
+    methods = len(available_selectors())  # every method, the bundled learned ones included
+    assert status.startswith(f"Compared {methods} methods"), status
     rows = page.find("#compare-table").text
-    assert all(name in rows for name in ("visionselector", "autoselect", "reconstruction", "divprune", "dart"))
-    assert len(page.driver.find_elements(page.by.CSS_SELECTOR, "#compare-gallery img")) >= 7
+    assert all(name in rows for name in ("visionselector", "questionselector", "autoselect", "divprune", "dart"))
+    assert len(page.driver.find_elements(page.by.CSS_SELECTOR, "#compare-gallery img")) >= methods
     driver.execute_script("window.scrollTo(0, 0)")
     screenshot = tmp_path / "space.png"
     driver.save_screenshot(str(screenshot))

@@ -95,6 +95,7 @@ def test_recipe_end_to_end_at_toy_scale(tmp_path, monkeypatch):
         vlm_cached_records=3,  # rounds of 2 steps over 3 records: epochs, a short last batch
         selector_records=4,
         selector_steps=1,
+        selector_method_steps="",
         selector_batch_size=2,
         eval_limit=4,
         budgets="0.5",
@@ -133,6 +134,7 @@ TOY_RECIPE = dict(
     vlm_cached_records=2,
     selector_records=2,
     selector_steps=1,
+    selector_method_steps="",
     selector_batch_size=2,
     eval_limit=2,
     eval_tasks="v2",
@@ -180,7 +182,8 @@ def test_reproduce_resumes_from_the_last_finished_stage(tmp_path, monkeypatch):
         run_reproduce(args)
     run = tmp_path / "run"
     done = json.loads((run / "stages.json").read_text())["done"]
-    assert list(done) == ["vision", "vlm-round-1", "records", "selector-visionselector"]
+    before = BUNDLED_METHODS[: BUNDLED_METHODS.index("autoselect")]
+    assert list(done) == ["vision", "vlm-round-1", "records", *(f"selector-{method}" for method in before)]
     assert not (run / "autoselect").exists() and (run / "autoselect.partial").is_dir()  # never looks finished
     weights = (run / "base" / "model.safetensors").read_bytes()
 
@@ -283,19 +286,35 @@ def test_reproduce_reruns_only_the_stages_that_read_a_changed_downstream_argumen
 
     for name in ("train_vision_stage", "train_vlm", "write_records"):
         monkeypatch.setattr(pipeline, name, must_not_rerun)
-    selectors_run, real_train_selector = [], pipeline.train_selector
+    selectors_run, real_run_train = [], pipeline.run_train
 
-    def train_selector(method, base_dir, records, adapter, args):
-        selectors_run.append((method, args.selector_steps))
-        return real_train_selector(method, base_dir, records, adapter, args)
+    def run_train(model_args, data_args, training_args):  # what the library's training entry point is asked to do
+        selectors_run.append((model_args.method, training_args.max_steps))
+        return real_run_train(model_args, data_args, training_args)
 
-    monkeypatch.setattr(pipeline, "train_selector", train_selector)
+    monkeypatch.setattr(pipeline, "run_train", run_train)
     run_reproduce(dataclasses.replace(args, selector_steps=2))
     assert selectors_run == [(method, 2) for method in BUNDLED_METHODS] and evals == [2, 2]
     run_reproduce(dataclasses.replace(args, selector_steps=2, eval_limit=3))
-    assert len(selectors_run) == 3 and evals == [2, 2, 3]
+    assert len(selectors_run) == len(BUNDLED_METHODS) and evals == [2, 2, 3]
     state = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert state["arguments"]["selector_steps"] == 2 and state["arguments"]["eval_limit"] == 3
+    # Per-method steps: the named selector trains that long, the others --selector_steps; the evals rerun.
+    selectors_run.clear()
+    method = BUNDLED_METHODS[0]
+    run_reproduce(dataclasses.replace(args, selector_steps=2, eval_limit=3, selector_method_steps=f"{method}=3"))
+    assert selectors_run == [(name, 3 if name == method else 2) for name in BUNDLED_METHODS]
+    assert evals == [2, 2, 3, 3]
+
+
+@pytest.mark.parametrize(
+    "value", ["visionselector", "visionselector=0", "nope=3", "visionselector=x", "visionselector=-2"]
+)
+def test_bad_selector_method_steps_fail_before_anything_runs(tmp_path, value):
+    args = ReproduceArguments(output=str(tmp_path / "run"), **{**TOY_RECIPE, "selector_method_steps": value})
+    with pytest.raises(ValueError, match="selector_method_steps"):
+        run_reproduce(args)
+    assert not (tmp_path / "run").exists()
 
 
 def test_reproduce_refuses_to_resume_with_other_arguments(tmp_path):

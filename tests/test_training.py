@@ -24,7 +24,7 @@ from hf_tokenprune.testing import BUILDERS, tiny_processor
 from hf_tokenprune.training.training_model import TokenPruneTrainingModel
 
 ARCHS = ["qwen2_5_vl", "qwen3_vl", "llava", "internvl", "smolvlm", "llava_onevision", "gemma3"]
-METHODS = ["visionselector", "autoselect", "reconstruction"]
+METHODS = ["visionselector", "autoselect", "reconstruction", "questionselector"]
 QUESTIONS = ["what colour is the circle", "how many star", "is the square red", "which shape is left"]
 ANSWERS = ["red", "two", "yes no", "the circle"]
 
@@ -86,7 +86,7 @@ def make_trainer(arch, method, tmp_path, **overrides):
 
 def expected_schedule(method, step, max_steps, args):
     """The papers' schedules, written out here: paper 000 Eq. 12 (linear lambda), paper 002 A (cosine tau, then held)."""
-    if method == "visionselector":
+    if method in ("visionselector", "questionselector"):  # questionselector trains with visionselector's recipe
         total = max(1, round(args.lambda_anneal_fraction * max_steps))
         return "lambda_t", args.lambda_start + (args.lambda_end - args.lambda_start) * min(step / total, 1.0)
     if method == "autoselect":
@@ -123,7 +123,11 @@ def test_training_changes_exactly_the_trainable_tensors_and_reloads(arch, method
         name, value = expected_schedule(method, entry["step"] - 1, 3, trainer.args)
         assert entry[name] == pytest.approx(value, rel=1e-6, abs=1e-9)
         assert 0.0 <= entry["mask_polarization"] <= 1.0
-    terms = {"visionselector": ("task_loss", "constraint_loss"), "autoselect": ("task_loss",)}
+    terms = {
+        "visionselector": ("task_loss", "constraint_loss"),
+        "questionselector": ("task_loss", "constraint_loss"),
+        "autoselect": ("task_loss",),
+    }
     for term in terms.get(method, ("reconstruction_loss", "regularizer")):
         assert all(math.isfinite(entry[term]) for entry in logs)
 
@@ -529,8 +533,8 @@ def test_sample_budget_scope_trains_one_mask_per_sample(method, tmp_path):
     sizes = []
     original = training_model.recipe.segment_embeds if method != "reconstruction" else None
     if original is not None:
-        training_model.recipe.segment_embeds = lambda model, segment, k, metrics: (
-            sizes.append((segment.embeds.shape[0], k)) or original(model, segment, k, metrics)
+        training_model.recipe.segment_embeds = lambda model, segment, k, metrics, **prompt: (
+            sizes.append((segment.embeds.shape[0], k)) or original(model, segment, k, metrics, **prompt)
         )
     inputs = build_inputs("qwen2_5_vl", make_samples([2, 1], [(8, 8), (16, 8)]))
     inputs["labels"] = inputs["input_ids"].masked_fill(inputs["input_ids"] == inputs["input_ids"][0, 0], -100)

@@ -14,13 +14,23 @@ from transformers import TrainingArguments
 
 from ..modeling.configuration_token_prune import check_budget
 from ..modeling.pruning import check_budget_scope
-from .methods import AutoSelectArguments, ReconstructionArguments, VisionSelectorArguments
+from .methods import (
+    AutoSelectArguments,
+    QuestionSelectorArguments,
+    ReconstructionArguments,
+    VisionSelectorArguments,
+)
 from .recipe import RecipeArguments, get_recipe, registered_recipes
 
 
 @dataclass
 class TokenPruneTrainingArguments(
-    VisionSelectorArguments, AutoSelectArguments, ReconstructionArguments, RecipeArguments, TrainingArguments
+    QuestionSelectorArguments,
+    VisionSelectorArguments,
+    AutoSelectArguments,
+    ReconstructionArguments,
+    RecipeArguments,
+    TrainingArguments,
 ):
     """`TrainingArguments` with the built-in recipes' hyperparameters; defaults are the papers' (sources in each help).
 
@@ -54,7 +64,7 @@ class TokenPruneTrainingArguments(
 
     def __post_init__(self) -> None:
         # Every recipe field is checked (each mixin's `__post_init__`) before `TrainingArguments` touches devices.
-        check_budget(self.train_budget, "train_budget")
+        check_budget(self.train_budget, "train_budget", allow_auto=False)
         check_budget_scope(self.train_budget_scope, "train_budget_scope")
         super().__post_init__()
 

@@ -16,7 +16,13 @@ import torch
 from torch import nn
 from transformers import TrainingArguments
 
-from ..modeling.pruning import TokenPruningMixin, placed_side_inputs, selection_units, tokens_to_keep
+from ..modeling.pruning import (
+    TokenPruningMixin,
+    placed_side_inputs,
+    prompt_embeds_by_row,
+    selection_units,
+    tokens_to_keep,
+)
 from ..modeling.token_selectors import learned_selectors
 from .callbacks import Schedule
 
@@ -96,10 +102,14 @@ class Recipe(nn.Module):
         auxiliary = inputs_embeds.new_zeros(())
         if placed:
             placed = selection_units(placed, self.args.train_budget_scope)
+            prompts = None
+            if selector.uses_prompt:  # the selector reads its sample's prompt (`prompt_embeds_by_row`)
+                prompts = prompt_embeds_by_row(inputs_embeds, attention_mask, model.visual_token_mask(input_ids))
             new_embeds, key_weights = [], []
             for segment, rows, _ in placed:
+                prompt_input = {} if prompts is None else {"prompt_embeds": prompts[int(rows[0])]}
                 embeds, aux, *weights = self.segment_embeds(
-                    model, segment, tokens_to_keep(self.args.train_budget, rows.numel()), metrics
+                    model, segment, tokens_to_keep(self.args.train_budget, rows.numel()), metrics, **prompt_input
                 )
                 new_embeds.append(embeds.to(inputs_embeds.dtype))
                 key_weights.append(weights[0] if weights else None)

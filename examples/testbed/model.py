@@ -34,7 +34,7 @@ DEFAULT_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_MODEL_DIR = DEFAULT_DIR / "base"
 # The learned selectors the bundle holds, in the order the recipe trains them (what was trained, not the registry:
 # a method registered later has no bundled adapter).
-BUNDLED_METHODS = ("visionselector", "autoselect", "reconstruction")
+BUNDLED_METHODS = ("visionselector", "questionselector", "autoselect", "reconstruction")
 DEFAULT_ADAPTERS = {method: DEFAULT_DIR / method for method in BUNDLED_METHODS}
 # The task the bundled VLM was trained on, and so the default of `demo`, `eval`, the Space and the lmms-eval task:
 # default_model/ holds the task-v2 VLM of `runs/testbed-v2` (docs/testbed.md). Task v1 stays available (`--task v1`).

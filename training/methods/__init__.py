@@ -7,12 +7,15 @@ modules, schedules) and one `register_recipe` line. Third-party methods register
 from __future__ import annotations
 
 from .autoselect import AutoSelectArguments, AutoSelectRecipe
+from .questionselector import QuestionSelectorArguments, QuestionSelectorRecipe
 from .reconstruction import ReconstructionArguments, ReconstructionRecipe
 from .visionselector import VisionSelectorArguments, VisionSelectorRecipe
 
 __all__ = [
     "AutoSelectArguments",
     "AutoSelectRecipe",
+    "QuestionSelectorArguments",
+    "QuestionSelectorRecipe",
     "ReconstructionArguments",
     "ReconstructionRecipe",
     "VisionSelectorArguments",

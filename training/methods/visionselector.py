@@ -80,12 +80,17 @@ class VisionSelectorRecipe(Recipe):
         return [Schedule("lambda_t", linear_schedule, args.lambda_start, args.lambda_end, fraction)]
 
     def segment_embeds(self, model, segment, num_keep, metrics):
-        selector = model.token_selector
         embeds = segment.embeds
-        size = embeds.shape[0]
-        if num_keep >= size:
+        if num_keep >= embeds.shape[0]:
             return embeds, embeds.new_zeros(())
-        scores = selector.score(embeds.to(next(selector.parameters()).dtype)).float()
+        selector = model.token_selector
+        return self.soft_mask(embeds, selector.score(embeds.to(next(selector.parameters()).dtype)), num_keep, metrics)
+
+    def soft_mask(self, embeds: torch.Tensor, scores: torch.Tensor, num_keep: int, metrics) -> tuple[torch.Tensor, ...]:
+        """Paper 000's training step on one image's scores (N,): the Differentiable Top-K mask, its BCE constraint
+        to the hard top-k, and the masked embeds (or the mask as key weights); returns what `segment_embeds` does."""
+        size = embeds.shape[0]
+        scores = scores.float()
         soft = differentiable_topk(scores, num_keep)
         hard = torch.zeros_like(soft)
         hard[hard_topk_indices(scores.detach(), num_keep)] = 1.0
