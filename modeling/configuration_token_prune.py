@@ -227,8 +227,9 @@ class TokenPruneConfig(metaclass=_DispatchOnMethod):
             raise ValueError(
                 f"`method` {self.method!r} is configured by {config_cls.__name__}, not {type(self).__name__}"
             )
-        if isinstance(check_budget(self.budget, "budget"), AutoBudget):
-            self.budget = str(check_budget(self.budget, "budget"))  # stored as its string, so the file stays JSON
+        budget = check_budget(self.budget, "budget")
+        if isinstance(budget, AutoBudget):
+            self.budget = str(budget)  # stored as its string, so the file stays JSON
         if self.feature_source is not None and self.feature_source not in FEATURE_SOURCES:
             raise ValueError(f"`feature_source` must be one of {FEATURE_SOURCES} or None, got {self.feature_source!r}")
         check_int(self.input_dim, "input_dim", 1, optional=True)

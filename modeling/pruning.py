@@ -470,10 +470,10 @@ class TokenPruningMixin:
         The selector is the one `forward` / `generate` would call for these arguments (attached or transient);
         (None, None) when the call keeps every token. An "auto" budget comes back as its `AutoBudget`.
         """
-        prune_budget = check_budget(prune_budget, "prune_budget")
+        budget = check_budget(prune_budget, "prune_budget")
         config = getattr(self, "token_prune_config", None)
-        budget = prune_budget if prune_budget is not None else (config.budget if config is not None else None)
-        budget = check_budget(budget, "budget")
+        if budget is None and config is not None:  # the config's default (an "auto" one is stored as its string)
+            budget = check_budget(config.budget, "budget")
         if prune_method is None:
             if config is None:
                 if not budget_keeps_everything(budget):

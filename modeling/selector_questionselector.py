@@ -131,12 +131,10 @@ class QuestionSelectorScorer(TokenSelector):
         self, features: list[torch.Tensor], prompt_embeds: list[torch.Tensor] | None = None
     ) -> list[torch.Tensor]:
         """Scores of S segments (N_i, input_dim) against their prompts (M_i, llm_hidden_size), in one batched call."""
-        prompts = self._check_prompt(features, prompt_embeds)
         if not features:
+            self._check_prompt(features, prompt_embeds)
             return []
-        padded, token_mask = pad_segments(features)
-        padded_prompt, prompt_mask = self._pad_prompts(prompts, padded.device)
-        scores = self.score_padded(padded, token_mask, padded_prompt, prompt_mask)
+        scores, token_mask = self._padded_scores(features, prompt_embeds)
         return [row[:length] for row, length in zip(scores, token_mask.sum(-1).tolist(), strict=True)]
 
     def select_segments(
@@ -149,15 +147,22 @@ class QuestionSelectorScorer(TokenSelector):
     ) -> list[torch.Tensor]:
         """`TokenSelector.select_segments` with each segment's prompt: one batched scorer call, then hard top-k."""
         self.check_segment_lists(features, num_keep, grid_hw)
-        prompts = self._check_prompt(features, prompt_embeds)
-        if not features:
-            return []
         for segment, keep in zip(features, num_keep, strict=True):
             check_selection_inputs(segment, keep)
+        if not features:
+            self._check_prompt(features, prompt_embeds)
+            return []
+        scores, token_mask = self._padded_scores(features, prompt_embeds)
+        return hard_topk_indices_padded(scores, token_mask, num_keep)
+
+    def _padded_scores(
+        self, features: list[torch.Tensor], prompt_embeds: list[torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores (S, N), token_mask (S, N)) of S non-empty-list segments against their checked, padded prompts."""
+        prompts = self._check_prompt(features, prompt_embeds)
         padded, token_mask = pad_segments(features)
         padded_prompt, prompt_mask = self._pad_prompts(prompts, padded.device)
-        scores = self.score_padded(padded, token_mask, padded_prompt, prompt_mask)
-        return hard_topk_indices_padded(scores, token_mask, num_keep)
+        return self.score_padded(padded, token_mask, padded_prompt, prompt_mask), token_mask
 
     def _check_prompt(
         self, features: list[torch.Tensor], prompt_embeds: list[torch.Tensor] | None
