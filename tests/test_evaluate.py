@@ -117,14 +117,20 @@ def test_budget_one_keeps_everything_and_retains_all(testbed, results):
         assert row["kept_tokens"] == sum(total) / len(total)
 
 
-def test_learned_method_uses_the_adapter_weights(testbed, tmp_path, monkeypatch):
-    base, processor, examples, total = testbed
-    trained = get_pruned_model(base, TokenPruneConfig(method="visionselector"))
-    torch.manual_seed(1)
+def saved_random_adapter(base, method: str, seed: int, folder):
+    """`method` attached to `base` with N(0, 1) scorer weights (decisive scores), saved as an adapter in `folder`."""
+    trained = get_pruned_model(base, TokenPruneConfig(method=method))
+    torch.manual_seed(seed)
     with torch.no_grad():
         for tensor in trained.token_selector.parameters():
             tensor.normal_()
-    trained.save_pretrained(tmp_path / "visionselector", base_model_name_or_path="org/testbed")
+    trained.save_pretrained(folder, base_model_name_or_path="org/testbed")
+    return trained
+
+
+def test_learned_method_uses_the_adapter_weights(testbed, tmp_path, monkeypatch):
+    base, processor, examples, total = testbed
+    trained = saved_random_adapter(base, "visionselector", 1, tmp_path / "visionselector")
     used = []
 
     def spy(*arguments):
@@ -164,12 +170,7 @@ def test_auto_budgets_are_evaluated_written_and_plotted(testbed, tmp_path):
     """An "auto" row is what `predict` gives with that `AutoBudget`; it is written as its string, read back by the
     JSON schema, shown in the table, and plotted against kept tokens beside the fixed budgets."""
     base, processor, examples, _ = testbed
-    trained = get_pruned_model(base, TokenPruneConfig(method="questionselector"))
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for tensor in trained.token_selector.parameters():
-            tensor.normal_()
-    trained.save_pretrained(tmp_path / "questionselector", base_model_name_or_path="org/testbed")
+    trained = saved_random_adapter(base, "questionselector", 2, tmp_path / "questionselector")
     budgets = [0.2, "auto:0.5", AutoBudget(threshold=0.9, min_fraction=0.2)]
     out = evaluate(
         base,
