@@ -194,10 +194,15 @@ GEMMA3_TOKENS_PER_IMAGE = 16
 NEWLINES_ID = 57
 
 
-def tiny_gemma3(attn_implementation: str = "eager", sliding_window: int = 512) -> Gemma3ForConditionalGeneration:
+def tiny_gemma3(
+    attn_implementation: str = "eager",
+    sliding_window: int = 512,
+    layer_types: tuple[str, ...] = ("sliding_attention", "full_attention"),
+) -> Gemma3ForConditionalGeneration:
     """Tiny Gemma 3: one sliding-window layer then one full-attention layer, as Gemma 3 interleaves them.
 
-    The default window covers every prompt of the contract suite; pass a small `sliding_window` to exercise it.
+    The default window covers every prompt of the contract suite; pass a small `sliding_window` to exercise it, and
+    `layer_types` for another depth or pattern.
     """
     config = Gemma3Config(
         text_config=dict(
@@ -206,7 +211,8 @@ def tiny_gemma3(attn_implementation: str = "eager", sliding_window: int = 512) -
             head_dim=8,
             query_pre_attn_scalar=8,
             sliding_window=sliding_window,
-            layer_types=["sliding_attention", "full_attention"],
+            num_hidden_layers=len(layer_types),
+            layer_types=list(layer_types),
         ),
         vision_config=dict(GEMMA3_VISION_CONFIG),
         mm_tokens_per_image=GEMMA3_TOKENS_PER_IMAGE,

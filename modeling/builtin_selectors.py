@@ -9,6 +9,7 @@ from __future__ import annotations
 from .selector_autoselect import AutoSelectScorer
 from .selector_dart import DartSelector
 from .selector_divprune import DivPruneSelector
+from .selector_fastv import FastVSelector
 from .selector_questionselector import QuestionSelectorScorer
 from .selector_random import RandomSelector
 from .selector_reconstruction import ReconstructionSelector
@@ -19,6 +20,7 @@ __all__ = [
     "AutoSelectScorer",
     "DartSelector",
     "DivPruneSelector",
+    "FastVSelector",
     "QuestionSelectorScorer",
     "RandomSelector",
     "ReconstructionSelector",

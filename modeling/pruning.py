@@ -22,6 +22,7 @@ from transformers.utils import ModelOutput, logging
 
 from .builtin_selectors import VisionSelectorScorer  # noqa: F401  (importing the module registers every built-in)
 from .configuration_token_prune import AutoBudget, TokenPruneConfig, check_budget
+from .llm_pruning import InLLMTokenDrop
 from .selection_ops import tokens_to_keep
 from .token_selectors import TokenSelector, available_selectors, get_selector_class
 
@@ -176,6 +177,7 @@ class PrunePlan:
     input_ids / inputs_embeds / position_ids: compacted; position_ids keep the unpruned positions.
     per_token_inputs: the architecture's `per_token_input_names` the caller gave, compacted (B, Lc).
     side_inputs: (B, Lc, D) the segments' `side_inputs` at the kept slots (zeros elsewhere), or None.
+    With an `in_llm` selector (fastv) the plan keeps every token; `in_llm_units` says what the language model drops.
     """
 
     keep_mask: torch.Tensor
@@ -188,6 +190,9 @@ class PrunePlan:
     shift_labels: torch.Tensor | None = None
     per_token_inputs: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     side_inputs: torch.Tensor | None = None
+    #: for a selector that selects inside the language model (`in_llm`): the units to prune, as (segment, rows,
+    #: cols, num_keep) in the caller's layout (num_keep None for an "auto" budget); nothing is dropped before it.
+    in_llm_units: list | None = None
 
     def gather(self, values: torch.Tensor, fill: float | int) -> torch.Tensor:
         """Compact a (..., B, L) tensor laid out like the caller's input_ids; padding slots get `fill`."""
@@ -511,6 +516,8 @@ class TokenPruningMixin:
                 input_dim=self._selector_input_dim(self.config, feature_source),
                 llm_hidden_size=self._llm_hidden_size(self.config),
             )
+        if selector_cls.in_llm:  # e.g. fastv's layer, against this language model's depth
+            cache[prune_method].check_layer(len(self.get_decoder().layers))
         return budget, cache[prune_method]
 
     # ----------------------------------------------------------------- planning
@@ -583,6 +590,9 @@ class TokenPruningMixin:
                 for segment, seg_rows, seg_cols in units
                 if tokens_to_keep(budget, seg_rows.numel()) < seg_rows.numel()
             ]
+        deferred = None
+        if pruned_units and selector.in_llm:  # selected inside the language model, from its attention
+            deferred, pruned_units = pruned_units, []
         if pruned_units:  # selected together: one `select_segments` call (one scorer pass) per forward
             use_features = selector.feature_source == "vision_features"
             features = [segment.features if use_features else segment.embeds for segment, *_ in pruned_units]
@@ -609,6 +619,7 @@ class TokenPruningMixin:
         if position_ids is None:
             position_ids = hooks.position_ids(self, input_ids, attention_mask, vision_inputs)
         plan = self._compact(input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels, shift_labels)
+        plan.in_llm_units = deferred
         side_inputs = placed_side_inputs(placed, input_ids)
         if side_inputs is not None:
             side_index = plan.source_index[..., None].expand(-1, -1, side_inputs.shape[-1])
@@ -617,6 +628,42 @@ class TokenPruningMixin:
             if (language_inputs or {}).get(name) is not None:
                 plan.per_token_inputs[name] = plan.gather(language_inputs[name], 0)
         return plan
+
+    def in_llm_token_drop(
+        self, plan: PrunePlan, budget: float | int | AutoBudget, selector: TokenSelector
+    ) -> contextlib.AbstractContextManager:
+        """The context in which the language model drops `plan.in_llm_units`' tokens after the selector's layer (a
+        no-op context when nothing is to drop). Inside it, the prefill's attention row decides what each unit keeps,
+        by `selector`'s rules, and `plan.keep_mask` (caller layout) records it."""
+        units = plan.in_llm_units
+        if not units:
+            return contextlib.nullcontext()
+        batch, caller_length = plan.keep_mask.shape
+        plan_column = torch.full((batch, caller_length), -1, dtype=torch.long, device=plan.source_index.device)
+        rows, slots = torch.nonzero(plan.attention_mask, as_tuple=True)
+        plan_column[rows, plan.source_index[rows, slots]] = slots  # caller position -> slot of the plan
+
+        def decide(row: torch.Tensor) -> torch.Tensor:
+            # `generate` repeats each prompt for beams / returned sequences (repeat_interleave): decide once per prompt.
+            repeats = row.shape[0] // batch
+            row = row[::repeats]
+            features = [row[rows, plan_column[rows, cols]][:, None] for _, rows, cols, _ in units]
+            if isinstance(budget, AutoBudget):
+                kept = selector.select_segments_auto(features, budget)
+            else:
+                kept = selector.select_segments(
+                    features, [num_keep for *_, num_keep in units], grid_hw=[segment.grid_hw for segment, *_ in units]
+                )
+            keep = plan.attention_mask.bool()  # padding never reaches the compacted layers either
+            for (_, rows, cols, _), keep_indices in zip(units, kept, strict=True):
+                dropped = torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)
+                dropped[keep_indices.to(rows.device)] = False
+                plan.keep_mask[rows[dropped], cols[dropped]] = False
+                keep[rows[dropped], plan_column[rows[dropped], cols[dropped]]] = False
+            return keep.repeat_interleave(repeats, dim=0)
+
+        layer = selector.check_layer(len(self.get_decoder().layers))
+        return InLLMTokenDrop(self, layer, decide, plan.input_ids.shape[1])
 
     def visual_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) True at the visual placeholder tokens of `input_ids` (B, L)."""
@@ -706,6 +753,11 @@ class TokenPruningMixin:
             return outputs
         if kwargs.pop("inputs_embeds", None) is not None:  # an explicit None (PEFT passes one) is dropped
             raise ValueError("`inputs_embeds` cannot be combined with `prune_budget`: pruning needs `input_ids`")
+        if selector.in_llm and (kwargs.get("labels") is not None or kwargs.get("shift_labels") is not None):
+            raise ValueError(
+                f"`labels` cannot be combined with an in-LLM `prune_method` ({type(selector).__name__}): its later "
+                "layers produce no outputs at dropped tokens; compute the loss from the returned logits"
+            )
         return_dict = kwargs.pop("return_dict", None)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         vision_inputs, language_kwargs = self.split_vision_inputs(kwargs)
@@ -724,7 +776,10 @@ class TokenPruningMixin:
         language_kwargs.update(plan.per_token_inputs)
         if plan.shift_labels is not None:
             language_kwargs["shift_labels"] = plan.shift_labels
-        with self.feeding_side_inputs(self.visual_token_mask(plan.input_ids), plan.side_inputs):
+        with (
+            self.feeding_side_inputs(self.visual_token_mask(plan.input_ids), plan.side_inputs),
+            self.in_llm_token_drop(plan, budget, selector) as drop,
+        ):
             outputs = super().forward(
                 input_ids=None,
                 attention_mask=plan.attention_mask,
@@ -736,7 +791,12 @@ class TokenPruningMixin:
             )
         # Logits come back in the caller's layout (zeros at dropped tokens) unless only the last few were asked for.
         if not language_kwargs.get("logits_to_keep"):
-            outputs["logits"] = plan.scatter(outputs.logits, input_ids.shape[1])
+            logits = outputs.logits
+            if drop is not None:  # an in-LLM drop: its compacted prompt's slots -> the plan's
+                rows, slots = torch.nonzero(drop.compact_valid, as_tuple=True)
+                logits = logits.new_zeros(*plan.input_ids.shape, logits.shape[-1])
+                logits[rows, drop.compact_source[rows, slots]] = outputs.logits[rows, slots]
+            outputs["logits"] = plan.scatter(logits, input_ids.shape[1])
         if not return_dict:
             return outputs.to_tuple()
         outputs["keep_mask"] = plan.keep_mask
@@ -769,6 +829,15 @@ class TokenPruningMixin:
             raise ValueError(
                 "a filled `past_key_values` cannot be combined with `prune_budget`: pruning happens at prefill"
             )
+        if selector.in_llm:
+            config = kwargs.get("generation_config")
+            for name in ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit"):
+                if kwargs.get(name) is not None or getattr(config, name, None) is not None:
+                    raise ValueError(
+                        f"`{name}` (assisted decoding) cannot be combined with an in-LLM `prune_method` "
+                        f"({type(selector).__name__}): checking drafts rewinds a cache whose later layers hold "
+                        "only the kept tokens"
+                    )
         kwargs.pop("input_ids", None)
         vision_inputs, generate_kwargs = self.split_vision_inputs(kwargs)
         plan = self.plan_pruning(
@@ -790,13 +859,14 @@ class TokenPruningMixin:
             generate_kwargs["streamer"] = CallerPromptStreamer(generate_kwargs["streamer"], input_ids)
         if plan.side_inputs is not None:
             generate_kwargs["kept_prompt_side_inputs"] = plan.side_inputs
-        output = super().generate(
-            input_ids=plan.input_ids,
-            attention_mask=plan.attention_mask,
-            position_ids=plan.position_ids,
-            kept_prompt_embeds=plan.inputs_embeds,
-            **generate_kwargs,
-        )
+        with self.in_llm_token_drop(plan, budget, selector):
+            output = super().generate(
+                input_ids=plan.input_ids,
+                attention_mask=plan.attention_mask,
+                position_ids=plan.position_ids,
+                kept_prompt_embeds=plan.inputs_embeds,
+                **generate_kwargs,
+            )
         is_tensor = isinstance(output, torch.Tensor)
         if not plan.keep_mask.all():
             for cache in (user_cache, None if is_tensor else output.get("past_key_values")):

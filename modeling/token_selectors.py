@@ -55,6 +55,10 @@ class TokenSelector(nn.Module):
     #: whether selection reads the sample's prompt: then `select_segments` / `score_segments` take `prompt_embeds`,
     #: one (M_i, llm_hidden_size) tensor per segment (the input embeddings of its sample's attended text tokens).
     uses_prompt: ClassVar[bool] = False
+    #: whether selection happens inside the language model (fastv): then the plan keeps every token, the selector's
+    #: `check_layer(num_layers)` names the first decoder layer that sees only the kept ones, and the segments'
+    #: features are the attention the last prompt token pays each token in the layer before it, (N_i, 1).
+    in_llm: ClassVar[bool] = False
     default_feature_source: ClassVar[str] = "projector_output"
     papers: ClassVar[tuple[str, ...]] = ()
 

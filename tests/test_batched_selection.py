@@ -120,7 +120,9 @@ def base_models():
 
 
 def pruned_model(base, method: str):
-    model = get_pruned_model(base, TokenPruneConfig(method=method))
+    # An in-LLM method (fastv) drops after layer 1 of the tiny 2-layer language models.
+    extra = {"layer": 1} if get_selector_class(method).in_llm else {}
+    model = get_pruned_model(base, TokenPruneConfig(method=method, **extra))
     if model.token_selector is not None:
         spread_weights(model.token_selector)
     return model

@@ -116,6 +116,28 @@ def test_kv_cache_bytes_equal_the_kept_token_formula(qwen_run):
         assert row["kv_cache_bytes_full_depth"] == expected // row["layers"] * row["full_layers"]
 
 
+def test_fastv_rows_count_the_layers_before_k_at_every_token(tmp_path):
+    """fastv's layers 0..K-1 hold and compute every token: KV bytes (measured, predicted, full depth) and the ideal
+    ratio against the hand formulas, and the prefill extrapolated from the pruned layers only."""
+    results, _ = run_bench(tmp_path, "--methods", "fastv", "--budgets", "0.3", "--layers", "3", "--vision-layers", "2")
+    unpruned, row = results["rows"]
+    assert (unpruned["unpruned_layers"], row["unpruned_layers"]) == (0, 2)
+    every, kept = row["text_tokens"] + row["visual_tokens"], row["text_tokens"] + row["kept_tokens"]
+    assert row["kept_tokens"] == kept_by_rule(0.3, row["visual_tokens"])
+    per_token = 2 * KV_HEADS * HEAD_DIM * FLOAT32_BYTES
+    assert row["kv_cache_bytes"] == row["kv_cache_bytes_predicted"] == per_token * (2 * every + 1 * kept)
+    assert (
+        row["kv_cache_bytes_full_depth"]
+        == row["kv_cache_bytes_predicted_full_depth"]
+        == per_token * (2 * every + 2 * kept)
+    )
+    ideal = flops_by_hand(every, HIDDEN, FFN, 4) / (
+        flops_by_hand(every, HIDDEN, FFN, 2) + flops_by_hand(kept, HIDDEN, FFN, 2)
+    )
+    assert row["ideal_prefill_ratio"] == pytest.approx(ideal, rel=1e-12)
+    assert row["selection_ms"] > 0
+
+
 def test_prefill_flops_match_a_hand_computation():
     assert prefill_flops(10, 4, 8, 2) == (4 * 10 * 16 + 2 * 100 * 4 + 2 * 10 * 4 * 8) * 2 == 4160
     # Paper 001 Sec. 5.3's own example, LLaVA-NeXT: n = 2880, d = 4096, m = 11008, l = 32.
@@ -230,6 +252,7 @@ def test_other_architectures(tmp_path, preset, visual):
         (["--budgets", "half"], "--budgets"),
         (["--methods", "uniform,fastest"], "--methods"),
         (["--layers", "9"], "--layers"),
+        (["--methods", "fastv", "--layers", "2"], "--layers"),  # fastv drops after layer 2: a third must be built
         (["--vision-layers", "1"], "--vision-layers"),  # Qwen2.5-VL: one windowed and one full-attention block
         (["--repeats", "0"], "--repeats"),
         (["--profile", "--profile-budget", "0.2,2"], "--profile-budget"),

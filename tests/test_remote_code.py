@@ -53,6 +53,7 @@ def test_hub_loader_copies_every_file_a_model_needs(entry):
     reached = {Path(name).name for name in get_relative_import_files(str(entry))}
     needed = {
         "pruning.py",
+        "llm_pruning.py",
         "builtin_selectors.py",
         "selection_ops.py",
         "token_selectors.py",

@@ -9,14 +9,29 @@ from typing import Any
 
 import torch
 
-from ..modeling.token_selectors import available_selectors, learned_selectors, training_free_selectors
+from ..modeling.configuration_token_prune import TokenPruneConfig
+from ..modeling.token_selectors import (
+    available_selectors,
+    get_selector_class,
+    learned_selectors,
+    training_free_selectors,
+)
 from .presets import PRESETS, Preset
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 # Row order of the default `--methods`, as the benchmark has always listed them (the order of the design's method
 # tables). Which methods run comes from the registry; a selector registered later runs after these, by name.
-METHOD_ORDER = ("visionselector", "autoselect", "reconstruction", "random", "uniform", "divprune", "dart")
+METHOD_ORDER = (
+    "visionselector",
+    "autoselect",
+    "reconstruction",
+    "random",
+    "uniform",
+    "divprune",
+    "dart",
+    "fastv",
+)
 
 
 def default_methods() -> list[str]:
@@ -54,8 +69,11 @@ class BenchArguments:
         default="0.5,0.3,0.2,0.1", metadata={"help": "Comma-separated fractions of each image's tokens, in (0, 1]."}
     )
     layers: int = field(
-        default=2,
-        metadata={"help": "Language-model depth to build (0 = the preset's full depth); more is extrapolated."},
+        default=3,
+        metadata={
+            "help": "Language-model depth to build (0 = the preset's full depth); more is extrapolated. fastv needs "
+            "one layer past its K (2)."
+        },
     )
     vision_layers: int = field(
         default=2, metadata={"help": "Vision-tower depth to build (0 = full depth); more is extrapolated."}
@@ -197,6 +215,18 @@ def check_arguments(args: BenchArguments) -> dict[str, Any]:
                 f"`--vision-layers` {vision_layers} is too shallow for {preset.name}: every block kind of the full "
                 f"tower ({sorted(set(full))}) must be measured to extrapolate; use at least {len(set(full))}"
             )
+        for method in methods:  # an in-LLM method (fastv) needs a built layer past its K
+            selector_cls = get_selector_class(method)
+            if selector_cls.in_llm:
+                selector = selector_cls(TokenPruneConfig(method=method), input_dim=1, llm_hidden_size=1)
+                try:
+                    selector.check_layer(layers)
+                except ValueError as error:
+                    raise ValueError(
+                        f"`--layers` {layers} is too shallow for {method} on {preset.name}: it drops tokens after "
+                        f"decoder layer {selector.config.layer}, so build at least {selector.config.layer + 1} layers "
+                        "(0 = full depth)"
+                    ) from error
         depths[preset.name] = (layers, vision_layers)
     device_name = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device_name)

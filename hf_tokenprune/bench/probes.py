@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..cost import cache_bytes
+from ..cost import cache_bytes, cache_layer_bytes
 from .presets import Preset
 
 
@@ -203,7 +203,10 @@ class Configuration:
     selection_flops: int = 0
     selection_call: tuple[tuple, dict] | None = None  # the recorded `select_segments` call, until its FLOPs are counted
     kv_bytes: tuple[int, int] = (0, 0)
+    kv_layer_bytes: list[int] = field(default_factory=list)
     decode: dict[str, Any] = field(default_factory=dict)
+    #: decoder layers that see every token (an in-LLM method's K, e.g. fastv's; 0 when pruning precedes the LLM).
+    unpruned_layers: int = 0
 
     def generate_kwargs(self) -> dict[str, Any]:
         return {} if self.method is None else {"prune_budget": self.budget}
@@ -220,14 +223,21 @@ class DepthMap:
     full_counts: dict[str, int]
     full_layers: int
 
-    def full_depth(self, timing: dict[str, Any]) -> dict[str, float]:
-        """One measurement at the built depth -> vision / selection / prefill / other / TTFT at full depth."""
+    def full_depth(self, timing: dict[str, Any], unpruned_layers: int = 0) -> dict[str, float]:
+        """One measurement at the built depth -> vision / selection / prefill / other / TTFT at full depth.
+
+        unpruned_layers: the first decoder layers that see every token (an in-LLM method's K): they are charged as
+        measured, and the mean of the later, pruned layers extrapolates the rest of the depth.
+        """
         blocks_by_kind: dict[str, list[float]] = {}
         for index, value in timing["vision_blocks"].items():
             blocks_by_kind.setdefault(self.built_kinds[index], []).append(value)
         vision = extrapolate_full_depth(timing["vision_ms"], blocks_by_kind, self.full_counts)
+        layers = timing["llm_layers"]
         prefill = extrapolate_full_depth(
-            timing["prefill_ms"], {"layer": timing["llm_layers"]}, {"layer": self.full_layers}
+            timing["prefill_ms"],
+            {"unpruned": layers[:unpruned_layers], "layer": layers[unpruned_layers:]},
+            {"unpruned": unpruned_layers, "layer": self.full_layers - unpruned_layers},
         )
         ttft = timing["ttft_ms"] - timing["vision_ms"] - timing["prefill_ms"] + vision + prefill
         return {
@@ -255,6 +265,7 @@ def measure_ttft(config: Configuration, inputs, probe: PipelineProbe, keep: bool
         config.kept_tokens = int(kept.sum())
         config.kept_per_sample = kept.sum(-1).tolist()
         config.kv_bytes = cache_bytes(output.past_key_values)
+        config.kv_layer_bytes = cache_layer_bytes(output.past_key_values)
     vision_blocks: dict[int, float] = {}
     for index, value in probe.blocks("vision_block"):
         vision_blocks[index] = vision_blocks.get(index, 0.0) + value
@@ -278,7 +289,9 @@ def measure_decode(config: Configuration, inputs, probe: PipelineProbe, tokens: 
     steps = []
     for call in range(1, len(probe.llm_starts) - 1):  # call k starts decode step k; the next call's start ends it
         step_ms = clock.ms(probe.llm_starts[call], probe.llm_starts[call + 1])
-        steps.append((step_ms, statistics.fmean(value for _, value in probe.blocks("llm_layer", call=call))))
+        # The extrapolated layers are the pruned ones: those past an in-LLM method's K.
+        layer_ms = [value for index, value in probe.blocks("llm_layer", call=call) if index >= config.unpruned_layers]
+        steps.append((step_ms, statistics.fmean(layer_ms)))
     return {
         "steps": steps,
         "peak_memory_bytes": memory.peak,

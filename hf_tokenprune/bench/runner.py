@@ -93,8 +93,10 @@ def run_preset(
     for method in methods:
         pruned = get_pruned_model(base, TokenPruneConfig(method=method))
         for budget in budgets:
-            probe.time_selector(pruning_selector(pruned, budget))
-            configurations.append(Configuration(method, budget, pruned))
+            selector = pruning_selector(pruned, budget)
+            probe.time_selector(selector)
+            unpruned_layers = selector.config.layer if selector.in_llm else 0
+            configurations.append(Configuration(method, budget, pruned, unpruned_layers=unpruned_layers))
 
     rounds = ["warmup"] * args.warmup + ["timed"] * args.repeats
     progress = tqdm(total=len(rounds) * len(configurations), desc=f"bench {preset.name}", unit="run")
@@ -199,7 +201,8 @@ def _rows(preset, configurations, depth: DepthMap, base, full_config, inputs, ar
     batch = inputs["input_ids"].shape[0]
     rows, unpruned = [], None
     for config in configurations:
-        per_repeat = [depth.full_depth(timing) for timing in config.timings]
+        unpruned_layers = config.unpruned_layers
+        per_repeat = [depth.full_depth(timing, unpruned_layers) for timing in config.timings]
         summary = {name: _median_min_max([r[name] for r in per_repeat]) for name in per_repeat[0]}
         unpruned = unpruned or summary
         measured = {
@@ -214,6 +217,8 @@ def _rows(preset, configurations, depth: DepthMap, base, full_config, inputs, ar
         kv_bytes, kv_tokens = config.kv_bytes
         # A left-padded batch caches every row at the longest kept sample's length.
         cached = max(t + k for t, k in zip(text_per_sample, config.kept_per_sample, strict=True))
+        cached_unpruned = max(t + v for t, v in zip(text_per_sample, visual_per_sample, strict=True))
+        kv_layer_bytes = config.kv_layer_bytes
         row = {
             "preset": preset.name,
             "method": config.method or "unpruned",
@@ -223,18 +228,25 @@ def _rows(preset, configurations, depth: DepthMap, base, full_config, inputs, ar
             "kept_tokens": kept,
             **{name: values[0] for name, values in summary.items()},
             "ideal_prefill_ratio": ideal_batch_prefill_ratio(
-                text_per_sample, visual_per_sample, config.kept_per_sample, base.config
+                text_per_sample, visual_per_sample, config.kept_per_sample, full_config, unpruned_layers
             ),
             "ideal_prefill_ratio_visual_only": ideal_batch_prefill_ratio(
-                [0] * batch, visual_per_sample, config.kept_per_sample, base.config
+                [0] * batch, visual_per_sample, config.kept_per_sample, full_config, unpruned_layers
             ),
             "measured_prefill_ratio": unpruned["prefill_ms"][0] / summary["prefill_ms"][0],
             "ttft_speedup": unpruned["ttft_ms"][0] / summary["ttft_ms"][0],
             "kv_cache_bytes": kv_bytes,
             "kv_cache_tokens": kv_tokens,
-            "kv_cache_bytes_predicted": batch * predicted_kv_cache_bytes(base.config, cached, dtype),
-            "kv_cache_bytes_full_depth": kv_bytes // layers * preset.full_layers,
-            "kv_cache_bytes_predicted_full_depth": batch * predicted_kv_cache_bytes(full_config, cached, dtype),
+            "kv_cache_bytes_predicted": batch
+            * predicted_kv_cache_bytes(base.config, cached, dtype, cached_unpruned, unpruned_layers),
+            # Layers before an in-LLM method's K hold every token: they are counted as measured, the rest by the mean.
+            "kv_cache_bytes_full_depth": sum(kv_layer_bytes[:unpruned_layers])
+            + sum(kv_layer_bytes[unpruned_layers:])
+            * (preset.full_layers - unpruned_layers)
+            // (layers - unpruned_layers),
+            "kv_cache_bytes_predicted_full_depth": batch
+            * predicted_kv_cache_bytes(full_config, cached, dtype, cached_unpruned, unpruned_layers),
+            "unpruned_layers": unpruned_layers,
             "extrapolated": layers < preset.full_layers or vision_layers < preset.full_vision_layers,
             "layers": layers,
             "full_layers": preset.full_layers,
