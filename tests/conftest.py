@@ -12,6 +12,22 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def base_models():
+    """`base_models(arch, attn="eager")`: the tiny stock model of `arch` (`hf_tokenprune.testing.BUILDERS`), built once
+    per test module and attention implementation."""
+    from hf_tokenprune.testing import BUILDERS
+
+    cache = {}
+
+    def get(arch: str, attn: str = "eager"):
+        if (arch, attn) not in cache:
+            cache[arch, attn] = BUILDERS[arch](attn)
+        return cache[arch, attn]
+
+    return get
+
+
 @pytest.fixture
 def hub_calls(monkeypatch):
     """Record HfApi calls instead of making them: ("create_repo" | "create_branch" | "create_commit", repo_id, kwargs).

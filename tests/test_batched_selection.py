@@ -107,18 +107,6 @@ def test_pad_segments_layout():
 # ------------------------------------------------------------------ whole models
 
 
-@pytest.fixture(scope="module")
-def base_models():
-    cache = {}
-
-    def get(arch: str):
-        if arch not in cache:
-            cache[arch] = BUILDERS[arch]("eager")
-        return cache[arch]
-
-    return get
-
-
 def pruned_model(base, method: str):
     # An in-LLM method (fastv) drops after layer 1 of the tiny 2-layer language models.
     extra = {"layer": 1} if get_selector_class(method).in_llm else {}

@@ -14,6 +14,7 @@ from test_contract import (
     RecordingStreamer,
     VisionCallCounter,
     batch_inputs,
+    check_batch_equals_one_by_one,
     expected_kept,
     image_runs,
     kept_per_run,
@@ -25,18 +26,6 @@ from hf_tokenprune.testing import BUILDERS, IMAGE_ID, IMAGE_SIZES, build_inputs,
 
 ARCHS = list(BUILDERS)
 LAYER = 1  # the tiny language models have 2 decoder layers: layer 0 sees every token, layer 1 the kept ones
-
-
-@pytest.fixture(scope="module")
-def base_models():
-    cache = {}
-
-    def get(arch: str, attn: str = "eager"):
-        if (arch, attn) not in cache:
-            cache[arch, attn] = BUILDERS[arch](attn)
-        return cache[arch, attn]
-
-    return get
 
 
 def fastv(base, **config_kwargs):
@@ -173,10 +162,14 @@ def test_fastv_sample_scope_ranks_all_images_of_a_sample_together(base_models, a
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fastv_drop_equals_mask_from_its_layer(base_models, arch, attn):
     base = base_models(arch, attn)
-    model = fastv(base)
-    inputs = batch_inputs(arch)
+    check_drop_equals_mask(fastv(base), base, batch_inputs(arch), 0.3)
+
+
+def check_drop_equals_mask(model, base, inputs: dict, budget) -> torch.Tensor:
+    """Logits of the pruned forward equal the base model's with the dropped tokens masked from layer K on, differ from
+    the unmasked base's, and are zero at dropped tokens; returns the keep mask."""
     with torch.no_grad():
-        out = model(**inputs, prune_budget=0.3)
+        out = model(**inputs, prune_budget=budget)
         with MaskedFromLayer(base, out.keep_mask):
             reference = base(**inputs).logits
         unmasked = base(**inputs).logits
@@ -185,6 +178,7 @@ def test_fastv_drop_equals_mask_from_its_layer(base_models, arch, attn):
     torch.testing.assert_close(out.logits[compared], reference[compared], atol=1e-4, rtol=0)
     assert not torch.allclose(out.logits[compared], unmasked[compared], atol=1e-4), "the oracle must see the drop"
     assert (out.logits[~out.keep_mask] == 0).all()
+    return out.keep_mask
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -243,22 +237,7 @@ def test_fastv_generation_modes(base_models, arch, mode):
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fastv_batch_equals_one_by_one(base_models, arch, attn):
-    model = fastv(base_models(arch, attn))
-    samples = make_samples([2, 0, 1], IMAGE_SIZES[arch])
-    batch = build_inputs(arch, samples)
-    batched = model.generate(**batch, prune_budget=0.3, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True)
-    with torch.no_grad():
-        batched_logits = model(**batch, prune_budget=0.3).logits[:, -1]
-    length = batch["input_ids"].shape[1]
-    for row, sample in enumerate(samples):
-        alone = build_inputs(arch, [sample])
-        single = model.generate(**alone, prune_budget=0.3, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True)
-        single_length = alone["input_ids"].shape[1]
-        assert torch.equal(batched.sequences[row, length:], single.sequences[0, single_length:])
-        assert torch.equal(batched.keep_mask[row, length - single_length :], single.keep_mask[0])
-        with torch.no_grad():
-            single_logits = model(**alone, prune_budget=0.3).logits[0, -1]
-        torch.testing.assert_close(batched_logits[row], single_logits, atol=1e-4, rtol=0)
+    check_batch_equals_one_by_one(fastv(base_models(arch, attn)), arch)
 
 
 # ---------------------------------------------------------------- KV cache
@@ -281,12 +260,7 @@ def test_fastv_on_sliding_window_layers_equals_the_masked_base_model():
     base = tiny_gemma3(sliding_window=6, layer_types=["sliding_attention", "sliding_attention", "full_attention"])
     model = get_pruned_model(base, TokenPruneConfig(method="fastv", layer=1))
     inputs = batch_inputs("gemma3")
-    with torch.no_grad():
-        out = model(**inputs, prune_budget=0.3)
-        with MaskedFromLayer(base, out.keep_mask):
-            reference = base(**inputs).logits
-    compared = out.keep_mask & inputs["attention_mask"].bool()
-    torch.testing.assert_close(out.logits[compared], reference[compared], atol=1e-4, rtol=0)
+    check_drop_equals_mask(model, base, inputs, 0.3)
     generated = model.generate(**inputs, prune_budget=0.3, max_new_tokens=8, return_dict_in_generate=True)
     with MaskedFromLayer(base, generated.keep_mask):
         expected = base.generate(**inputs, max_new_tokens=8)
@@ -335,13 +309,9 @@ def test_fastv_prunes_qwen_video_frames_like_images(base_models):
     model = fastv(base)
     inputs = make_video_inputs(frames=4, height=4, width=6)
     frames = int(inputs["video_grid_thw"][0, 0])
-    with torch.no_grad():
-        out = model(**inputs, prune_budget=0.34)
-        with MaskedFromLayer(base, out.keep_mask):
-            reference = base(**inputs).logits
+    keep_mask = check_drop_equals_mask(model, base, inputs, 0.34)
     input_ids = inputs["input_ids"]
     assert (input_ids == VIDEO_ID).any()
-    assert kept_per_run("qwen2_5_vl", input_ids, out.keep_mask, frames) == expected_kept(
+    assert kept_per_run("qwen2_5_vl", input_ids, keep_mask, frames) == expected_kept(
         "qwen2_5_vl", input_ids, 0.34, frames
     )
-    torch.testing.assert_close(out.logits[out.keep_mask], reference[out.keep_mask], atol=1e-4, rtol=0)

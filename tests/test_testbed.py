@@ -305,6 +305,13 @@ def test_reproduce_reruns_only_the_stages_that_read_a_changed_downstream_argumen
     run_reproduce(dataclasses.replace(args, selector_steps=2, eval_limit=3, selector_method_steps=f"{method}=3"))
     assert selectors_run == [(name, 3 if name == method else 2) for name in BUNDLED_METHODS]
     assert evals == [2, 2, 3, 3]
+    # Both tasks: v1 evaluates its own number of examples; changing it reruns the evals alone.
+    selectors_run.clear()
+    both = dataclasses.replace(args, selector_steps=2, eval_limit=3, selector_method_steps=f"{method}=3")
+    run_reproduce(dataclasses.replace(both, eval_tasks="v2,v1", v1_eval_limit=1))
+    assert selectors_run == [] and evals[4:] == [3, 1]
+    run_reproduce(dataclasses.replace(both, eval_tasks="v2,v1", v1_eval_limit=2))
+    assert selectors_run == [] and evals[6:] == [3, 2]
 
 
 @pytest.mark.parametrize(

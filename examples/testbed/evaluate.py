@@ -52,8 +52,8 @@ class EvalArguments:
         default=DEFAULT_BUDGETS,
         metadata={
             "help": "Comma-separated budgets: a float in (0, 1] keeps that fraction of each image's tokens, "
-            "an integer >= 1 that many tokens, 'auto[:THRESHOLD[:MIN_FRACTION[:MAX_FRACTION]]]' lets a learned "
-            "selector choose each image's count (hf_tokenprune.AutoBudget)."
+            "an integer >= 1 that many tokens, 'auto[:THRESHOLD[:MIN_FRACTION[:MAX_FRACTION]]]' lets a method that "
+            "scores tokens (the learned ones, fastv) choose each image's count (hf_tokenprune.AutoBudget)."
         },
     )
     task: str = field(
