@@ -28,25 +28,30 @@ def prefill_flops(num_tokens: int, hidden_size: int, intermediate_size: int, num
 
 
 def pruned_prefill_flops(
-    full_tokens: int, kept_tokens: int, hidden_size: int, intermediate_size: int, num_layers: int, full_layers: int = 0
+    full_tokens: int,
+    kept_tokens: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_layers: int,
+    unpruned_layers: int = 0,
 ) -> int:
-    """`prefill_flops` of a pruned prefill: `full_layers` layers run all `full_tokens` (an in-LLM method such as
-    fastv drops only after layer K = `full_layers`), the other layers the `kept_tokens`."""
-    return prefill_flops(full_tokens, hidden_size, intermediate_size, full_layers) + prefill_flops(
-        kept_tokens, hidden_size, intermediate_size, num_layers - full_layers
+    """`prefill_flops` of a pruned prefill: `unpruned_layers` layers run all `full_tokens` (an in-LLM method such as
+    fastv drops only after layer K = `unpruned_layers`), the other layers the `kept_tokens`."""
+    return prefill_flops(full_tokens, hidden_size, intermediate_size, unpruned_layers) + prefill_flops(
+        kept_tokens, hidden_size, intermediate_size, num_layers - unpruned_layers
     )
 
 
 def ideal_prefill_ratio(
-    text_tokens: int, visual_tokens: int, kept_tokens: int, config: PretrainedConfig, full_layers: int = 0
+    text_tokens: int, visual_tokens: int, kept_tokens: int, config: PretrainedConfig, unpruned_layers: int = 0
 ) -> float:
     """FLOPs(unpruned prefill) / FLOPs(pruned prefill): the speed-up pruning cannot beat.
 
     Token counts are of one sample's prompt; widths and depth come from `config.get_text_config()`.
-    `full_layers`: layers that still see every token (FastV's K; 0 when pruning happens before the language model).
+    `unpruned_layers`: layers that still see every token (FastV's K; 0 when pruning happens before the language model).
     Returns a dimensionless ratio >= 1 when `kept_tokens <= visual_tokens`.
     """
-    return ideal_batch_prefill_ratio([text_tokens], [visual_tokens], [kept_tokens], config, full_layers)
+    return ideal_batch_prefill_ratio([text_tokens], [visual_tokens], [kept_tokens], config, unpruned_layers)
 
 
 def ideal_batch_prefill_ratio(
@@ -54,18 +59,18 @@ def ideal_batch_prefill_ratio(
     visual_tokens: list[int],
     kept_tokens: list[int],
     config: PretrainedConfig,
-    full_layers: int = 0,
+    unpruned_layers: int = 0,
 ) -> float:
     """`ideal_prefill_ratio` of a batch: summed FLOPs of every sample's unpruned prefill over the pruned ones.
 
     Lists hold one count per sample (padding excluded: it is not work the model must do). One sample gives
-    `ideal_prefill_ratio`; `full_layers` as there.
+    `ideal_prefill_ratio`; `unpruned_layers` as there.
     """
     text = config.get_text_config()
     widths = (text.hidden_size, text.intermediate_size, text.num_hidden_layers)
     unpruned = sum(prefill_flops(t + v, *widths) for t, v in zip(text_tokens, visual_tokens, strict=True))
     pruned = sum(
-        pruned_prefill_flops(t + v, t + k, *widths, full_layers)
+        pruned_prefill_flops(t + v, t + k, *widths, unpruned_layers)
         for t, v, k in zip(text_tokens, visual_tokens, kept_tokens, strict=True)
     )
     return unpruned / pruned
@@ -76,19 +81,19 @@ def predicted_kv_cache_bytes(
     sequence_tokens: int,
     dtype: torch.dtype,
     full_tokens: int | None = None,
-    full_layers: int = 0,
+    unpruned_layers: int = 0,
 ) -> int:
     """2 (keys, values) x KV heads x head dim x bytes per element x (tokens held, summed over layers).
 
     sequence_tokens: tokens held in the cache of one sample (text + kept visual tokens). With an in-LLM method
-    (fastv), the first `full_layers` layers (K) hold `full_tokens` (text + every visual token) and only the others
+    (fastv), the first `unpruned_layers` layers (K) hold `full_tokens` (text + every visual token) and only the others
     hold `sequence_tokens`. Returns bytes for a batch of one, every layer of `config.get_text_config()` included.
     """
     text = config.get_text_config()
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     kv_heads = text.num_key_value_heads or text.num_attention_heads
     bytes_per_element = torch.empty((), dtype=dtype).element_size()
-    held = (text.num_hidden_layers - full_layers) * sequence_tokens + full_layers * (full_tokens or 0)
+    held = (text.num_hidden_layers - unpruned_layers) * sequence_tokens + unpruned_layers * (full_tokens or 0)
     return 2 * kv_heads * head_dim * held * bytes_per_element
 
 

@@ -138,6 +138,18 @@ def test_fastv_rows_count_the_layers_before_k_at_every_token(tmp_path):
     assert row["selection_ms"] > 0
 
 
+def test_auto_budget_rows_keep_what_the_scores_choose(tmp_path):
+    """An "auto" budget runs beside fixed ones: its row records the budget's string, keeps a count within the budget's
+    fraction bounds (the rule itself is checked against an independent computation in the contract suite), and times
+    the selection; the table prints it."""
+    results, _ = run_bench(tmp_path, "--methods", "visionselector", "--budgets", "auto:0.5,0.3", "--layers", "2")
+    unpruned, auto, fixed = results["rows"]
+    assert (auto["budget"], fixed["budget"]) == ("auto:0.5", 0.3)  # AutoBudget's own string
+    visual = auto["visual_tokens"]
+    assert kept_by_rule(0.1, visual) <= auto["kept_tokens"] <= kept_by_rule(0.5, visual)
+    assert auto["selection_ms"] > 0 and "| auto:0.5 |" in (tmp_path / "bench.md").read_text()
+
+
 def test_prefill_flops_match_a_hand_computation():
     assert prefill_flops(10, 4, 8, 2) == (4 * 10 * 16 + 2 * 100 * 4 + 2 * 10 * 4 * 8) * 2 == 4160
     # Paper 001 Sec. 5.3's own example, LLaVA-NeXT: n = 2880, d = 4096, m = 11008, l = 32.
@@ -253,6 +265,9 @@ def test_other_architectures(tmp_path, preset, visual):
         (["--methods", "uniform,fastest"], "--methods"),
         (["--layers", "9"], "--layers"),
         (["--methods", "fastv", "--layers", "2"], "--layers"),  # fastv drops after layer 2: a third must be built
+        (["--methods", "visionselector,divprune", "--budgets", "auto"], "--budgets"),  # divprune scores no tokens
+        (["--budgets", "auto:2"], "--budgets"),
+        (["--profile", "--profile-budget", "auto"], "--profile-budget"),
         (["--vision-layers", "1"], "--vision-layers"),  # Qwen2.5-VL: one windowed and one full-attention block
         (["--repeats", "0"], "--repeats"),
         (["--profile", "--profile-budget", "0.2,2"], "--profile-budget"),

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..modeling.configuration_token_prune import TokenPruneConfig
+from ..modeling.configuration_token_prune import AutoBudget, TokenPruneConfig, check_budget
 from ..modeling.token_selectors import (
     available_selectors,
     get_selector_class,
@@ -66,7 +66,11 @@ class BenchArguments:
         metadata={"help": "Comma-separated selector names; default: every learned and training-free method."},
     )
     budgets: str = field(
-        default="0.5,0.3,0.2,0.1", metadata={"help": "Comma-separated fractions of each image's tokens, in (0, 1]."}
+        default="0.5,0.3,0.2,0.1",
+        metadata={
+            "help": "Comma-separated fractions of each image's tokens, in (0, 1], or "
+            "'auto[:THRESHOLD[:MIN_FRACTION[:MAX_FRACTION]]]' (each image's count chosen from the method's scores)."
+        },
     )
     layers: int = field(
         default=3,
@@ -135,13 +139,20 @@ def _split(value: str, flag: str) -> list[str]:
     return items
 
 
-def parse_budgets(value: str, flag: str = "--budgets") -> list[float]:
+def parse_budgets(value: str, flag: str = "--budgets", allow_auto: bool = True) -> list[float | AutoBudget]:
+    """Fractions in (0, 1], and (where allowed) 'auto[:THRESHOLD[:MIN_FRACTION[:MAX_FRACTION]]]' as `AutoBudget`s."""
     budgets = []
     for item in _split(value, flag):
+        if allow_auto and item.startswith("auto"):
+            budgets.append(check_budget(item, flag))
+            continue
         try:
             budget = float(item)
         except ValueError:
-            raise ValueError(f"`{flag}`: {item!r} is not a number; each budget is a float in (0, 1]") from None
+            allowed = "a float in (0, 1]" + (
+                " or 'auto[:THRESHOLD[:MIN_FRACTION[:MAX_FRACTION]]]'" if allow_auto else ""
+            )
+            raise ValueError(f"`{flag}`: {item!r} is not a number; each budget is {allowed}") from None
         if math.isnan(budget) or not 0.0 < budget <= 1.0:
             raise ValueError(f"`{flag}`: {item} is outside (0, 1] (a fraction of each image's tokens)")
         budgets.append(budget)
@@ -180,6 +191,13 @@ def check_arguments(args: BenchArguments) -> dict[str, Any]:
             raise ValueError(f"`--report`: no such file(s): {missing}")
         return {"report": files}
     presets, methods, budgets = parse_presets(args.preset), parse_methods(args.methods), parse_budgets(args.budgets)
+    if any(isinstance(budget, AutoBudget) for budget in budgets):
+        unscored = [method for method in methods if not get_selector_class(method).produces_scores()]
+        if unscored:
+            raise ValueError(
+                f"`--budgets` has an 'auto' budget, which a method chooses from its token scores, but {unscored} "
+                "score no tokens; run them with fixed budgets"
+            )
     if args.repeats < 1:
         raise ValueError(f"`--repeats` must be >= 1, got {args.repeats}")
     if args.warmup < 0:
@@ -203,7 +221,7 @@ def check_arguments(args: BenchArguments) -> dict[str, Any]:
     if args.profile:
         if args.profile_method is not None:
             parse_methods(args.profile_method)
-        parse_budgets(args.profile_budget, "--profile-budget")
+        parse_budgets(args.profile_budget, "--profile-budget", allow_auto=False)
     depths = {}
     for preset in presets:
         layers = _depth(args.layers, preset.full_layers, "--layers", preset)

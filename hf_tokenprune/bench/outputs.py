@@ -44,7 +44,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         peak = format_mib(row["peak_memory_bytes"]) if "peak_memory_bytes" in row else "-"
         cells = (
             row["method"],
-            f"{row['budget']:g}",
+            format_budget(row["budget"]),
             f"{row['kept_tokens']} / {row['visual_tokens']}",
             format_ms(row["vision_ms"]),
             format_ms(row["selection_ms"]),
@@ -63,6 +63,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_budget(budget: float | str) -> str:
+    """A row's budget as the tables print it: a fraction with `g`, an "auto" budget as its string."""
+    return budget if isinstance(budget, str) else f"{budget:g}"
+
+
 def plot_preset(rows: list[dict[str, Any]], path: Path) -> None:
     """Measured vs ideal prefill speed-up per budget, and the time-to-first-token split per method."""
     import matplotlib
@@ -70,15 +75,23 @@ def plot_preset(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pruned = [row for row in rows if row["method"] != "unpruned"]
+    # The speed-up curve is over fixed budgets; an "auto" row (a string budget) has no place on its x axis.
+    pruned = [row for row in rows if row["method"] != "unpruned" and not isinstance(row["budget"], str)]
     methods = list(dict.fromkeys(row["method"] for row in pruned))
     budgets = sorted({row["budget"] for row in pruned})
     figure, (speed, split) = plt.subplots(1, 2, figsize=(13, 4.8))
     for method in methods:
         points = sorted((row["budget"], row["measured_prefill_ratio"]) for row in pruned if row["method"] == method)
         speed.plot(*zip(*points, strict=True), marker="o", label=method)
-    ideal = sorted({(row["budget"], row["ideal_prefill_ratio"]) for row in pruned})
-    speed.plot(*zip(*ideal, strict=True), "k--", linewidth=2, label="FLOPs ideal (paper 001 Sec. 5.3)")
+    # One ideal line per number of layers that see every token: 0 (pruning before the LLM), or fastv's K.
+    for unpruned_layers in sorted({row.get("unpruned_layers", 0) for row in pruned}):
+        ideal = sorted(
+            {(r["budget"], r["ideal_prefill_ratio"]) for r in pruned if r.get("unpruned_layers", 0) == unpruned_layers}
+        )
+        label = "FLOPs ideal (paper 001 Sec. 5.3)" + (
+            f", first {unpruned_layers} layers unpruned" if unpruned_layers else ""
+        )
+        speed.plot(*zip(*ideal, strict=True), "k--" if not unpruned_layers else "k:", linewidth=2, label=label)
     speed.set(xlabel="budget (fraction of visual tokens kept)", ylabel="LLM prefill speed-up vs unpruned")
     speed.set_title("language-model prefill speed-up")
     speed.legend(fontsize=8)

@@ -81,6 +81,10 @@ class Span:
     end: Any
 
 
+#: The selector methods a forward calls to select (one per forward): fixed budgets, and "auto" ones.
+SELECTION_ENTRIES = ("select_segments", "select_segments_auto")
+
+
 class PipelineProbe:
     """Forward hooks on the stock vision modules, language model and every block, and a timed `select_segments` wrapper.
 
@@ -120,17 +124,19 @@ class PipelineProbe:
         self.handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
 
     def time_selector(self, selector: nn.Module) -> None:
-        """Wrap `selector.select_segments` through an instance attribute (replacing another probe's wrapper)."""
-        select = selector.__dict__.setdefault("_unprobed_select_segments", selector.select_segments)
+        """Wrap `selector.select_segments` and `select_segments_auto` (an "auto" budget's entry) through instance
+        attributes (replacing another probe's wrappers)."""
+        for name in SELECTION_ENTRIES:
+            select = selector.__dict__.setdefault(f"_unprobed_{name}", getattr(selector, name))
 
-        def timed_select(*args, **kwargs):
-            start = self.clock.mark()
-            keep_indices = select(*args, **kwargs)
-            self.spans.append(Span("selection", 0, self.llm_calls - 1, start, self.clock.mark()))
-            self.selection_inputs[id(selector)] = (args, kwargs)
-            return keep_indices
+            def timed_select(*args, _select=select, _name=name, **kwargs):
+                start = self.clock.mark()
+                keep_indices = _select(*args, **kwargs)
+                self.spans.append(Span("selection", 0, self.llm_calls - 1, start, self.clock.mark()))
+                self.selection_inputs[id(selector)] = (_name, args, kwargs)
+                return keep_indices
 
-        selector.select_segments = timed_select
+            setattr(selector, name, timed_select)
         self.selectors.append(selector)
 
     def reset(self) -> None:
@@ -149,8 +155,9 @@ class PipelineProbe:
         for handle in self.handles:
             handle.remove()
         for selector in self.selectors:
-            selector.__dict__.pop("select_segments", None)
-            selector.__dict__.pop("_unprobed_select_segments", None)
+            for name in SELECTION_ENTRIES:
+                selector.__dict__.pop(name, None)
+                selector.__dict__.pop(f"_unprobed_{name}", None)
         self.handles, self.selectors = [], []
 
 
@@ -201,7 +208,7 @@ class Configuration:
     kept_tokens: int = 0
     kept_per_sample: list[int] = field(default_factory=list)
     selection_flops: int = 0
-    selection_call: tuple[tuple, dict] | None = None  # the recorded `select_segments` call, until its FLOPs are counted
+    selection_call: tuple[str, tuple, dict] | None = None  # the recorded selection call, until its FLOPs are counted
     kv_bytes: tuple[int, int] = (0, 0)
     kv_layer_bytes: list[int] = field(default_factory=list)
     decode: dict[str, Any] = field(default_factory=dict)
@@ -300,19 +307,20 @@ def measure_decode(config: Configuration, inputs, probe: PipelineProbe, tokens: 
     }
 
 
-def selection_flops(selector: nn.Module, call: tuple[tuple, dict]) -> int:
-    """FLOPs of one `select_segments` call replayed on its recorded inputs (2 per multiply-add, torch's count).
+def selection_flops(selector: nn.Module, call: tuple[str, tuple, dict]) -> int:
+    """FLOPs of one selection call (`select_segments` or `select_segments_auto`, as recorded: (name, args, kwargs))
+    replayed on its recorded inputs (2 per multiply-add, torch's count).
 
     The fused encoder-layer fast path is invisible to `FlopCounterMode`, so it is off while counting.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    args, kwargs = call
+    name, args, kwargs = call
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            selector.__dict__.get("_unprobed_select_segments", selector.select_segments)(*args, **kwargs)
+            selector.__dict__.get(f"_unprobed_{name}", getattr(selector, name))(*args, **kwargs)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return counter.get_total_flops()

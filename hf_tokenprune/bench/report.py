@@ -15,7 +15,7 @@ import yaml
 
 from ..cost import prefill_flops
 from ..modeling.token_selectors import learned_selectors
-from .outputs import format_ms, group_by_run, markdown_table, plot_preset, run_label, slug
+from .outputs import format_budget, format_ms, group_by_run, markdown_table, plot_preset, run_label, slug
 
 PACKAGE_DIR = Path(__file__).parent
 ACCEPTANCE_BUDGET = 0.2
@@ -24,7 +24,8 @@ SMALL_OP_CATEGORIES = ("elementwise / norm", "copies / layout", "other")
 
 @cache
 def environment() -> jinja2.Environment:
-    """The Jinja environment of the report: filters `ms` (milliseconds as tables write them) and `fmt(spec)`."""
+    """The Jinja environment of the report: filters `ms` (milliseconds as tables write them), `fmt(spec)` and `budget`
+    (a fraction with `g`, an "auto" budget as its string)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(PACKAGE_DIR / "templates"),
         keep_trailing_newline=True,
@@ -35,6 +36,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["ms"] = format_ms
     env.filters["fmt"] = format
+    env.filters["budget"] = format_budget
     return env
 
 

@@ -23,7 +23,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from ..cost import ideal_batch_prefill_ratio, predicted_kv_cache_bytes
 from ..model import get_pruned_model
-from ..modeling.configuration_token_prune import TokenPruneConfig
+from ..modeling.configuration_token_prune import AutoBudget, TokenPruneConfig
 from .arguments import DTYPES, BenchArguments, check_arguments, command_line, parse_budgets
 from .memory import largest_batch
 from .outputs import tag_rows, write_outputs
@@ -60,6 +60,13 @@ def build_model(
     model.generation_config.eos_token_id = None  # a fixed number of new tokens
     model.generation_config.do_sample = False
     return model
+
+
+def row_budget(budget: float | AutoBudget | None) -> float | str:
+    """A row's `budget`: the fraction (1.0 unpruned), or an "auto" budget as its string (`AutoBudget.__str__`)."""
+    if budget is None:
+        return 1.0
+    return str(budget) if isinstance(budget, AutoBudget) else budget
 
 
 def _median_min_max(values: list[float]) -> tuple[float, float, float]:
@@ -131,7 +138,7 @@ def run_preset(
             "max_batch": args.fit_max_batch,
             "layers": layers,
             "rows": [
-                {"method": config.method or "unpruned", "budget": config.budget or 1.0}
+                {"method": config.method or "unpruned", "budget": row_budget(config.budget)}
                 | largest_batch(config, inputs, args.fit_memory_mib * 2**20, FIT_NEW_TOKENS, device, args.fit_max_batch)
                 for config in tqdm(searched, desc=f"what fits {preset.name}", unit="search")
             ],
@@ -150,7 +157,7 @@ def run_preset(
         "description": preset.description,
         "source": preset.source,
         "methods": methods,
-        "budgets": budgets,
+        "budgets": [row_budget(budget) for budget in budgets],
         "settings": {
             key: getattr(args, key)
             for key in (
@@ -179,7 +186,7 @@ def run_preset(
             preset,
             base,
             args.profile_method or methods[0],
-            parse_budgets(args.profile_budget, "--profile-budget"),
+            parse_budgets(args.profile_budget, "--profile-budget", allow_auto=False),
             methods,
             inputs,
             depth,
@@ -222,7 +229,7 @@ def _rows(preset, configurations, depth: DepthMap, base, full_config, inputs, ar
         row = {
             "preset": preset.name,
             "method": config.method or "unpruned",
-            "budget": config.budget if config.budget is not None else 1.0,
+            "budget": row_budget(config.budget),
             "visual_tokens": visual_tokens,
             "text_tokens": text_tokens,
             "kept_tokens": kept,
