@@ -49,10 +49,20 @@ hf-tokenprune bench --preset llava-1.5-7b "${issue21[@]}" --tag "float32, what f
     --budgets 0.2 --repeats 1 --warmup 0 --decode-tokens 0 --fit-memory-mib 1024 --fit-max-batch 32 \
     --output "$results/llava-1.5-7b-fit.json"
 
+# Issue 20: fastv (prunes inside the language model after layer 2: a built depth of 4 times two pruned layers) on a
+# quiet machine, and every scoring method at a fixed and an "auto" budget (selection cost), float32, one thread.
+hf-tokenprune bench --preset qwen2.5-vl-7b --threads 1 --dtype float32 --layers 4 --vision-layers 2 --tag "float32, fastv" \
+    --methods fastv,divprune --budgets 0.2,0.1 --repeats 3 --warmup 1 --decode-tokens 0 \
+    --output "$results/qwen2.5-vl-7b-fastv.json"
+hf-tokenprune bench --preset qwen2.5-vl-7b --threads 1 --dtype float32 --layers 3 --vision-layers 2 \
+    --tag "float32, issue 20" --methods visionselector,questionselector,autoselect,reconstruction,fastv --budgets 0.2,auto \
+    --repeats 2 --warmup 1 --decode-tokens 0 --output "$results/qwen2.5-vl-7b-issue20.json"
+
 issue21_results=""
 for name in qwen2.5-vl-7b-video16 qwen2.5-vl-7b-video64 llava-onevision-7b-video qwen2.5-vl-7b-float32 \
     llava-1.5-7b-float32 llava-next-7b-float32 internvl3-8b-float32 qwen3-vl-8b-float32 gemma3-12b-float32 \
-    llava-onevision-7b-float32 smolvlm-instruct-float32 qwen2.5-vl-7b-batch8 llava-1.5-7b-fit; do
+    llava-onevision-7b-float32 smolvlm-instruct-float32 qwen2.5-vl-7b-batch8 llava-1.5-7b-fit qwen2.5-vl-7b-fastv \
+    qwen2.5-vl-7b-issue20; do
     issue21_results+=",$results/$name.json"
 done
 

@@ -332,6 +332,7 @@ def claims(grouped: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             for row in rows
             if row["preset"] == claim["preset"]
             and row["method"] == claim["method"]
+            and not isinstance(row["budget"], str)  # an "auto" row has no fixed operating point
             and abs(row["budget"] - claim["budget"]) < 1e-9
         ]
         result.append(claim | {"found": found})
