@@ -18,8 +18,8 @@ The stock code builds each forward's masks once, from one cache layer per attent
 it for the compacted layers as if they held every token (a shadow layer per compacted layer tracks that length),
 so the stock masks stay in original positions and are gathered here.
 
-Written by hand: neither transformers nor torch drops tokens between decoder layers. Imports only torch and
-transformers: this file ships to the Hub as remote code.
+Written by hand: neither transformers nor torch drops tokens between decoder layers. Imports only torch,
+transformers and sibling files: this file ships to the Hub as remote code.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .selection_ops import left_padded_compaction
 
 
 def _gather_sequence(values: torch.Tensor, index: torch.Tensor, seq_dim: int) -> torch.Tensor:
@@ -122,7 +124,7 @@ class InLLMTokenDrop:
             self._restore_interface()
         self.text_model.__dict__.pop("_deepstack_process", None)
         for cache in self._patched_caches:
-            for name in ("get_mask_sizes", "get_query_offset"):
+            for name in ("get_mask_sizes", "get_query_offset", "_token_drop_shadows"):
                 cache.__dict__.pop(name, None)
         self._patched_caches.clear()
 
@@ -147,10 +149,10 @@ class InLLMTokenDrop:
                 "fastv cannot continue from a cache that holds part of the prompt (chunked prefill, assisted "
                 "decoding): its layers past the pruning layer hold only the kept tokens"
             )
+        self._step = {"past": past, "query_length": query_length, "cache": cache, "masks": {}}
         if cache is not None:
             self._patch_cache(cache)
-        self._step = {"past": past, "query_length": query_length, "cache": cache, "masks": {}}
-        if cache is not None:  # what the stock masks of this forward cover, per compacted layer, in original positions
+            # What the stock masks of this forward cover, per compacted layer, in original positions.
             self._step["stock_sizes"] = {
                 index: cache._token_drop_shadows[index].get_mask_sizes(query_length)
                 for index in range(self.layer, len(self.layers))
@@ -158,15 +160,12 @@ class InLLMTokenDrop:
 
     def _end_forward(self, module, args, kwargs, output) -> None:
         cache = self._step.get("cache")
-        if cache is not None:  # the shadows grow as uncompacted layers do
-            query_length = self._step["query_length"]
+        if cache is not None:  # the shadows grow as uncompacted layers do: one (B, 1, q, 1) dummy key/value each
+            batch, device = self.compact_source.shape[0], self.compact_source.device
+            states = torch.zeros(batch, 1, self._step["query_length"], 1, device=device)
             for shadow in cache._token_drop_shadows.values():
-                shadow.update(self._shadow_states(query_length), self._shadow_states(query_length))
+                shadow.update(states, states)
         self._step = {}
-
-    def _shadow_states(self, length: int) -> torch.Tensor:
-        reference = self.compact_source
-        return torch.zeros(reference.shape[0], 1, length, 1, device=reference.device)
 
     def _patch_cache(self, cache) -> None:
         """Give the stock mask builders original-position sizes for the compacted layers (see the module docstring)."""
@@ -234,12 +233,7 @@ class InLLMTokenDrop:
             raise RuntimeError("fastv: the attention row of the pruning layer was not captured")
         keep = self.decide(self._row).bool()
         self._row = None
-        lengths = keep.sum(-1)
-        compact_length = max(int(lengths.max()), 1)
-        slots = torch.arange(compact_length, device=keep.device)
-        self.compact_valid = slots[None, :] >= compact_length - lengths[:, None]
-        order = torch.sort(keep.long(), dim=-1, stable=True).indices[:, -compact_length:]
-        self.compact_source = order.masked_fill(~self.compact_valid, 0)
+        self.compact_source, self.compact_valid = left_padded_compaction(keep)
         self.keep = keep
 
     def original_positions(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from transformers.utils import ModelOutput, logging
 from .builtin_selectors import VisionSelectorScorer  # noqa: F401  (importing the module registers every built-in)
 from .configuration_token_prune import AutoBudget, TokenPruneConfig, check_budget
 from .llm_pruning import InLLMTokenDrop
-from .selection_ops import tokens_to_keep
+from .selection_ops import left_padded_compaction, scatter_compacted, tokens_to_keep
 from .token_selectors import TokenSelector, available_selectors, get_selector_class
 
 logger = logging.get_logger(__name__)
@@ -202,11 +202,7 @@ class PrunePlan:
 
     def scatter(self, compact: torch.Tensor, full_length: int, fill: float = 0.0) -> torch.Tensor:
         """Inverse of the compaction for (B, Lc, ...) tensors: back to (B, L, ...), `fill` where nothing was computed."""
-        batch, _, *rest = compact.shape
-        full = compact.new_full((batch, full_length, *rest), fill)
-        rows, cols = torch.nonzero(self.attention_mask, as_tuple=True)
-        full[rows, self.source_index[rows, cols]] = compact[rows, cols]
-        return full
+        return scatter_compacted(compact, self.source_index, self.attention_mask.bool(), full_length, fill)
 
 
 def budget_keeps_everything(budget: float | int | AutoBudget | None) -> bool:
@@ -299,6 +295,36 @@ def placed_side_inputs(
     for values, rows, cols in carried:
         full[rows, cols] = values.to(full.dtype)
     return full
+
+
+def drop_unselected(
+    selector: TokenSelector,
+    budget: float | int | AutoBudget,
+    units: list[tuple[VisualSegment, torch.Tensor, torch.Tensor, int | None]],
+    features: list[torch.Tensor],
+    keep_mask: torch.Tensor,
+    **score_inputs: Any,
+) -> None:
+    """Select in every unit at once (one `select_segments`, or `select_segments_auto` for an "auto" budget) and set
+    `keep_mask` (B, L) False at each unit's tokens that were not selected.
+
+    units: (segment, rows, cols, num_keep) with the unit's positions in `keep_mask`'s layout (num_keep None under
+    "auto"); features: one (N_i, D) tensor per unit; `score_inputs` go to the selector (`prompt_embeds`).
+    """
+    with torch.no_grad():
+        if isinstance(budget, AutoBudget):
+            kept = selector.select_segments_auto(features, budget, **score_inputs)
+        else:
+            kept = selector.select_segments(
+                features,
+                [num_keep for *_, num_keep in units],
+                grid_hw=[segment.grid_hw for segment, *_ in units],
+                **score_inputs,
+            )
+    for (_, rows, cols, _), keep_indices in zip(units, kept, strict=True):
+        dropped = torch.ones(rows.numel(), dtype=torch.bool, device=keep_mask.device)
+        dropped[keep_indices.to(keep_mask.device)] = False
+        keep_mask[rows[dropped], cols[dropped]] = False
 
 
 def prompt_embeds_by_row(
@@ -602,20 +628,7 @@ class TokenPruningMixin:
             if selector.uses_prompt:
                 prompts = prompt_embeds_by_row(inputs_embeds, attention_mask, self.visual_token_mask(input_ids))
                 score_inputs["prompt_embeds"] = [prompts[int(seg_rows[0])] for _, seg_rows, *_ in pruned_units]
-            with torch.no_grad():
-                if isinstance(budget, AutoBudget):
-                    kept = selector.select_segments_auto(features, budget, **score_inputs)
-                else:
-                    kept = selector.select_segments(
-                        features,
-                        [num_keep for *_, num_keep in pruned_units],
-                        grid_hw=[segment.grid_hw for segment, *_ in pruned_units],
-                        **score_inputs,
-                    )
-            for (_, seg_rows, seg_cols, _), keep_indices in zip(pruned_units, kept, strict=True):
-                dropped = torch.ones(seg_rows.numel(), dtype=torch.bool, device=input_ids.device)
-                dropped[keep_indices.to(input_ids.device)] = False
-                keep_mask[seg_rows[dropped], seg_cols[dropped]] = False
+            drop_unselected(selector, budget, pruned_units, features, keep_mask, **score_inputs)
         if position_ids is None:
             position_ids = hooks.position_ids(self, input_ids, attention_mask, vision_inputs)
         plan = self._compact(input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels, shift_labels)
@@ -639,28 +652,15 @@ class TokenPruningMixin:
         if not units:
             return contextlib.nullcontext()
         batch, caller_length = plan.keep_mask.shape
-        plan_column = torch.full((batch, caller_length), -1, dtype=torch.long, device=plan.source_index.device)
-        rows, slots = torch.nonzero(plan.attention_mask, as_tuple=True)
-        plan_column[rows, plan.source_index[rows, slots]] = slots  # caller position -> slot of the plan
 
         def decide(row: torch.Tensor) -> torch.Tensor:
             # `generate` repeats each prompt for beams / returned sequences (repeat_interleave): decide once per prompt.
             repeats = row.shape[0] // batch
-            row = row[::repeats]
-            features = [row[rows, plan_column[rows, cols]][:, None] for _, rows, cols, _ in units]
-            if isinstance(budget, AutoBudget):
-                kept = selector.select_segments_auto(features, budget)
-            else:
-                kept = selector.select_segments(
-                    features, [num_keep for *_, num_keep in units], grid_hw=[segment.grid_hw for segment, *_ in units]
-                )
-            keep = plan.attention_mask.bool()  # padding never reaches the compacted layers either
-            for (_, rows, cols, _), keep_indices in zip(units, kept, strict=True):
-                dropped = torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)
-                dropped[keep_indices.to(rows.device)] = False
-                plan.keep_mask[rows[dropped], cols[dropped]] = False
-                keep[rows[dropped], plan_column[rows[dropped], cols[dropped]]] = False
-            return keep.repeat_interleave(repeats, dim=0)
+            scores = plan.scatter(row[::repeats], caller_length)  # the plan's layout -> the caller's
+            features = [scores[rows, cols][:, None] for _, rows, cols, _ in units]
+            drop_unselected(selector, budget, units, features, plan.keep_mask)
+            # In the plan's layout; its padding never reaches the compacted layers either.
+            return plan.gather(plan.keep_mask, False).repeat_interleave(repeats, dim=0)
 
         layer = selector.check_layer(len(self.get_decoder().layers))
         return InLLMTokenDrop(self, layer, decide, plan.input_ids.shape[1])
@@ -681,15 +681,11 @@ class TokenPruningMixin:
     def _compact(
         self, input_ids, attention_mask, inputs_embeds, position_ids, keep_mask, labels, shift_labels=None
     ) -> PrunePlan:
-        reaching = keep_mask & attention_mask.bool()
-        lengths = reaching.sum(-1)
         # A row that attends only to dropped tokens keeps nothing: it becomes padding, as a fully masked row is.
-        compact_length = max(int(lengths.max()), 1)
-        slots = torch.arange(compact_length, device=input_ids.device)
-        compact_mask = (slots[None, :] >= compact_length - lengths[:, None]).long()
-        # Stable sort puts the kept positions, in order, at the end of each row: that is left padding.
-        order = torch.sort(reaching.long(), dim=-1, stable=True).indices[:, -compact_length:]
-        source_index = order.masked_fill(compact_mask == 0, 0)
+        source_index, valid = left_padded_compaction(keep_mask & attention_mask.bool())
+        compact_mask = valid.long()
+        compact_length = compact_mask.shape[1]
+        lengths = compact_mask.sum(-1)
         plan = PrunePlan(
             keep_mask=keep_mask,
             source_index=source_index,
@@ -793,9 +789,7 @@ class TokenPruningMixin:
         if not language_kwargs.get("logits_to_keep"):
             logits = outputs.logits
             if drop is not None:  # an in-LLM drop: its compacted prompt's slots -> the plan's
-                rows, slots = torch.nonzero(drop.compact_valid, as_tuple=True)
-                logits = logits.new_zeros(*plan.input_ids.shape, logits.shape[-1])
-                logits[rows, drop.compact_source[rows, slots]] = outputs.logits[rows, slots]
+                logits = scatter_compacted(logits, drop.compact_source, drop.compact_valid, plan.input_ids.shape[1])
             outputs["logits"] = plan.scatter(logits, input_ids.shape[1])
         if not return_dict:
             return outputs.to_tuple()

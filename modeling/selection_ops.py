@@ -71,6 +71,34 @@ def hard_topk_indices_padded(scores: torch.Tensor, token_mask: torch.Tensor, num
     return [order[row, :count] for row, count in enumerate(num_keep)]
 
 
+def left_padded_compaction(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layout of a sequence cut down to its kept positions: keep (B, L) bool -> (source_index (B, Lc), valid
+    (B, Lc) bool), Lc the most any row keeps (at least 1). Row b's kept positions, in order, fill its last slots; the
+    slots before them are left padding (valid False, source_index 0). Used for the compaction before the language
+    model and for fastv's inside it.
+    """
+    lengths = keep.sum(-1)
+    # A row that keeps nothing becomes padding, as a fully masked row is.
+    compact_length = max(int(lengths.max()), 1)
+    slots = torch.arange(compact_length, device=keep.device)
+    valid = slots[None, :] >= compact_length - lengths[:, None]
+    # Stable sort puts the kept positions, in order, at the end of each row: that is left padding.
+    order = torch.sort(keep.long(), dim=-1, stable=True).indices[:, -compact_length:]
+    return order.masked_fill(~valid, 0), valid
+
+
+def scatter_compacted(
+    compact: torch.Tensor, source_index: torch.Tensor, valid: torch.Tensor, full_length: int, fill: float = 0.0
+) -> torch.Tensor:
+    """Inverse of `left_padded_compaction` for (B, Lc, ...) values: back to (B, full_length, ...), `fill` where no
+    valid slot maps."""
+    batch, _, *rest = compact.shape
+    full = compact.new_full((batch, full_length, *rest), fill)
+    rows, cols = torch.nonzero(valid, as_tuple=True)
+    full[rows, source_index[rows, cols]] = compact[rows, cols]
+    return full
+
+
 def check_selection_inputs(features: torch.Tensor, num_keep: int) -> int:
     """Validate one image's `features: (N, input_dim)` and `num_keep`, and return N."""
     if features.ndim != 2:

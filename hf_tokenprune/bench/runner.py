@@ -102,7 +102,7 @@ def run_preset(
         for budget in budgets:
             selector = pruning_selector(pruned, budget)
             probe.time_selector(selector)
-            unpruned_layers = selector.config.layer if selector.in_llm else 0
+            unpruned_layers = selector.check_layer(layers) if selector.in_llm else 0  # its K
             configurations.append(Configuration(method, budget, pruned, unpruned_layers=unpruned_layers))
 
     rounds = ["warmup"] * args.warmup + ["timed"] * args.repeats
