@@ -466,6 +466,7 @@ class TokenPruningMixin:
         prune_config = dataclasses.replace(prune_config, input_dim=input_dim, base_model_type=model_type)
         llm_hidden_size = cls._llm_hidden_size(model_config)
         selector = selector_cls(prune_config, input_dim=input_dim, llm_hidden_size=llm_hidden_size)
+        prune_config = selector.resolved_config(prune_config)
         return prune_config, (selector if any(True for _ in selector.parameters()) else None)
 
     def attach_token_selector(self, prune_config: TokenPruneConfig, selector: TokenSelector | None = None) -> None:

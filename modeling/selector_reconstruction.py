@@ -33,9 +33,10 @@ class ReconstructionSelector(TransformerTokenScorer):
     is `score = keep_logit - drop_logit`, the log-odds of keeping.
 
     Sizes: `scorer_num_layers` defaults to 4 (Sec. 4.1.1, and the best depth in the 1-8 layer ablation of
-    Sec. 5.5). The paper gives no width; the default is `min(input_dim, 512)`. At 1024, as for `autoselect`,
-    the four layers cost 1.4% of Qwen2.5-VL-7B's time to first token at 1,024 visual tokens (counted FLOPs
-    and measured time, docs/benchmarks.md), over the project's 1% selection budget; 512 is about a quarter.
+    Sec. 5.5). The paper gives no width; the default is `min(input_dim, 128)`. At 512 the four layers cost
+    0.4-1.8% of time to first token on one CPU thread at 7B widths (1.5% on LLaVA-NeXT-7B's 2,928 tokens,
+    where attention over the whole image dominates), over the project's 0.5% selection budget; at 256 still
+    0.6% there, at 128 0.3% (docs/benchmarks.md).
 
     Attributes:
         encoder: the `TokenTransformer`.
@@ -47,7 +48,7 @@ class ReconstructionSelector(TransformerTokenScorer):
 
     default_num_layers = 4
     head_outputs = 2
-    max_default_hidden_size = 512
+    max_default_hidden_size = 128
     papers = ("Adaptive Vision Token Selection for Multi-Modal Inference",)
 
     def __init__(self, config: ReconstructionConfig, input_dim: int, llm_hidden_size: int) -> None:

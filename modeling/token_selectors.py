@@ -72,6 +72,10 @@ class TokenSelector(nn.Module):
     def feature_source(self) -> str:
         return self.config.feature_source or self.default_feature_source
 
+    def resolved_config(self, config: TokenPruneConfig) -> TokenPruneConfig:
+        """`config` with every size left to a default filled in as built (what a saved adapter records)."""
+        return config
+
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """features: (N, input_dim) -> scores: (N,), higher means keep."""
         raise NotImplementedError(f"{type(self).__name__} does not define `score`")

@@ -150,10 +150,38 @@ def test_transformer_depths_and_widths():
     assert len(make_selector("reconstruction").encoder.layers) == 4
     assert len(make_selector("autoselect", scorer_num_layers=3).encoder.layers) == 3
     assert make_selector("autoselect").head.in_features == INPUT_DIM
-    assert make_selector("autoselect", input_dim=2048).head.in_features == 1024
+    assert make_selector("autoselect", input_dim=2048).head.in_features == 256
+    assert make_selector("reconstruction", input_dim=2048).head.in_features == 128
     assert make_selector("autoselect", scorer_hidden_size=48).head.in_features == 48
     with pytest.raises(ValueError, match="scorer_hidden_size"):
         make_selector("autoselect", scorer_hidden_size=30, scorer_num_heads=4)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_token_transformer_matches_stock_encoder_layers(training):
+    """Oracle: the stock `nn.TransformerEncoderLayer`s run on each segment alone (their own forward, fast path in
+    eval) give the states that `forward_padded` gives for the segments padded together."""
+    from hf_tokenprune.modeling.selector_autoselect import TokenTransformer
+
+    torch.manual_seed(0)
+    encoder = TokenTransformer(INPUT_DIM, 48, num_layers=2, num_heads=4).train(training)
+    lengths = (7, 12, 3)
+    features = torch.randn(len(lengths), max(lengths), INPUT_DIM, generator=torch.Generator().manual_seed(2))
+    token_mask = torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]
+    with torch.set_grad_enabled(training):
+        padded = encoder.forward_padded(features, token_mask)
+        for row, length in enumerate(lengths):
+            hidden = encoder.input_proj(features[row : row + 1, :length])
+            for layer in encoder.layers:
+                hidden = layer(hidden)
+            torch.testing.assert_close(padded[row, :length], encoder.final_norm(hidden)[0], rtol=1e-5, atol=1e-5)
+        # Unpadded input takes the mask-free path.
+        torch.testing.assert_close(
+            encoder.forward_padded(features[1:2], None), padded[1:2], rtol=1e-5, atol=1e-5
+        )
+    if training:  # gradients flow to every parameter
+        padded[token_mask].sum().backward()
+        assert all(parameter.grad is not None for parameter in encoder.parameters())
 
 
 def test_reconstruction_score_is_keep_minus_drop_logit():
