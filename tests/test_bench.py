@@ -17,6 +17,8 @@ from hf_tokenprune.bench import BenchArguments, memory, presets, runner
 from hf_tokenprune.bench.probes import extrapolate_full_depth
 from hf_tokenprune.cli import main
 from hf_tokenprune.cost import ideal_batch_prefill_ratio, ideal_prefill_ratio, prefill_flops
+from hf_tokenprune.model import get_pruned_model
+from hf_tokenprune.modeling.configuration_token_prune import TokenPruneConfig
 from hf_tokenprune.modeling.token_selectors import learned_selectors, training_free_selectors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,6 +98,28 @@ def test_rows_have_the_schema_and_order(qwen_run):
         assert row["preset"] == "tiny-qwen2.5-vl" and row["run"].startswith("tiny-qwen2.5-vl, ")
         assert row["ttft_ms"] > 0 and row["prefill_ms"] > 0 and row["vision_ms"] > 0
         assert row["decode_tokens_per_s"] > 0 and row["peak_memory_bytes"] > 0
+
+
+def test_run_records_the_transformer_scorers_sizes_as_built(qwen_run):
+    """Oracle: the encoders of the scorers built for the same preset; the report's machine line names them."""
+    from hf_tokenprune.bench.presets import PRESETS
+
+    results, _, tmp_path = qwen_run
+    (run,) = results["runs"]
+    config = PRESETS["tiny-qwen2.5-vl"].make_config(2, 2)
+    base = PRESETS["tiny-qwen2.5-vl"].model_cls._from_config(config)
+    expected = {}
+    for method in ("autoselect", "reconstruction"):
+        encoder = get_pruned_model(base, TokenPruneConfig(method=method)).token_selector.encoder
+        expected[method] = {
+            "scorer_hidden_size": encoder.input_proj.out_features,
+            "scorer_num_layers": len(encoder.layers),
+            "scorer_num_heads": encoder.layers[0].self_attn.num_heads,
+        }
+    assert run["selector_sizes"] == expected
+    doc = (tmp_path / "docs" / "benchmarks.md").read_text()
+    sizes = expected["autoselect"]
+    assert f"autoselect's scorer: {sizes['scorer_hidden_size']} wide, {sizes['scorer_num_layers']} layers" in doc
 
 
 def test_token_counts_follow_the_input_and_the_budget_rule(qwen_run):

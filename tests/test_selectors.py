@@ -152,6 +152,34 @@ def test_transformer_depths_and_widths():
     assert make_selector("autoselect").head.in_features == INPUT_DIM
     assert make_selector("autoselect", input_dim=2048).head.in_features == 256
     assert make_selector("reconstruction", input_dim=2048).head.in_features == 128
+    assert make_selector("questionselector").projection_dim == LLM_HIDDEN_SIZE // 4
+    assert make_selector("visionselector").query_proj.out_features == LLM_HIDDEN_SIZE // 2
+
+
+@pytest.mark.parametrize(
+    ("method", "fields"),
+    [
+        ("autoselect", ("scorer_hidden_size", "scorer_num_layers")),
+        ("reconstruction", ("scorer_hidden_size", "scorer_num_layers")),
+        ("questionselector", ("scorer_hidden_size",)),
+    ],
+)
+def test_a_built_selector_records_its_default_sizes_in_its_config(method, fields):
+    """A saved adapter must rebuild at the sizes it was trained at even if the defaults change: the config a pruned
+    model carries (and saves) names them; an explicit size is kept."""
+    from hf_tokenprune import testing
+    from hf_tokenprune.model import get_pruned_model
+
+    base = testing.tiny_qwen2_5_vl()
+    pruned = get_pruned_model(base, TokenPruneConfig(method=method))
+    config = pruned.token_prune_config
+    selector = pruned.token_selector
+    built = {"scorer_hidden_size": getattr(selector, "hidden_size", getattr(selector, "projection_dim", None))}
+    if "scorer_num_layers" in fields:
+        built["scorer_num_layers"] = len(selector.encoder.layers)
+    assert {name: getattr(config, name) for name in fields} == built
+    explicit = get_pruned_model(base, TokenPruneConfig(method=method, scorer_hidden_size=8))
+    assert explicit.token_prune_config.scorer_hidden_size == 8
     assert make_selector("autoselect", scorer_hidden_size=48).head.in_features == 48
     with pytest.raises(ValueError, match="scorer_hidden_size"):
         make_selector("autoselect", scorer_hidden_size=30, scorer_num_heads=4)
@@ -176,9 +204,7 @@ def test_token_transformer_matches_stock_encoder_layers(training):
                 hidden = layer(hidden)
             torch.testing.assert_close(padded[row, :length], encoder.final_norm(hidden)[0], rtol=1e-5, atol=1e-5)
         # Unpadded input takes the mask-free path.
-        torch.testing.assert_close(
-            encoder.forward_padded(features[1:2], None), padded[1:2], rtol=1e-5, atol=1e-5
-        )
+        torch.testing.assert_close(encoder.forward_padded(features[1:2], None), padded[1:2], rtol=1e-5, atol=1e-5)
     if training:  # gradients flow to every parameter
         padded[token_mask].sum().backward()
         assert all(parameter.grad is not None for parameter in encoder.parameters())

@@ -32,7 +32,7 @@ from hf_tokenprune_testbed.model import (
 from hf_tokenprune_testbed.model import (
     testbed_processor as make_testbed_processor,
 )
-from hf_tokenprune_testbed.pipeline import ReproduceArguments, run_reproduce
+from hf_tokenprune_testbed.pipeline import ReproduceArguments, Stages, run_reproduce
 from hf_tokenprune_testbed.scenes import task_split
 from hf_tokenprune_testbed.tasks import VOCABULARY, make_split, token_grid
 
@@ -334,6 +334,40 @@ def test_reproduce_refuses_to_resume_with_other_arguments(tmp_path):
     with pytest.raises(ValueError, match="vlm_schedule"):
         run_reproduce(ReproduceArguments(output=str(run), vlm_schedule="5:1e-3", threads=1))
     assert json.loads((run / "stages.json").read_text())["done"] == {"vision": 1.0}  # left as it was
+
+
+def test_reproduce_reads_a_run_recorded_before_an_argument_existed_at_its_default(tmp_path):
+    """`vlm_relevance_layer` came after runs/testbed-v2 was recorded: its stages.json lacks it, which means the
+    default; resuming with another value is refused like any other upstream change."""
+    run = tmp_path / "run"
+    run.mkdir()
+    arguments = {key: value for key, value in dataclasses.asdict(ReproduceArguments()).items()}
+    for key in ("output", "threads", "bundle", "bundle_dir", "vlm_relevance_layer"):
+        arguments.pop(key)
+    (run / "stages.json").write_text(json.dumps({"arguments": arguments, "done": {"vision": 1.0}}))
+    with pytest.raises(ValueError, match="vlm_relevance_layer"):
+        run_reproduce(ReproduceArguments(output=str(run), vlm_relevance_layer=3, threads=1))
+    assert Stages(run, ReproduceArguments(output=str(run))).done("vision")
+
+
+def test_reproduce_passes_the_relevance_layer_to_every_vlm_round(tmp_path, monkeypatch):
+    from hf_tokenprune_testbed import pipeline
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train_vlm(target, **kwargs):
+        seen.append(kwargs["relevance_layer"])
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "train_vlm", fake_train_vlm)
+    with pytest.raises(Stop):
+        run_reproduce(
+            ReproduceArguments(output=str(tmp_path / "run"), vision_steps=0, vlm_relevance_layer=3, threads=1)
+        )
+    assert seen == [3]
 
 
 # ----------------------------------------------------------------------------- the bundled default
@@ -798,7 +832,10 @@ def test_reproduce_rejects_a_bad_vlm_schedule_before_training(tmp_path, schedule
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize(("field", "value"), [("vlm_cached_records", 0), ("eval_tasks", "v2,v3")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("vlm_cached_records", 0), ("eval_tasks", "v2,v3"), ("vlm_relevance_layer", 0), ("vlm_relevance_layer", 4)],
+)
 def test_reproduce_rejects_bad_arguments_before_training(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
         run_reproduce(ReproduceArguments(output=str(tmp_path / "run"), threads=1, **{field: value}))

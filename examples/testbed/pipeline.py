@@ -23,7 +23,7 @@ import functools
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,7 +35,7 @@ from hf_tokenprune import get_pruned_model, write_model_card
 from hf_tokenprune.training import TokenPruneDataCollator, TokenPruneTrainingArguments
 from hf_tokenprune.training.entry import TrainDataArguments, TrainModelArguments, run_train
 
-from .model import BUNDLED_METHODS, CAPTION_PROMPT, new_testbed_model
+from .model import BUNDLED_METHODS, CAPTION_PROMPT, TEXT_SIZES, new_testbed_model
 from .scenes import TASKS, check_task
 
 
@@ -609,6 +609,14 @@ class ReproduceArguments:
             "the relevant visual tokens (`RelevanceTrainer`; 0: none)."
         },
     )
+    vlm_relevance_layer: int = field(
+        default=2,
+        metadata={
+            "help": "Where stage 2's auxiliary losses act: the visual tokens' states after this many decoder layers "
+            "say whether the question is about them, and the gather / count heads are those of the decoder layer of "
+            "this index (1 to the LLM's layers - 1). In-LLM pruning (fastv, K = 2) reads the attention of layer K - 1."
+        },
+    )
     selector_records: int = field(default=2400, metadata={"help": "Train-split records written for the selectors."})
     selector_steps: int = field(default=600, metadata={"help": "Optimiser steps per selector."})
     selector_method_steps: str = field(
@@ -670,6 +678,7 @@ def train_vlm(
     relevance_weight: float = 1.0,
     gather_weight: float = 0.0,
     count_weight: float = 0.0,
+    relevance_layer: int = 2,
 ):
     """Stage 2 round: the language model of the VLM in `init_from` (a fresh one if None) trained with the stock
     Trainer, its whole vision tower frozen, on `cached_records` train records from `first_record` whose visual tokens
@@ -695,6 +704,7 @@ def train_vlm(
         relevance_weight=relevance_weight,
         gather_weight=gather_weight,
         count_weight=count_weight,
+        relevance_layer=relevance_layer,
         yes_no_ids=yes_no,
     )
     if (
@@ -770,6 +780,10 @@ def selector_steps(method: str, args: ReproduceArguments) -> int:
     return parse_method_steps(args.selector_method_steps).get(method, args.selector_steps)
 
 
+#: `scorer_hidden_size` of each bundled adapter (visionselector: its default, half the LLM width).
+TESTBED_SCORER_WIDTHS = {"autoselect": 128, "reconstruction": 128, "questionselector": 64}
+
+
 def train_selector(
     method: str,
     base_dir: Path,
@@ -792,9 +806,9 @@ def train_selector(
         model_name_or_path=str(base_dir),
         method=method,
         budget=0.2,
-        # The methods' default widths (min(D, 1024) / min(D, 512) of 512-wide vision features) would make the
-        # bundled adapters 26 and 50 MB; the testbed VLM is 128 wide, so are its scorers.
-        scorer_hidden_size=128 if method in ("autoselect", "reconstruction") else None,
+        # Widths as the bundled adapters were trained, whatever the methods' defaults: the testbed VLM is 128 wide,
+        # so are the Transformer scorers; questionselector's d is half the LLM width (its default is now a quarter).
+        scorer_hidden_size=TESTBED_SCORER_WIDTHS.get(method),
     )
     data_args = TrainDataArguments(train_file=str(records), image_folder=str(records.parent / "images"))
     training_args = TokenPruneTrainingArguments(
@@ -861,7 +875,9 @@ class Stages:
         arguments = {key: value for key, value in asdict(args).items() if key not in self.FREE_ARGUMENTS}
         arguments.pop("output")
         state = json.loads(self.path.read_text()) if self.path.is_file() else {"arguments": arguments, "done": {}}
-        changed = sorted(key for key in arguments if state["arguments"].get(key) != arguments[key])
+        # A run recorded before an argument existed ran at its default.
+        defaults = {item.name: item.default for item in fields(ReproduceArguments)}
+        changed = sorted(key for key in arguments if state["arguments"].get(key, defaults[key]) != arguments[key])
         downstream = [key for key in changed if key in self.DOWNSTREAM_ARGUMENTS]
         upstream = [key for key in changed if key not in downstream]
         if upstream == ["vlm_schedule"] and self._extend_schedule(state, arguments["vlm_schedule"]):
@@ -944,6 +960,9 @@ def run_reproduce(args: ReproduceArguments) -> dict:
     for name in ("vlm_relevance_weight", "vlm_gather_weight"):
         if not getattr(args, name) >= 0:
             raise ValueError(f"`{name}` must be >= 0, got {getattr(args, name)}")
+    layers = TEXT_SIZES["num_hidden_layers"]
+    if not 1 <= args.vlm_relevance_layer <= layers - 1:
+        raise ValueError(f"`vlm_relevance_layer` must be in [1, {layers - 1}], got {args.vlm_relevance_layer}")
     if args.vlm_cached_records < 1:
         raise ValueError(f"`vlm_cached_records` must be >= 1, got {args.vlm_cached_records}")
     rounds = parse_schedule(args.vlm_schedule, args.vlm_cached_records)  # before anything is written
@@ -981,6 +1000,7 @@ def run_reproduce(args: ReproduceArguments) -> dict:
                 relevance_weight=args.vlm_relevance_weight,
                 gather_weight=args.vlm_gather_weight,
                 count_weight=count_weight,
+                relevance_layer=args.vlm_relevance_layer,
             ),
             folder,
         )

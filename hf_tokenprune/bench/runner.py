@@ -97,8 +97,17 @@ def run_preset(
     }
     probe = PipelineProbe(base, preset, Clock(device))
     configurations = [Configuration(None, None, base)]
+    selector_sizes = {}
     for method in methods:
         pruned = get_pruned_model(base, TokenPruneConfig(method=method))
+        # A learned scorer's width and depth as built (its method's defaults at the time): the run's cost depends on them.
+        sizes = {
+            name: getattr(pruned.token_prune_config, name)
+            for name in ("scorer_hidden_size", "scorer_num_layers", "scorer_num_heads")
+            if getattr(pruned.token_prune_config, name, None) is not None
+        }
+        if sizes:
+            selector_sizes[method] = sizes
         for budget in budgets:
             selector = pruning_selector(pruned, budget)
             probe.time_selector(selector)
@@ -176,6 +185,7 @@ def run_preset(
         "workload": preset.workload,
         "widths": _widths(full_config),
         "machine": machine_info(device) | {"load_average_start": load_start, "load_average_end": _load_average()},
+        "selector_sizes": selector_sizes,
         "build_seconds": build_seconds,
         "wall_seconds": time.perf_counter() - started,
     }
