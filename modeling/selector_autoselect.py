@@ -20,9 +20,8 @@ from torch import nn
 from .configuration_token_prune import TokenPruneConfig, check_int
 from .token_selectors import TokenSelector, register_selector
 
-# Paper 002, A "Architecture": hidden dimension 1024 (the width of the CLIP ViT-L features it reads).
-PAPER_HIDDEN_SIZE = 1024
-# The default width is narrower than the paper's: see `AutoSelectScorer` (selection cost).
+# Narrower than paper 002 A's hidden dimension 1024 (the width of the CLIP ViT-L features it reads): see
+# `AutoSelectScorer` (selection cost).
 MAX_DEFAULT_HIDDEN_SIZE = 256
 
 
