@@ -73,7 +73,15 @@ for name in qwen2.5-vl-7b-video16 qwen2.5-vl-7b-video64 llava-onevision-7b-video
     issue21_results+=",$results/$name.json"
 done
 
+# The GPU rows (issue 21): `benchmarks/gpu.sh benchmarks/results/cuda` on a GPU machine (2026-11-26: one H100, torch
+# 2.11 + CUDA 13.0, every preset at full depth in bfloat16 with sdpa). Not run here: this script runs on CPU.
+cuda_results=""
+for name in qwen2.5-vl-7b-video16 qwen2.5-vl-7b-video64 llava-onevision-7b-video qwen2.5-vl-7b llava-1.5-7b llava-next-7b \
+    internvl3-8b qwen3-vl-8b gemma3-12b llava-onevision-7b smolvlm-instruct qwen2.5-vl-7b-batch8 llava-1.5-7b-fit; do
+    cuda_results+=",$results/cuda/$name.json"
+done
+
 hf-tokenprune bench --doc docs/benchmarks.md --report "$results/qwen2.5-vl-7b-1thread.json,\
 $results/llava-1.5-7b.json,$results/llava-next-7b.json,$results/internvl3-8b.json,\
 $results/qwen3-vl-8b.json,$results/gemma3-12b.json,$results/llava-onevision-7b.json,$results/smolvlm-instruct.json\
-$issue21_results"
+$issue21_results$cuda_results"

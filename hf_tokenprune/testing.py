@@ -11,6 +11,7 @@ of the right shape, and the per-model extras (`image_grid_thw`, `mm_token_type_i
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,6 +55,16 @@ VOCAB = 64
 PAD, BOS, EOS = 0, 1, 2
 TEXT_TOKENS = range(8, 40)  # ordinary text ids; specials live above 40
 IMAGE_ID, VIDEO_ID, VSTART, VEND = 60, 61, 58, 59
+
+#: Where the tiny models and their inputs live: `HF_TOKENPRUNE_TEST_DEVICE=cuda` runs the suites that use them on a GPU
+#: (the contract checks as written, float32), CPU otherwise. CI has no GPU; docs/benchmarks.md records the GPU runs.
+TEST_DEVICE = torch.device(os.environ.get("HF_TOKENPRUNE_TEST_DEVICE", "cpu"))
+
+
+def on_test_device(inputs: dict) -> dict:
+    """`inputs` with every tensor moved to `TEST_DEVICE` (other values as they are)."""
+    return {name: value.to(TEST_DEVICE) if isinstance(value, torch.Tensor) else value for name, value in inputs.items()}
+
 
 WORDS = (
     "a the is what colour shape red green blue yellow circle square triangle star left right top bottom "
@@ -351,7 +362,7 @@ def _build(model_cls, config, attn_implementation):
     model.generation_config.pad_token_id = PAD
     model.generation_config.eos_token_id = None  # tests generate a fixed number of tokens
     model.generation_config.do_sample = False
-    return model
+    return model.to(TEST_DEVICE)
 
 
 @dataclass
@@ -405,7 +416,7 @@ def build_inputs(arch: str, samples: list[Sample], seed: int = 0) -> dict[str, t
     if pixel_values:
         inputs.update(tiny.batch_images(pixel_values, image_extras))
     inputs.update(tiny.text_inputs(input_ids))
-    return inputs
+    return on_test_device(inputs)
 
 
 def _qwen2_5_vl_image(height, width, generator):
@@ -582,11 +593,13 @@ def make_llava_onevision_video_inputs(frames: int = 3, seed: int = 0) -> dict[st
     generator = torch.Generator().manual_seed(seed)
     row = [BOS] + _text(seed, 3) + [VIDEO_ID] * (frames * 4 + 1) + _text(seed + 1, 4)
     input_ids = torch.tensor([row])
-    return {
-        "input_ids": input_ids,
-        "attention_mask": torch.ones_like(input_ids),
-        "pixel_values_videos": torch.randn(1, frames, 3, 8, 8, generator=generator),
-    }
+    return on_test_device(
+        {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "pixel_values_videos": torch.randn(1, frames, 3, 8, 8, generator=generator),
+        }
+    )
 
 
 def _gemma3_image(crops, _, generator):
@@ -625,14 +638,16 @@ def make_video_inputs(frames: int = 4, height: int = 4, width: int = 4, seed: in
     tokens = grid_t * height * width // 4
     row = [BOS] + _text(seed, 3) + [VSTART] + [VIDEO_ID] * tokens + [VEND] + _text(seed + 1, 4)
     input_ids = torch.tensor([row])
-    return {
-        "input_ids": input_ids,
-        "attention_mask": torch.ones_like(input_ids),
-        "pixel_values_videos": torch.randn(grid_t * height * width, 3 * 2 * 2 * 2, generator=generator),
-        "video_grid_thw": torch.tensor([[grid_t, height, width]]),
-        "second_per_grid_ts": torch.tensor([1.0]),
-        "mm_token_type_ids": (input_ids == VIDEO_ID).int() * 2,
-    }
+    return on_test_device(
+        {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "pixel_values_videos": torch.randn(grid_t * height * width, 3 * 2 * 2 * 2, generator=generator),
+            "video_grid_thw": torch.tensor([[grid_t, height, width]]),
+            "second_per_grid_ts": torch.tensor([1.0]),
+            "mm_token_type_ids": (input_ids == VIDEO_ID).int() * 2,
+        }
+    )
 
 
 # --- Tiny processors -------------------------------------------------------------------------------------------
@@ -799,7 +814,7 @@ def tiny_qwen3_vl_video_inputs(
     prefix, suffix = (" ".join(WORDS[token - TEXT_TOKENS[0]] for token in _text(seed + n, 3 + n)) for n in (0, 1))
     text = f"<s> {prefix} <|vision_start|><|video_pad|><|vision_end|> {suffix}"
     video = torch.zeros(frames, 2 * height, 2 * width, 3, dtype=torch.uint8)  # never read: the stub has the pixels
-    return dict(processor(text=[text], videos=[video], return_tensors="pt"))
+    return on_test_device(dict(processor(text=[text], videos=[video], return_tensors="pt")))
 
 
 # CLIP's CLS is one additional token, dropped again by the "default" strategy.

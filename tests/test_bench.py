@@ -486,3 +486,84 @@ def test_acceptance_compares_the_fastest_repeats_too():
     (section,) = acceptance({"run": rows}, 0.2)
     (chosen,) = section["rows"]
     assert chosen["fastest_over_ideal"] == pytest.approx(400.0 / 100.0 / 5.0)
+
+
+def test_reproduce_command_names_the_device_and_attention(tmp_path):
+    """A run's recorded command rebuilds it: `--device` and a non-default `--attn-implementation` are in it."""
+    results, _ = run_bench(
+        tmp_path, "--methods", "uniform", "--budgets", "0.5", "--device", "cpu", "--attn-implementation", "eager"
+    )
+    command = results["runs"][0]["command"]
+    assert "--device cpu" in command and "--attn-implementation eager" in command
+    assert results["runs"][0]["settings"]["attn_implementation"] == "eager"
+
+
+def test_decode_runs_one_untimed_decode_first_when_warming_up(monkeypatch, tmp_path):
+    """With --warmup, the decode phase makes one more decode call than it times (on the first configuration)."""
+    from hf_tokenprune.bench import runner
+
+    calls = []
+    measure = runner.measure_decode
+
+    def counting(config, *args, **kwargs):
+        calls.append(config.method)
+        return measure(config, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "measure_decode", counting)
+    for warmup, expected in (("0", [None, "uniform"]), ("1", [None, None, "uniform"])):
+        calls.clear()
+        output = tmp_path / f"warm{warmup}.json"
+        flags = ["--methods", "uniform", "--budgets", "0.5", "--repeats", "1", "--decode-tokens", "3"]
+        assert main(["bench", "--preset", "tiny-qwen2.5-vl", *flags, "--warmup", warmup, "--output", str(output)]) == 0
+        assert calls == expected
+        assert json.loads(output.read_text())["runs"][0]["decode_warmup"] is (warmup == "1")
+
+
+def test_cuda_runs_without_a_decode_warmup_leave_the_decode_table():
+    """Decode speeds of a CUDA run timed cold are not compared; CPU runs and warmed CUDA runs are."""
+    from hf_tokenprune.bench.report import decode_memory
+
+    def rows(speed):
+        return [
+            {"method": method, "kv_cache_bytes_full_depth": 10, "decode_tokens_per_s": speed}
+            for method in ("unpruned", "a")
+        ]
+
+    def run(device, warmed=None):
+        record = {"machine": {"device": device}, "settings": {"decode_tokens": 4}}
+        return record if warmed is None else record | {"decode_warmup": warmed}
+
+    runs = {"cpu": run("cpu"), "cold": run("cuda"), "cold2": run("cuda", False), "warm": run("cuda", True)}
+    sections = decode_memory({label: rows(2.0) for label in runs}, runs)
+    assert [section["label"] for section in sections] == ["cpu", "warm"]
+
+
+def test_gpu_prefill_view_reads_each_cuda_runs_per_layer_times():
+    """The "On a GPU" table: per-layer prefill of unpruned and the pre-LLM methods' range at the budget (fastv, which
+    runs its first layers on every token, left out), from CUDA runs only."""
+    from hf_tokenprune.bench.report import gpu_prefill
+
+    def row(method, budget, layer_ms, over_ideal, unpruned_layers=0):
+        return {
+            "method": method,
+            "budget": budget,
+            "text_tokens": 8,
+            "visual_tokens": 100,
+            "kept_tokens": 20,
+            "unpruned_layers": unpruned_layers,
+            "measured": {"prefill_layer_ms": layer_ms},
+            "measured_over_ideal": over_ideal,
+        }
+
+    rows = [
+        row("unpruned", 1.0, 3.0, 1.0),
+        row("a", 0.2, 1.0, 0.5),
+        row("b", 0.2, 1.5, 0.4),
+        row("fastv", 0.2, 9.0, 0.1, unpruned_layers=2),
+        row("a", 0.5, 2.0, 0.9),
+    ]
+    runs = {"gpu": {"machine": {"device": "cuda"}}, "cpu": {"machine": {"device": "cpu"}}}
+    (view,) = gpu_prefill({"gpu": rows, "cpu": rows}, runs, 0.2)
+    assert view["label"] == "gpu" and (view["tokens"], view["kept"]) == (108, 28)
+    assert view["unpruned_layer_ms"] == 3.0 and view["pruned_layer_ms"] == (1.0, 1.5)
+    assert view["measured_over_ideal"] == (0.4, 0.5)

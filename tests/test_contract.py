@@ -580,8 +580,8 @@ def test_generation_modes_work_with_a_budget(base_models, arch, mode):
         single = build_inputs(arch, make_samples([1], IMAGE_SIZES[arch]))
         streamer = RecordingStreamer()
         sequences = greedy(model, single, streamer=streamer)
-        assert torch.equal(streamer.puts[0], single["input_ids"]), "the prompt part is the caller's prompt"
-        assert torch.equal(torch.cat(streamer.puts[1:]), sequences[0, single["input_ids"].shape[1] :])
+        assert torch.equal(streamer.puts[0], single["input_ids"].cpu()), "the prompt part is the caller's prompt"
+        assert torch.equal(torch.cat(streamer.puts[1:]), sequences[0, single["input_ids"].shape[1] :].cpu())
         tokenizer = tiny_tokenizer()
         text_streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
         greedy(model, single, streamer=text_streamer)
@@ -621,7 +621,7 @@ AUTO_BUDGETS = ["auto", "auto:0.5", AutoBudget(threshold=0.99, min_fraction=0.1,
 def reference_auto_keep(scores: torch.Tensor, budget: AutoBudget) -> list[int]:
     """The "auto" rule computed another way (numpy, one segment): the fewest top-scored tokens whose softmax mass (of the
     z-scored scores) reaches the threshold, clamped to the fraction bounds rounded as float budgets are; positions ascending."""
-    values = scores.double().numpy()
+    values = scores.double().cpu().numpy()
     values = (values - values.mean()) / values.std() if values.std() > 0 else np.zeros_like(values)
     probabilities = np.exp(values - values.max())
     probabilities /= probabilities.sum()

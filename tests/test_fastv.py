@@ -49,12 +49,12 @@ class MaskedFromLayer:
         query = hidden.shape[1]
         if mask is None:  # plain causal over the cache plus this step
             past = cache.get_seq_length(module.self_attn.layer_idx) if cache is not None else 0
-            keys = torch.arange(past + query)
-            mask = (keys[None, :] <= (torch.arange(query) + past)[:, None])[None, None].expand(
+            keys = torch.arange(past + query, device=hidden.device)
+            mask = (keys[None, :] <= (torch.arange(query, device=hidden.device) + past)[:, None])[None, None].expand(
                 hidden.shape[0], 1, -1, -1
             )
         prompt = self.keep.shape[1]
-        dropped = torch.zeros(hidden.shape[0], mask.shape[-1], dtype=torch.bool)
+        dropped = torch.zeros(hidden.shape[0], mask.shape[-1], dtype=torch.bool, device=hidden.device)
         dropped[:, : min(prompt, mask.shape[-1])] = ~self.keep[:, : mask.shape[-1]]
         dropped = dropped[:, None, None, :]
         if mask.dtype == torch.bool:
@@ -102,7 +102,7 @@ def expected_keep(eager_base, arch: str, inputs: dict, budget) -> torch.Tensor:
             else:
                 count = tokens_to_keep(budget, run)
             kept = hard_topk_indices(scores, count)
-            dropped = torch.ones(run, dtype=torch.bool)
+            dropped = torch.ones(run, dtype=torch.bool, device=input_ids.device)
             dropped[kept] = False
             keep[batch_row, run_positions[dropped]] = False
             offset += run
@@ -229,8 +229,8 @@ def test_fastv_generation_modes(base_models, arch, mode):
         single = build_inputs(arch, make_samples([1], IMAGE_SIZES[arch]))
         streamer = RecordingStreamer()
         sequences = model.generate(**single, prune_budget=0.3, max_new_tokens=NEW_TOKENS, streamer=streamer)
-        assert torch.equal(streamer.puts[0], single["input_ids"])
-        assert torch.equal(torch.cat(streamer.puts[1:]), sequences[0, single["input_ids"].shape[1] :])
+        assert torch.equal(streamer.puts[0], single["input_ids"].cpu())
+        assert torch.equal(torch.cat(streamer.puts[1:]), sequences[0, single["input_ids"].shape[1] :].cpu())
 
 
 # ---------------------------------------------------------------- batches

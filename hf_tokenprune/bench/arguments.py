@@ -266,6 +266,10 @@ def command_line(args: BenchArguments) -> str:
         ("dtype", args.dtype),
         ("output", args.output or "bench.json"),
     ]
+    if args.device != "auto":
+        flags.append(("device", args.device))
+    if args.attn_implementation != "sdpa":
+        flags.append(("attn-implementation", args.attn_implementation))
     if args.threads:
         flags.append(("threads", args.threads))
     if args.fit_memory_mib:

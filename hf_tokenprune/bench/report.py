@@ -77,6 +77,10 @@ def render_doc(results: dict[str, Any], plot_dir: Path, sources: list[str]) -> s
             acceptance=acceptance(grouped, ACCEPTANCE_BUDGET),
             selection_cost=selection_cost(grouped, ACCEPTANCE_BUDGET),
             decode_memory=decode_memory(grouped, runs),
+            decode_unwarmed=[
+                label for label, run in runs.items() if not decode_warmed(run) and run["settings"]["decode_tokens"]
+            ],
+            gpu_prefill=gpu_prefill(grouped, runs, ACCEPTANCE_BUDGET),
             what_fits=[{"label": label, **run["what_fits"]} for label, run in runs.items() if "what_fits" in run],
             throughput=throughput(grouped, runs),
             runs=runs,
@@ -124,11 +128,19 @@ def selection_cost(grouped: dict[str, list[dict[str, Any]]], budget: float) -> l
     return sections
 
 
+def decode_warmed(run: dict[str, Any]) -> bool:
+    """Whether a run's decode speeds can be compared: CPU runs (no cold start measured there), or an untimed decode ran
+    first (`decode_warmup`; the CUDA runs of 2026-11-26 had none, and their first two configurations decoded 2-3x
+    slower than the rest)."""
+    return run["machine"]["device"] != "cuda" or run.get("decode_warmup", False)
+
+
 def decode_memory(grouped: dict[str, list[dict[str, Any]]], runs: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per run with a decode run: each row's full-depth KV bytes and decode speed, and both relative to unpruned."""
+    """Per run with a comparable decode run (`decode_warmed`): each row's full-depth KV bytes and decode speed, and both
+    relative to unpruned."""
     sections = []
     for label, rows in grouped.items():
-        if "decode_tokens_per_s" not in rows[0]:
+        if "decode_tokens_per_s" not in rows[0] or not decode_warmed(runs[label]):
             continue
         unpruned = rows[0]
         chosen = [
@@ -142,6 +154,38 @@ def decode_memory(grouped: dict[str, list[dict[str, Any]]], runs: dict[str, Any]
         ]
         sections.append({"label": label, "new_tokens": runs[label]["settings"]["decode_tokens"], "rows": chosen})
     return sections
+
+
+def gpu_prefill(grouped: dict[str, list[dict[str, Any]]], runs: dict[str, Any], budget: float) -> list[dict[str, Any]]:
+    """Per CUDA run: the LLM prefill's time per decoder layer unpruned and for each pre-LLM method at `budget` (their
+    range), next to the sequence lengths: where the pruned layer's time stops following its tokens."""
+    views = []
+    for label, rows in grouped.items():
+        if runs[label]["machine"]["device"] != "cuda":
+            continue
+        pruned = [
+            row
+            for row in rows
+            if row["budget"] == budget and row["method"] != "unpruned" and not row["unpruned_layers"]
+        ]
+        if not pruned:
+            continue
+        unpruned = rows[0]
+        per_layer = [row["measured"]["prefill_layer_ms"] for row in pruned]
+        views.append(
+            {
+                "label": label,
+                "tokens": unpruned["text_tokens"] + unpruned["visual_tokens"],
+                "kept": unpruned["text_tokens"] + pruned[0]["kept_tokens"],
+                "unpruned_layer_ms": unpruned["measured"]["prefill_layer_ms"],
+                "pruned_layer_ms": (min(per_layer), max(per_layer)),
+                "measured_over_ideal": (
+                    min(r["measured_over_ideal"] for r in pruned),
+                    max(r["measured_over_ideal"] for r in pruned),
+                ),
+            }
+        )
+    return views
 
 
 def throughput(grouped: dict[str, list[dict[str, Any]]], runs: dict[str, Any]) -> list[dict[str, Any]]:

@@ -134,6 +134,11 @@ def run_preset(
             )
             config.selection_call = None
     if args.decode_tokens:
+        if args.warmup:
+            # One untimed decode first, as the prefill rounds have warm-up runs: without it, on an H100 the first two
+            # configurations' decode (unpruned, then the first method) measured 2-3x slower than the others (first use of
+            # the decode step's kernels, probably; not profiled).
+            measure_decode(configurations[0], inputs, probe, args.decode_tokens, device)
         for config in tqdm(configurations, desc=f"decode {preset.name}", unit="run"):
             config.decode = measure_decode(config, inputs, probe, args.decode_tokens, device)
     probe.remove()
@@ -186,6 +191,7 @@ def run_preset(
         "widths": _widths(full_config),
         "machine": machine_info(device) | {"load_average_start": load_start, "load_average_end": _load_average()},
         "selector_sizes": selector_sizes,
+        "decode_warmup": bool(args.decode_tokens and args.warmup),  # an untimed decode ran before the timed ones
         "build_seconds": build_seconds,
         "wall_seconds": time.perf_counter() - started,
     }
