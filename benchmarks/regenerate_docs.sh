@@ -40,6 +40,11 @@ learned=visionselector,questionselector,autoselect,reconstruction
 hf-tokenprune bench --preset qwen2.5-vl-7b-video16 --threads 1 --dtype float32 --layers 3 --tag float32 \
     --methods visionselector,autoselect,reconstruction,divprune --budgets 0.2 --repeats 3 --warmup 1 --decode-tokens 4 \
     --output "$results/qwen2.5-vl-7b-video16.json"
+# questionselector's selection share on video16, with visionselector beside it (2026-11-26, quiet: the training job
+# that shared the machine was stopped for the run).
+hf-tokenprune bench --preset qwen2.5-vl-7b-video16 --threads 1 --dtype float32 --layers 1 --tag "float32, questionselector" \
+    --methods questionselector,visionselector --budgets 0.2 --repeats 1 --warmup 1 --decode-tokens 0 \
+    --output "$results/qwen2.5-vl-7b-video16-questionselector.json"
 hf-tokenprune bench --preset llava-onevision-7b-video --threads 1 --dtype float32 --layers 3 --tag float32 \
     --methods $learned,divprune --budgets 0.2 --repeats 3 --warmup 1 --decode-tokens 4 \
     --output "$results/llava-onevision-7b-video.json"
@@ -66,7 +71,7 @@ hf-tokenprune bench --preset qwen2.5-vl-7b --threads 1 --dtype float32 --layers 
     --repeats 2 --warmup 1 --decode-tokens 0 --output "$results/qwen2.5-vl-7b-issue20.json"
 
 issue21_results=""
-for name in qwen2.5-vl-7b-video16 qwen2.5-vl-7b-video64 llava-onevision-7b-video qwen2.5-vl-7b-float32 \
+for name in qwen2.5-vl-7b-video16 qwen2.5-vl-7b-video16-questionselector qwen2.5-vl-7b-video64 llava-onevision-7b-video qwen2.5-vl-7b-float32 \
     llava-1.5-7b-float32 llava-next-7b-float32 internvl3-8b-float32 qwen3-vl-8b-float32 gemma3-12b-float32 \
     llava-onevision-7b-float32 smolvlm-instruct-float32 qwen2.5-vl-7b-batch8 llava-1.5-7b-fit qwen2.5-vl-7b-fastv \
     qwen2.5-vl-7b-issue20; do
