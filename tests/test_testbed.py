@@ -370,6 +370,39 @@ def test_reproduce_passes_the_relevance_layer_to_every_vlm_round(tmp_path, monke
     assert seen == [3]
 
 
+def test_reproduce_builds_the_language_model_at_vlm_layers(tmp_path, monkeypatch):
+    """`vlm_layers` sets the decoder depth of the model stage 1 creates (what every later round goes on from), and
+    bounds `vlm_relevance_layer` (layers - 1); the stock config of a fresh model has that many layers."""
+    from hf_tokenprune_testbed import pipeline
+    from hf_tokenprune_testbed.model import TEXT_SIZES, new_testbed_model
+
+    built = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_pretrain_vision(model, *args, **kwargs):
+        built.append(model.config.text_config.num_hidden_layers)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "pretrain_vision", fake_pretrain_vision)
+    with pytest.raises(Stop):
+        run_reproduce(ReproduceArguments(output=str(tmp_path / "run"), vlm_layers=6, vlm_relevance_layer=5, threads=1))
+    assert built == [6]
+    with pytest.raises(ValueError, match=r"vlm_relevance_layer.*\[1, 2\]"):
+        run_reproduce(
+            ReproduceArguments(output=str(tmp_path / "other"), vlm_layers=3, vlm_relevance_layer=3, threads=1)
+        )
+    model, _ = new_testbed_model(0)
+    assert (
+        model.config.text_config.num_hidden_layers
+        == TEXT_SIZES["num_hidden_layers"]
+        == len(model.model.language_model.layers)
+    )
+    model, _ = new_testbed_model(0, 5)
+    assert len(model.model.language_model.layers) == 5
+
+
 # ----------------------------------------------------------------------------- the bundled default
 BASE_FILES = {
     "chat_template.jinja",
@@ -834,7 +867,13 @@ def test_reproduce_rejects_a_bad_vlm_schedule_before_training(tmp_path, schedule
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("vlm_cached_records", 0), ("eval_tasks", "v2,v3"), ("vlm_relevance_layer", 0), ("vlm_relevance_layer", 4)],
+    [
+        ("vlm_cached_records", 0),
+        ("eval_tasks", "v2,v3"),
+        ("vlm_relevance_layer", 0),
+        ("vlm_relevance_layer", 4),
+        ("vlm_layers", 1),
+    ],
 )
 def test_reproduce_rejects_bad_arguments_before_training(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
