@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -370,6 +371,28 @@ def test_reproduce_passes_the_relevance_layer_to_every_vlm_round(tmp_path, monke
     assert seen == [3]
 
 
+def test_a_done_stage_whose_uncommitted_output_is_gone_runs_again(tmp_path):
+    """`rerun_if_missing` (the selector records, not committed): a clone of a run in progress has the stage done in
+    stages.json but not its folder, so it runs again; with the folder there, or without the flag, it is skipped."""
+    run = tmp_path / "run"
+    stages = Stages(run, ReproduceArguments(output=str(run)))
+    calls = []
+
+    def write(target):
+        calls.append(target.name)
+        target.mkdir(parents=True)
+
+    stages.run("records", write, run / "selector_data", rerun_if_missing=True)
+    stages.run("records", write, run / "selector_data", rerun_if_missing=True)  # there: skipped
+    assert calls == ["selector_data.partial"]
+    shutil.rmtree(run / "selector_data")
+    stages.run("records", write, run / "selector_data")  # without the flag: skipped although gone
+    assert calls == ["selector_data.partial"]
+    again = Stages(run, ReproduceArguments(output=str(run)))  # as a resumed run reads stages.json
+    again.run("records", write, run / "selector_data", rerun_if_missing=True)
+    assert calls == ["selector_data.partial"] * 2 and (run / "selector_data").is_dir() and again.done("records")
+
+
 def test_reproduce_builds_the_language_model_at_vlm_layers(tmp_path, monkeypatch):
     """`vlm_layers` sets the decoder depth of the model stage 1 creates (what every later round goes on from), and
     bounds `vlm_relevance_layer` (layers - 1); the stock config of a fresh model has that many layers."""
@@ -493,6 +516,7 @@ CHILD = """
 import sys
 sys.modules["hf_tokenprune"] = None  # a Hub user has only transformers
 import json
+import shutil
 import torch
 from transformers import AutoModelForImageTextToText
 

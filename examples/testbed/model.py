@@ -84,14 +84,15 @@ def testbed_processor(tokenizer=None) -> ImageOnlyQwen2_5_VLProcessor:
     return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def testbed_config(tokenizer) -> Qwen2_5_VLConfig:
-    """A small Qwen2.5-VL config whose special ids come from `tokenizer`."""
+def testbed_config(tokenizer, text_layers: int | None = None) -> Qwen2_5_VLConfig:
+    """A small Qwen2.5-VL config whose special ids come from `tokenizer`; `text_layers` decoder layers (default:
+    `TEXT_SIZES`'s)."""
     ids = tokenizer.convert_tokens_to_ids
     head_dim = TEXT_SIZES["hidden_size"] // TEXT_SIZES["num_attention_heads"]
     half = head_dim // 2  # M-RoPE splits the rotary half-dimension into (time, height, width) sections
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            TEXT_SIZES,
+            TEXT_SIZES | ({} if text_layers is None else {"num_hidden_layers": text_layers}),
             vocab_size=len(tokenizer),
             max_position_embeddings=1024,
             rope_parameters={
@@ -122,11 +123,11 @@ def testbed_config(tokenizer) -> Qwen2_5_VLConfig:
     return config
 
 
-def new_testbed_model(seed: int = 0):
-    """(freshly initialised testbed VLM, its processor)."""
+def new_testbed_model(seed: int = 0, text_layers: int | None = None):
+    """(freshly initialised testbed VLM with `text_layers` decoder layers (default: `TEXT_SIZES`'s), its processor)."""
     processor = testbed_processor()
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(testbed_config(processor.tokenizer))
+    model = Qwen2_5_VLForConditionalGeneration(testbed_config(processor.tokenizer, text_layers))
     generation = model.generation_config
     generation.pad_token_id = processor.tokenizer.pad_token_id
     generation.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")

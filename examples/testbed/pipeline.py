@@ -609,6 +609,13 @@ class ReproduceArguments:
             "the relevant visual tokens (`RelevanceTrainer`; 0: none)."
         },
     )
+    vlm_layers: int = field(
+        default=TEXT_SIZES["num_hidden_layers"],
+        metadata={
+            "help": "Decoder layers of the VLM's language model (>= 2; the committed runs have 4). Set when stage 1 "
+            "creates the model; every later stage goes on from it."
+        },
+    )
     vlm_relevance_layer: int = field(
         default=2,
         metadata={
@@ -655,7 +662,7 @@ class ReproduceArguments:
 def train_vision_stage(output_dir: Path, args: ReproduceArguments):
     """Stage 1: a fresh testbed VLM whose vision tower learns per-token labels, its output rescaled to the word
     embeddings' norm (`match_feature_scale`); saves model + processor (+ the stage's log) to `output_dir`."""
-    model, processor = new_testbed_model(args.seed)
+    model, processor = new_testbed_model(args.seed, args.vlm_layers)
     log = pretrain_vision(model, processor, output_dir, args.vision_steps, args.vlm_batch_size, 2e-3, args.seed)
     match_feature_scale(model, processor)
     model.save_pretrained(output_dir)
@@ -679,16 +686,18 @@ def train_vlm(
     gather_weight: float = 0.0,
     count_weight: float = 0.0,
     relevance_layer: int = 2,
+    text_layers: int | None = None,
 ):
-    """Stage 2 round: the language model of the VLM in `init_from` (a fresh one if None) trained with the stock
-    Trainer, its whole vision tower frozen, on `cached_records` train records from `first_record` whose visual tokens
-    are computed once (`CachedVisualTokens`), for as many epochs as `steps` takes; saves model + processor."""
+    """Stage 2 round: the language model of the VLM in `init_from` (a fresh one of `text_layers` decoder layers if None)
+    trained with the stock Trainer, its whole vision tower frozen, on `cached_records` train records from
+    `first_record` whose visual tokens are computed once (`CachedVisualTokens`), for as many epochs as `steps` takes;
+    saves model + processor."""
     if init_from is not None:
         from .model import load_testbed
 
         model, processor = load_testbed(init_from)
     else:
-        model, processor = new_testbed_model(seed)
+        model, processor = new_testbed_model(seed, text_layers)
     model.model.visual.requires_grad_(False)
     model.eval()  # the tower's pass (no dropout here either way), then the Trainer switches to train mode
     records = GeneratedRecords("train", cached_records, caption_every, first=first_record, scene=scene)
@@ -922,8 +931,13 @@ class Stages:
     def done(self, name: str) -> bool:
         return name in self.state["done"]
 
-    def run(self, name: str, function, folder: Path | None = None):
-        """Run `function(target)` unless `name` is done; `target` is `folder`'s `.partial` twin, renamed on success."""
+    def run(self, name: str, function, folder: Path | None = None, rerun_if_missing: bool = False):
+        """Run `function(target)` unless `name` is done; `target` is `folder`'s `.partial` twin, renamed on success.
+        With `rerun_if_missing`, a done stage whose `folder` is gone runs again (for outputs not committed that the
+        stage writes the same again, so a run resumed from a clone of the repository can go on)."""
+        if self.done(name) and rerun_if_missing and folder is not None and not folder.exists():
+            print(f"stage {name}: done in an earlier run, but {folder} is gone: running it again")
+            del self.state["done"][name]
         if self.done(name):
             print(f"stage {name}: done in an earlier run ({self.state['done'][name]:.0f} s), skipped")
             return None
@@ -960,9 +974,13 @@ def run_reproduce(args: ReproduceArguments) -> dict:
     for name in ("vlm_relevance_weight", "vlm_gather_weight"):
         if not getattr(args, name) >= 0:
             raise ValueError(f"`{name}` must be >= 0, got {getattr(args, name)}")
-    layers = TEXT_SIZES["num_hidden_layers"]
+    if args.vlm_layers < 2:
+        raise ValueError(f"`vlm_layers` must be >= 2, got {args.vlm_layers}")
+    layers = args.vlm_layers
     if not 1 <= args.vlm_relevance_layer <= layers - 1:
-        raise ValueError(f"`vlm_relevance_layer` must be in [1, {layers - 1}], got {args.vlm_relevance_layer}")
+        raise ValueError(
+            f"`vlm_relevance_layer` must be in [1, {layers - 1}] (`vlm_layers` - 1), got {args.vlm_relevance_layer}"
+        )
     if args.vlm_cached_records < 1:
         raise ValueError(f"`vlm_cached_records` must be >= 1, got {args.vlm_cached_records}")
     rounds = parse_schedule(args.vlm_schedule, args.vlm_cached_records)  # before anything is written
@@ -1001,6 +1019,7 @@ def run_reproduce(args: ReproduceArguments) -> dict:
                 gather_weight=args.vlm_gather_weight,
                 count_weight=count_weight,
                 relevance_layer=args.vlm_relevance_layer,
+                text_layers=args.vlm_layers,
             ),
             folder,
         )
@@ -1011,7 +1030,8 @@ def run_reproduce(args: ReproduceArguments) -> dict:
         for every in sorted({selector_caption_every(method, args) for method in BUNDLED_METHODS}):
             write_records("train", args.selector_records, target, every)
 
-    stages.run("records", write_all_records, output / "selector_data")
+    # The records are not committed (44 MB of JPEGs) and come out the same from the seed.
+    stages.run("records", write_all_records, output / "selector_data", rerun_if_missing=True)
     adapters = {}
     for method in BUNDLED_METHODS:
         every = selector_caption_every(method, args)
