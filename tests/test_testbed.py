@@ -215,12 +215,90 @@ def test_reproduce_resumes_from_the_last_finished_stage(tmp_path, monkeypatch):
 def test_parse_schedule_reads_each_rounds_fields_and_their_defaults():
     from hf_tokenprune_testbed.pipeline import Round, parse_schedule
 
-    assert parse_schedule("5:1e-3,6:2e-3:easy,7:3e-3:full:9,8:4e-3:full:10:0.5", 4) == [
-        Round(5, 1e-3, "full", 4, 0.0),
-        Round(6, 2e-3, "easy", 4, 0.0),
-        Round(7, 3e-3, "full", 9, 0.0),
-        Round(8, 4e-3, "full", 10, 0.5),
+    assert parse_schedule("5:1e-3,6:2e-3:easy,7:3e-3:full:9,8:4e-3:full:10:0.5,9:5e-3:full:11:1:0.25", 4) == [
+        Round(5, 1e-3, "full", 4, 0.0, 0.0),
+        Round(6, 2e-3, "easy", 4, 0.0, 0.0),
+        Round(7, 3e-3, "full", 9, 0.0, 0.0),
+        Round(8, 4e-3, "full", 10, 0.5, 0.0),
+        Round(9, 5e-3, "full", 11, 1.0, 0.25),
     ]
+    for bad in ("9:5e-3:full:11:1:1.5", "9:5e-3:full:11:1:0.5:7"):
+        with pytest.raises(ValueError, match="vlm_schedule"):
+            parse_schedule(bad, 4)
+
+
+def _cached_items(n: int, caption_every: int = 0):
+    from hf_tokenprune_testbed.model import new_testbed_model
+    from hf_tokenprune_testbed.pipeline import CachedVisualTokens, GeneratedRecords
+
+    model, processor = new_testbed_model(0)
+    items = CachedVisualTokens(model, processor, GeneratedRecords("train", n, caption_every), 2, num_workers=0)
+    return model, processor, [items[i] for i in range(n)]
+
+
+def test_token_dropout_leaves_out_only_tokens_the_question_is_not_about_at_their_unpruned_positions():
+    """Oracle: the whole batch through the stock forward, the left-out tokens masked out of attention and every
+    position given by the stock `get_rope_index` on the whole sequence: the kept tokens' logits must match."""
+    from hf_tokenprune_testbed.pipeline import TokenDropout, collate_cached
+
+    model, processor, items = _cached_items(4, caption_every=2)
+    pad = processor.tokenizer.pad_token_id
+    dropout = TokenDropout(model, pad, share=1.0, minimum=0.2, seed=0)
+    keeps = [dropout.keep_mask(item) for item in items]
+    dropout.generator.manual_seed(0)  # the same draws again, inside the call
+    thinned = dropout(items)
+    whole = collate_cached(items, pad)
+    whole.pop("token_relevance")
+    positions, _ = model.model.get_rope_index(
+        whole["input_ids"],
+        mm_token_type_ids=whole["mm_token_type_ids"],
+        image_grid_thw=whole["image_grid_thw"],
+        attention_mask=whole["attention_mask"],
+    )
+    masked = whole["attention_mask"].clone()
+    for row, keep in enumerate(keeps):
+        masked[row, : len(keep)] = keep.long()
+        visual = items[row]["input_ids"] == model.config.image_token_id
+        relevance = items[row]["token_relevance"]
+        assert keep[visual][relevance > 0.5].all()  # the evidence always stays
+        others = (relevance < 0.5).sum().item()
+        assert 0.2 * others - 1 <= keep[visual][relevance < 0.5].sum() <= others
+        assert (~keep).sum() > 0 and keep[~visual].all()  # only visual tokens go
+        assert torch.equal(thinned["token_relevance"][row][: keep[visual].sum()], relevance[keep[visual]])
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        reference = model(**{**whole, "attention_mask": masked, "position_ids": positions}).logits
+        got = model(**{k: v for k, v in thinned.items() if k != "token_relevance"}).logits
+    for row, keep in enumerate(keeps):
+        length = int(keep.sum())
+        torch.testing.assert_close(got[row, :length], reference[row, : len(keep)][keep], rtol=1e-4, atol=1e-5)
+        assert torch.equal(thinned["labels"][row, :length], whole["labels"][row, : len(keep)][keep])
+
+
+def test_token_dropout_with_share_0_is_the_plain_collator_with_the_stock_positions():
+    """Oracle: `collate_cached` and the stock `get_rope_index`; share 0.5 thins some records and not others."""
+    from hf_tokenprune_testbed.pipeline import TokenDropout, collate_cached
+
+    model, processor, items = _cached_items(6)
+    pad = processor.tokenizer.pad_token_id
+    batch = TokenDropout(model, pad, share=0.0)(items)
+    plain = collate_cached(items, pad)
+    positions, _ = model.model.get_rope_index(
+        plain["input_ids"],
+        mm_token_type_ids=plain["mm_token_type_ids"],
+        image_grid_thw=plain["image_grid_thw"],
+        attention_mask=plain["attention_mask"],
+    )
+    real = plain["attention_mask"].bool()
+    assert torch.equal(batch.pop("position_ids")[:, real], positions[:, real])
+    for key, value in plain.items():
+        if key != "mm_encoder_outputs":
+            assert torch.equal(batch[key], value), key
+    half = TokenDropout(model, pad, share=0.5, seed=1)
+    thinned = [bool((~half.keep_mask(item)).any()) for item in items * 5]
+    assert 0 < sum(thinned) < len(thinned)
+    with pytest.raises(ValueError, match="share"):
+        TokenDropout(model, pad, share=1.5)
 
 
 def test_reproduce_goes_on_from_a_finished_run_with_rounds_appended(tmp_path, monkeypatch):
@@ -243,7 +321,7 @@ def test_reproduce_goes_on_from_a_finished_run_with_rounds_appended(tmp_path, mo
     real_train_vlm, rounds_run = pipeline.train_vlm, []
 
     def train_vlm(output_dir, **kwargs):
-        rounds_run.append((output_dir.name, Path(kwargs["init_from"]).name, kwargs["count_weight"]))
+        rounds_run.append((output_dir.name, Path(kwargs["init_from"]).name, kwargs["count_weight"], kwargs["drop"]))
         return real_train_vlm(output_dir, **kwargs)
 
     monkeypatch.setattr(pipeline, "train_vlm", train_vlm)
@@ -253,14 +331,14 @@ def test_reproduce_goes_on_from_a_finished_run_with_rounds_appended(tmp_path, mo
         pipeline, "train_selector", lambda m, *rest: selectors_run.append(m) or real_train_selector(m, *rest)
     )
     run_reproduce(
-        dataclasses.replace(args, vlm_schedule="1:1e-3,2:1e-2:full:2:0.5")
-    )  # 2 steps: the first warms up from lr 0
-    assert rounds_run == [("base.partial", "vlm-round-1", 0.5)]
+        dataclasses.replace(args, vlm_schedule="1:1e-3,2:1e-2:full:2:0.5:1")
+    )  # 2 steps: the first warms up from lr 0; every record of round 2 thinned out by `TokenDropout`
+    assert rounds_run == [("base.partial", "vlm-round-1", 0.5, 1.0)]
     assert (run / "vlm-round-1" / "model.safetensors").read_bytes() == round_one
     assert (run / "base" / "model.safetensors").read_bytes() != round_one
     assert selectors_run == list(BUNDLED_METHODS)
     state = json.loads((run / "stages.json").read_text())
-    assert state["arguments"]["vlm_schedule"] == "1:1e-3,2:1e-2:full:2:0.5"
+    assert state["arguments"]["vlm_schedule"] == "1:1e-3,2:1e-2:full:2:0.5:1"
     assert list(state["done"]) == [
         "vision",
         "vlm-round-1",

@@ -349,6 +349,68 @@ def collate_cached(items: list[dict], pad_token_id: int) -> dict:
     }
 
 
+class TokenDropout:
+    """Collator for `CachedVisualTokens` items that, in a `share` of the records, leaves out a random part of the
+    visual tokens the question is not about (every token `token_relevance` marks stays; the kept fraction of the
+    others is uniform in [`minimum`, 1]) and keeps the rest at their unpruned M-RoPE positions, as a pruning method
+    hands them to the language model. Returns `collate_cached`'s batch plus explicit `position_ids` (3, batch, length).
+
+    Why: a from-scratch VLM that has only ever seen whole images can read the number of visual tokens itself (a
+    softmax's share of mass on its own position, which is how `RelevanceTrainer`'s count head counts), so any pruning,
+    even one that keeps all the evidence, moves its answers: testbed-v3 kept 96.9% of the evidence at budget 0.1 and
+    still lost 42 points on counting (docs/testbed.md). Real VLMs lose little when tokens nobody asked about go; this
+    teaches the testbed's the same without telling it which method prunes (the dropped tokens are chosen at random,
+    so every method that keeps the evidence gains alike). Done by hand: no library augments multimodal token
+    sequences at the language model's input.
+    """
+
+    def __init__(self, model, pad_token_id: int, share: float, minimum: float = 0.05, seed: int = 0) -> None:
+        if not 0 <= share <= 1 or not 0 <= minimum <= 1:
+            raise ValueError(f"`share` and `minimum` must be in [0, 1], got {share} and {minimum}")
+        self.model, self.pad_token_id, self.share, self.minimum = model, pad_token_id, share, minimum
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def keep_mask(self, item: dict) -> torch.Tensor:
+        """(length,) bool: which of the item's tokens to keep (all of them unless this record is thinned out)."""
+        ids = item["input_ids"]
+        keep = torch.ones(len(ids), dtype=torch.bool)
+        if torch.rand((), generator=self.generator) >= self.share:
+            return keep
+        visual = (ids == self.model.config.image_token_id).nonzero().squeeze(1)
+        relevance = item.get("token_relevance")
+        others = visual if relevance is None else visual[relevance[: len(visual)] < 0.5]
+        fraction = self.minimum + (1 - self.minimum) * torch.rand((), generator=self.generator).item()
+        order = torch.randperm(len(others), generator=self.generator)
+        keep[others[order[round(fraction * len(others)) :]]] = False
+        return keep
+
+    def __call__(self, items: list[dict]) -> dict:
+        thinned, positions = [], []
+        for item in items:
+            ids = item["input_ids"]
+            with torch.no_grad():  # the stock positions of the whole sequence, before any token goes
+                position, _ = self.model.model.get_rope_index(
+                    ids[None],
+                    mm_token_type_ids=item["mm_token_type_ids"][None],
+                    image_grid_thw=item["image_grid_thw"],
+                    attention_mask=torch.ones_like(ids)[None],
+                )
+            keep = self.keep_mask(item)
+            visual_keep = keep[ids == self.model.config.image_token_id]
+            kept = {key: item[key][keep] for key in ("input_ids", "labels", "mm_token_type_ids")}
+            kept.update(image_grid_thw=item["image_grid_thw"], visual_tokens=item["visual_tokens"][visual_keep])
+            if "token_relevance" in item:
+                kept["token_relevance"] = item["token_relevance"][visual_keep]
+            thinned.append(kept)
+            positions.append(position[:, 0, keep])
+        batch = collate_cached(thinned, self.pad_token_id)
+        position_ids = torch.ones(3, len(items), batch["input_ids"].shape[1], dtype=torch.long)  # pads: 1, as stock
+        for row, position in enumerate(positions):
+            position_ids[:, row, : position.shape[1]] = position
+        batch["position_ids"] = position_ids
+        return batch
+
+
 # ----------------------------------------------------------------------------------------- stage 1: the vision tower
 def token_labels(example) -> torch.Tensor:
     """Per-token stage-1 labels of `example`, raster order, one column per group of `scenes.label_names`.
@@ -526,29 +588,31 @@ class Round(NamedTuple):
     scene: str
     records: int
     count_weight: float
+    drop: float = 0.0
 
 
 def parse_schedule(schedule: str, records: int) -> list[Round]:
-    """`"1000:1e-3:easy,2000:2e-3:full:8000:1"` -> [Round(1000, 0.001, "easy", records, 0.0), Round(2000, 0.002,
-    "full", 8000, 1.0)]: steps, peak learning rate, the round's scenes (`scenes.SCENES`, default full), how many fresh
-    records it trains on (default `records`) and the weight of `RelevanceTrainer`'s count term (default 0); a
-    malformed round names `vlm_schedule`."""
+    """`"1000:1e-3:easy,2000:2e-3:full:8000:1,500:1e-3:full:6000:1:0.5"` -> [Round(1000, 0.001, "easy", records, 0.0,
+    0.0), Round(2000, 0.002, "full", 8000, 1.0, 0.0), Round(500, 0.001, "full", 6000, 1.0, 0.5)]: steps, peak learning
+    rate, the round's scenes (`scenes.SCENES`, default full), how many fresh records it trains on (default `records`),
+    the weight of `RelevanceTrainer`'s count term (default 0) and the share of records whose irrelevant visual tokens
+    are thinned out (`TokenDropout`, default 0); a malformed round names `vlm_schedule`."""
     from .scenes import SCENES
 
     rounds = []
     for part in schedule.split(","):
         try:
             steps, learning_rate, *rest = part.split(":")
-            if len(rest) > 3:
+            if len(rest) > 4:
                 raise ValueError
             scene = rest[0] if rest else "full"
             count = int(rest[1]) if len(rest) > 1 else records
-            rounds.append(
-                Round(int(steps), float(learning_rate), scene, count, float(rest[2]) if len(rest) > 2 else 0.0)
-            )
+            weight = float(rest[2]) if len(rest) > 2 else 0.0
+            drop = float(rest[3]) if len(rest) > 3 else 0.0
+            rounds.append(Round(int(steps), float(learning_rate), scene, count, weight, drop))
         except ValueError:
             raise ValueError(
-                "`vlm_schedule` rounds are `steps:learning_rate[:scenes[:records[:count_weight]]]`, got "
+                "`vlm_schedule` rounds are `steps:learning_rate[:scenes[:records[:count_weight[:drop]]]]`, got "
                 f"{part!r} in {schedule!r}"
             ) from None
         if rounds[-1].steps < 1 or not rounds[-1].learning_rate > 0 or rounds[-1].records < 1:
@@ -557,6 +621,8 @@ def parse_schedule(schedule: str, records: int) -> list[Round]:
             )
         if not rounds[-1].count_weight >= 0:
             raise ValueError(f"`vlm_schedule`: a round's count weight must be >= 0, got {part!r}")
+        if not 0 <= rounds[-1].drop <= 1:
+            raise ValueError(f"`vlm_schedule`: a round's drop share must be in [0, 1], got {part!r}")
         if rounds[-1].scene not in SCENES:
             raise ValueError(f"`vlm_schedule`: a round's scenes must be one of {tuple(SCENES)}, got {part!r}")
     return rounds
@@ -573,11 +639,13 @@ class ReproduceArguments:
     vlm_schedule: str = field(
         default="2000:2e-3:easy,2000:1e-3:full:8000,1000:1e-3:full:6000:1,1000:1e-3:full:6000:1",
         metadata={
-            "help": "Stage 2 as rounds `steps:peak_lr[:scenes[:records[:count_weight]]]`, comma-separated; each "
-            "round is a cosine run (warm-up: a twentieth of its steps) that goes on from the previous one on records "
-            "it has not seen (default --vlm_cached_records of them), drawn from the task's full distribution or its "
-            "`easy` curriculum scenes (scenes.SCENES), with `RelevanceTrainer`'s count term at `count_weight` "
-            "(default 0). A finished run resumes with rounds appended to its schedule."
+            "help": "Stage 2 as rounds `steps:peak_lr[:scenes[:records[:count_weight[:drop]]]]`, comma-separated; "
+            "each round is a cosine run (warm-up: a twentieth of its steps) that goes on from the previous one on "
+            "records it has not seen (default --vlm_cached_records of them), drawn from the task's full distribution "
+            "or its `easy` curriculum scenes (scenes.SCENES), with `RelevanceTrainer`'s count term at `count_weight` "
+            "(default 0) and, in a `drop` share of its records (default 0), a random part of the visual tokens that "
+            "the question is not about left out (`TokenDropout`). A finished run resumes with rounds appended to its "
+            "schedule."
         },
     )
     vlm_batch_size: int = field(default=16, metadata={"help": "VLM training batch size."})
@@ -687,11 +755,12 @@ def train_vlm(
     count_weight: float = 0.0,
     relevance_layer: int = 2,
     text_layers: int | None = None,
+    drop: float = 0.0,
 ):
     """Stage 2 round: the language model of the VLM in `init_from` (a fresh one of `text_layers` decoder layers if None)
     trained with the stock Trainer, its whole vision tower frozen, on `cached_records` train records from
-    `first_record` whose visual tokens are computed once (`CachedVisualTokens`), for as many epochs as `steps` takes;
-    saves model + processor."""
+    `first_record` whose visual tokens are computed once (`CachedVisualTokens`), for as many epochs as `steps` takes,
+    a `drop` share of them thinned out by `TokenDropout`; saves model + processor."""
     if init_from is not None:
         from .model import load_testbed
 
@@ -702,7 +771,10 @@ def train_vlm(
     model.eval()  # the tower's pass (no dropout here either way), then the Trainer switches to train mode
     records = GeneratedRecords("train", cached_records, caption_every, first=first_record, scene=scene)
     dataset = CachedVisualTokens(model, processor, records)
-    collator = functools.partial(collate_cached, pad_token_id=processor.tokenizer.pad_token_id)
+    if drop > 0:
+        collator = TokenDropout(model, processor.tokenizer.pad_token_id, drop, seed=seed + first_record)
+    else:
+        collator = functools.partial(collate_cached, pad_token_id=processor.tokenizer.pad_token_id)
     args = _training_arguments(output_dir / "trainer", steps, batch_size, learning_rate, seed, logs=60, num_workers=0)
     yes_no = processor.tokenizer.convert_tokens_to_ids(["yes", "no"])
     trainer = RelevanceTrainer(
@@ -999,7 +1071,7 @@ def run_reproduce(args: ReproduceArguments) -> dict:
         stages.run("vision", lambda target: train_vision_stage(target, args), output / "vlm-vision")
         previous = output / "vlm-vision"
     first_record = 0
-    for index, (steps, learning_rate, scene, records, count_weight) in enumerate(rounds):
+    for index, (steps, learning_rate, scene, records, count_weight, drop) in enumerate(rounds):
         last = index == len(rounds) - 1
         folder = output / ("base" if last else f"vlm-round-{index + 1}")
         stages.run(
@@ -1020,6 +1092,7 @@ def run_reproduce(args: ReproduceArguments) -> dict:
                 count_weight=count_weight,
                 relevance_layer=args.vlm_relevance_layer,
                 text_layers=args.vlm_layers,
+                drop=drop,
             ),
             folder,
         )
