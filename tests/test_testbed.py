@@ -239,6 +239,7 @@ def _cached_items(n: int, caption_every: int = 0):
 def test_token_dropout_leaves_out_only_tokens_the_question_is_not_about_at_their_unpruned_positions():
     """Oracle: the whole batch through the stock forward, the left-out tokens masked out of attention and every
     position given by the stock `get_rope_index` on the whole sequence: the kept tokens' logits must match."""
+    from hf_tokenprune.testing import _mrope_positions
     from hf_tokenprune_testbed.pipeline import TokenDropout, collate_cached
 
     model, processor, items = _cached_items(4, caption_every=2)
@@ -249,12 +250,7 @@ def test_token_dropout_leaves_out_only_tokens_the_question_is_not_about_at_their
     thinned = dropout(items)
     whole = collate_cached(items, pad)
     whole.pop("token_relevance")
-    positions, _ = model.model.get_rope_index(
-        whole["input_ids"],
-        mm_token_type_ids=whole["mm_token_type_ids"],
-        image_grid_thw=whole["image_grid_thw"],
-        attention_mask=whole["attention_mask"],
-    )
+    positions = _mrope_positions(model, whole)  # the stock `get_rope_index`
     masked = whole["attention_mask"].clone()
     for row, keep in enumerate(keeps):
         masked[row, : len(keep)] = keep.long()
@@ -277,18 +273,14 @@ def test_token_dropout_leaves_out_only_tokens_the_question_is_not_about_at_their
 
 def test_token_dropout_with_share_0_is_the_plain_collator_with_the_stock_positions():
     """Oracle: `collate_cached` and the stock `get_rope_index`; share 0.5 thins some records and not others."""
+    from hf_tokenprune.testing import _mrope_positions
     from hf_tokenprune_testbed.pipeline import TokenDropout, collate_cached
 
     model, processor, items = _cached_items(6)
     pad = processor.tokenizer.pad_token_id
     batch = TokenDropout(model, pad, share=0.0)(items)
     plain = collate_cached(items, pad)
-    positions, _ = model.model.get_rope_index(
-        plain["input_ids"],
-        mm_token_type_ids=plain["mm_token_type_ids"],
-        image_grid_thw=plain["image_grid_thw"],
-        attention_mask=plain["attention_mask"],
-    )
+    positions = _mrope_positions(model, plain)  # the stock `get_rope_index`
     real = plain["attention_mask"].bool()
     assert torch.equal(batch.pop("position_ids")[:, real], positions[:, real])
     for key, value in plain.items():
