@@ -407,18 +407,41 @@ def test_reproduce_refuses_to_resume_with_other_arguments(tmp_path):
     assert json.loads((run / "stages.json").read_text())["done"] == {"vision": 1.0}  # left as it was
 
 
-def test_reproduce_reads_a_run_recorded_before_an_argument_existed_at_its_default(tmp_path):
-    """`vlm_relevance_layer` came after runs/testbed-v2 was recorded: its stages.json lacks it, which means the
-    default; resuming with another value is refused like any other upstream change."""
+def test_reproduce_reads_a_run_recorded_before_an_argument_existed_at_its_value_then(tmp_path):
+    """`vlm_relevance_layer` came after runs/testbed-v2 was recorded: its stages.json lacks it, which means the value
+    every run had then (2, `Stages.RECORDED_BEFORE`, not today's default 3); resuming with another value is refused
+    like any other upstream change."""
     run = tmp_path / "run"
     run.mkdir()
     arguments = {key: value for key, value in dataclasses.asdict(ReproduceArguments()).items()}
     for key in ("output", "threads", "bundle", "bundle_dir", "vlm_relevance_layer"):
         arguments.pop(key)
     (run / "stages.json").write_text(json.dumps({"arguments": arguments, "done": {"vision": 1.0}}))
+    assert ReproduceArguments().vlm_relevance_layer == 3
     with pytest.raises(ValueError, match="vlm_relevance_layer"):
-        run_reproduce(ReproduceArguments(output=str(run), vlm_relevance_layer=3, threads=1))
-    assert Stages(run, ReproduceArguments(output=str(run))).done("vision")
+        run_reproduce(ReproduceArguments(output=str(run), threads=1))
+    assert Stages(run, ReproduceArguments(output=str(run), vlm_relevance_layer=2)).done("vision")
+
+
+@pytest.mark.parametrize("name", ["testbed-v2", "testbed-v3", "testbed-v5"])
+def test_the_committed_runs_resume_with_the_arguments_they_ran_at(tmp_path, name):
+    """Each committed run's stages.json, read with the arguments the docs give for it (testbed-v2 and v3 at 4 layers
+    from before `vlm_layers` existed, testbed-v5 at today's defaults), resumes with every stage done; the other
+    depth is refused."""
+    run = tmp_path / name
+    run.mkdir()
+    shutil.copyfile(Path(__file__).resolve().parents[1] / "runs" / name / "stages.json", run / "stages.json")
+    done = json.loads((run / "stages.json").read_text())["done"]
+    old_schedule = "2000:2e-3:easy,2000:1e-3:full:8000,1000:1e-3:full:6000:1,1000:1e-3:full:6000:1"
+    ran_at = {
+        "testbed-v2": dict(vlm_layers=4, vlm_relevance_layer=2, vlm_schedule=old_schedule),
+        "testbed-v3": dict(vlm_layers=4, vlm_relevance_layer=3, vlm_schedule=old_schedule),
+        "testbed-v5": {},
+    }[name]
+    stages = Stages(run, ReproduceArguments(output=str(run), **ran_at))
+    assert all(stages.done(stage) for stage in done)
+    with pytest.raises(ValueError, match="vlm_layers"):
+        Stages(run, ReproduceArguments(output=str(run), **{**ran_at, "vlm_layers": 6}))
 
 
 def test_reproduce_passes_the_relevance_layer_to_every_vlm_round(tmp_path, monkeypatch):
@@ -965,7 +988,7 @@ def test_reproduce_rejects_a_bad_vlm_schedule_before_training(tmp_path, schedule
         ("vlm_cached_records", 0),
         ("eval_tasks", "v2,v3"),
         ("vlm_relevance_layer", 0),
-        ("vlm_relevance_layer", 4),
+        ("vlm_relevance_layer", 5),
         ("vlm_layers", 1),
     ],
 )

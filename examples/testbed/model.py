@@ -37,7 +37,7 @@ DEFAULT_MODEL_DIR = DEFAULT_DIR / "base"
 BUNDLED_METHODS = ("visionselector", "questionselector", "autoselect", "reconstruction")
 DEFAULT_ADAPTERS = {method: DEFAULT_DIR / method for method in BUNDLED_METHODS}
 # The task the bundled VLM was trained on, and so the default of `demo`, `eval`, the Space and the lmms-eval task:
-# default_model/ holds the task-v2 VLM of `runs/testbed-v2` (docs/testbed.md). Task v1 stays available (`--task v1`).
+# default_model/ holds the task-v2 VLM of `runs/testbed-v5` (docs/testbed.md). Task v1 stays available (`--task v1`).
 BUNDLED_TASK = "v2"
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -50,7 +50,7 @@ CHAT_TEMPLATE = testing.CHAT_TEMPLATE.replace("%(image)s", testing.IMAGE_PLACEHO
 # carries most of the prefill compute (so pruning shows in time to first token), the vision tower the smaller part.
 VISION_SIZES = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2)
 TEXT_SIZES = dict(
-    hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
+    hidden_size=128, intermediate_size=512, num_hidden_layers=5, num_attention_heads=4, num_key_value_heads=2
 )
 
 

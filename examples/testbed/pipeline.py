@@ -637,7 +637,7 @@ class ReproduceArguments:
         default=100, metadata={"help": "Stage 1: steps of the vision tower on per-token labels (0: skip)."}
     )
     vlm_schedule: str = field(
-        default="2000:2e-3:easy,2000:1e-3:full:8000,1000:1e-3:full:6000:1,1000:1e-3:full:6000:1",
+        default="2000:2e-3:easy,2000:1e-3:full:8000,1000:1e-3:full:6000:1:0.5,1000:1e-3:full:6000:1:0.5",
         metadata={
             "help": "Stage 2 as rounds `steps:peak_lr[:scenes[:records[:count_weight[:drop]]]]`, comma-separated; "
             "each round is a cosine run (warm-up: a twentieth of its steps) that goes on from the previous one on "
@@ -680,12 +680,12 @@ class ReproduceArguments:
     vlm_layers: int = field(
         default=TEXT_SIZES["num_hidden_layers"],
         metadata={
-            "help": "Decoder layers of the VLM's language model (>= 2; the committed runs have 4). Set when stage 1 "
+            "help": "Decoder layers of the VLM's language model (>= 2; runs/testbed-v2 and v3 have 4). Set when stage 1 "
             "creates the model; every later stage goes on from it."
         },
     )
     vlm_relevance_layer: int = field(
-        default=2,
+        default=3,
         metadata={
             "help": "Where stage 2's auxiliary losses act: the visual tokens' states after this many decoder layers "
             "say whether the question is about them, and the gather / count heads are those of the decoder layer of "
@@ -950,14 +950,19 @@ class Stages:
         "budgets": "eval",
     }
 
+    # What a run recorded before these arguments existed ran at; their defaults changed since (issue 16: the
+    # default VLM became that of runs/testbed-v5, 5 layers grounding at layer 3).
+    RECORDED_BEFORE = {"vlm_layers": 4, "vlm_relevance_layer": 2}
+
     def __init__(self, output: Path, args: ReproduceArguments) -> None:
         self.output = output
         self.path = output / "stages.json"
         arguments = {key: value for key, value in asdict(args).items() if key not in self.FREE_ARGUMENTS}
         arguments.pop("output")
         state = json.loads(self.path.read_text()) if self.path.is_file() else {"arguments": arguments, "done": {}}
-        # A run recorded before an argument existed ran at its default.
-        defaults = {item.name: item.default for item in fields(ReproduceArguments)}
+        # A run recorded before an argument existed ran at the value it had then: its default, or for an argument
+        # whose default changed later, the value of `RECORDED_BEFORE`.
+        defaults = {item.name: item.default for item in fields(ReproduceArguments)} | self.RECORDED_BEFORE
         changed = sorted(key for key in arguments if state["arguments"].get(key, defaults[key]) != arguments[key])
         downstream = [key for key in changed if key in self.DOWNSTREAM_ARGUMENTS]
         upstream = [key for key in changed if key not in downstream]
