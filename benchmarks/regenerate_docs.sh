@@ -51,6 +51,18 @@ hf-tokenprune bench --preset llava-onevision-7b-video --threads 1 --dtype float3
 hf-tokenprune bench --preset qwen2.5-vl-7b-video64 --threads 1 --dtype float32 --layers 2 --tag float32 \
     --methods $learned,divprune --budgets 0.2 --repeats 2 --warmup 1 --decode-tokens 0 \
     --output "$results/qwen2.5-vl-7b-video64.json"
+# The three video presets again, with every learned method, on the host of a later session (an Intel Xeon, 2 cores,
+# 2026-11-26 17:00-18:00 UTC, nothing else running; the rows above are an AMD EPYC host's).
+xeon="float32, Xeon host"
+hf-tokenprune bench --preset qwen2.5-vl-7b-video16 --threads 1 --dtype float32 --layers 3 --tag "$xeon" \
+    --methods $learned,divprune --budgets 0.2 --repeats 3 --warmup 1 --decode-tokens 4 \
+    --output "$results/qwen2.5-vl-7b-video16-xeon.json"
+hf-tokenprune bench --preset llava-onevision-7b-video --threads 1 --dtype float32 --layers 3 --tag "$xeon" \
+    --methods $learned,divprune --budgets 0.2 --repeats 3 --warmup 1 --decode-tokens 4 \
+    --output "$results/llava-onevision-7b-video-xeon.json"
+hf-tokenprune bench --preset qwen2.5-vl-7b-video64 --threads 1 --dtype float32 --layers 2 --tag "$xeon" \
+    --methods $learned,divprune --budgets 0.2 --repeats 2 --warmup 1 --decode-tokens 0 \
+    --output "$results/qwen2.5-vl-7b-video64-xeon.json"
 for preset in qwen2.5-vl-7b llava-1.5-7b llava-next-7b internvl3-8b qwen3-vl-8b gemma3-12b llava-onevision-7b smolvlm-instruct; do
     hf-tokenprune bench --preset "$preset" "${issue21[@]}" --tag float32 --methods $learned --budgets 0.2 --repeats 1 \
         --warmup 1 --decode-tokens 3 --output "$results/$preset-float32.json"
@@ -71,7 +83,8 @@ hf-tokenprune bench --preset qwen2.5-vl-7b --threads 1 --dtype float32 --layers 
     --repeats 2 --warmup 1 --decode-tokens 0 --output "$results/qwen2.5-vl-7b-issue20.json"
 
 issue21_results=""
-for name in qwen2.5-vl-7b-video16 qwen2.5-vl-7b-video16-questionselector qwen2.5-vl-7b-video64 llava-onevision-7b-video qwen2.5-vl-7b-float32 \
+for name in qwen2.5-vl-7b-video16 qwen2.5-vl-7b-video16-questionselector qwen2.5-vl-7b-video64 llava-onevision-7b-video \
+    qwen2.5-vl-7b-video16-xeon llava-onevision-7b-video-xeon qwen2.5-vl-7b-video64-xeon qwen2.5-vl-7b-float32 \
     llava-1.5-7b-float32 llava-next-7b-float32 internvl3-8b-float32 qwen3-vl-8b-float32 gemma3-12b-float32 \
     llava-onevision-7b-float32 smolvlm-instruct-float32 qwen2.5-vl-7b-batch8 llava-1.5-7b-fit qwen2.5-vl-7b-fastv \
     qwen2.5-vl-7b-issue20; do
