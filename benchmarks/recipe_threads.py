@@ -3,9 +3,9 @@
     python benchmarks/recipe_threads.py [--steps 60] [--records 960] [--repeats 2]
 
 The committed runs trained their VLM rounds on 1 torch thread each, two runs side by side on the 2 cores; the
-recipe's default is one run on 2 threads. This times the same short round (`pipeline.train_vlm`, 5 layers, full
-scenes, count term and token dropout on, as rounds 3-4 of the default schedule) in both conditions, in one run,
-alternating them, each round in a fresh process:
+recipe's default is one run on 2 threads. This times the same short round (`pipeline.train_vlm` with the arguments
+the recipe's defaults give the last round of `--vlm_schedule`: 5 layers, full scenes, count term and token dropout
+on) in both conditions, in one run, alternating them, each round in a fresh process:
 
 - `alone-2`: one process with 2 torch threads, nothing beside it;
 - `paired-1`: two processes with 1 thread each, started together (the time is the slower one's).
@@ -21,32 +21,35 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 
 def worker(args) -> None:
+    """Time one round of the default schedule's last kind with its stock arguments, `--steps` steps on `--records`."""
     import torch
 
-    from hf_tokenprune_testbed.pipeline import train_vlm
+    from hf_tokenprune_testbed.pipeline import ReproduceArguments, parse_schedule, train_vlm
 
     torch.set_num_threads(args.threads)
+    defaults = ReproduceArguments()
+    last = parse_schedule(defaults.vlm_schedule, defaults.vlm_cached_records)[-1]
     with tempfile.TemporaryDirectory() as folder:
-        from pathlib import Path
-
         started = time.perf_counter()
         train_vlm(
             Path(folder) / "round",
             steps=args.steps,
-            batch_size=16,
-            learning_rate=1e-3,
+            batch_size=defaults.vlm_batch_size,
+            learning_rate=last.learning_rate,
             seed=args.seed,
-            caption_every=0,
+            caption_every=defaults.vlm_caption_every,
             cached_records=args.records,
-            relevance_weight=1.0,
-            gather_weight=1.0,
-            count_weight=1.0,
-            relevance_layer=3,
-            text_layers=5,
-            drop=0.5,
+            scene=last.scene,
+            relevance_weight=defaults.vlm_relevance_weight,
+            gather_weight=defaults.vlm_gather_weight,
+            count_weight=last.count_weight,
+            relevance_layer=defaults.vlm_relevance_layer,
+            text_layers=defaults.vlm_layers,
+            drop=last.drop,
         )
         print(json.dumps({"seconds": time.perf_counter() - started}))
 
