@@ -4,8 +4,8 @@
 
 The committed runs trained their VLM rounds on 1 torch thread each, two runs side by side on the 2 cores; the
 recipe's default is one run on 2 threads. This times the same short round (`pipeline.train_vlm` with the arguments
-the recipe's defaults give the last round of `--vlm_schedule`: 5 layers, full scenes, count term and token dropout
-on) in both conditions, in one run, alternating them, each round in a fresh process:
+the recipe's defaults give the last round of `--vlm_schedule`: 5 layers 128 wide, full scenes, count term and
+token dropout on) in both conditions, in one run, alternating them, each round in a fresh process:
 
 - `alone-2`: one process with 2 torch threads, nothing beside it;
 - `paired-1`: two processes with 1 thread each, started together (the time is the slower one's).
@@ -28,29 +28,17 @@ def worker(args) -> None:
     """Time one round of the default schedule's last kind with its stock arguments, `--steps` steps on `--records`."""
     import torch
 
-    from hf_tokenprune_testbed.pipeline import ReproduceArguments, parse_schedule, train_vlm
+    from hf_tokenprune_testbed.pipeline import ReproduceArguments, parse_schedule, train_vlm, vlm_round_arguments
 
     torch.set_num_threads(args.threads)
     defaults = ReproduceArguments()
     last = parse_schedule(defaults.vlm_schedule, defaults.vlm_cached_records)[-1]
+    arguments = vlm_round_arguments(defaults, last) | dict(
+        steps=args.steps, seed=args.seed, cached_records=args.records
+    )
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        train_vlm(
-            Path(folder) / "round",
-            steps=args.steps,
-            batch_size=defaults.vlm_batch_size,
-            learning_rate=last.learning_rate,
-            seed=args.seed,
-            caption_every=defaults.vlm_caption_every,
-            cached_records=args.records,
-            scene=last.scene,
-            relevance_weight=defaults.vlm_relevance_weight,
-            gather_weight=defaults.vlm_gather_weight,
-            count_weight=last.count_weight,
-            relevance_layer=defaults.vlm_relevance_layer,
-            text_layers=defaults.vlm_layers,
-            drop=last.drop,
-        )
+        train_vlm(Path(folder) / "round", **arguments)
         print(json.dumps({"seconds": time.perf_counter() - started}))
 
 

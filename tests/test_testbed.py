@@ -423,11 +423,11 @@ def test_reproduce_reads_a_run_recorded_before_an_argument_existed_at_its_value_
     assert Stages(run, ReproduceArguments(output=str(run), vlm_relevance_layer=2)).done("vision")
 
 
-@pytest.mark.parametrize("name", ["testbed-v2", "testbed-v3", "testbed-v5"])
+@pytest.mark.parametrize("name", ["testbed-v2", "testbed-v3", "testbed-v5", "testbed-v6"])
 def test_the_committed_runs_resume_with_the_arguments_they_ran_at(tmp_path, name):
     """Each committed run's stages.json, read with the arguments the docs give for it (testbed-v2 and v3 at 4 layers
-    from before `vlm_layers` existed, testbed-v5 at today's defaults), resumes with every stage done; the other
-    depth is refused."""
+    from before `vlm_layers` existed, testbed-v5 and v6 at today's defaults; all of them 128 wide, recorded before
+    `vlm_width` existed), resumes with every stage done; another depth or width is refused."""
     run = tmp_path / name
     run.mkdir()
     shutil.copyfile(Path(__file__).resolve().parents[1] / "runs" / name / "stages.json", run / "stages.json")
@@ -437,11 +437,13 @@ def test_the_committed_runs_resume_with_the_arguments_they_ran_at(tmp_path, name
         "testbed-v2": dict(vlm_layers=4, vlm_relevance_layer=2, vlm_schedule=old_schedule),
         "testbed-v3": dict(vlm_layers=4, vlm_relevance_layer=3, vlm_schedule=old_schedule),
         "testbed-v5": {},
+        "testbed-v6": {},
     }[name]
     stages = Stages(run, ReproduceArguments(output=str(run), **ran_at))
-    assert all(stages.done(stage) for stage in done)
-    with pytest.raises(ValueError, match="vlm_layers"):
-        Stages(run, ReproduceArguments(output=str(run), **{**ran_at, "vlm_layers": 6}))
+    assert done and all(stages.done(stage) for stage in done)
+    for other in ({"vlm_layers": 6}, {"vlm_width": 256}):
+        with pytest.raises(ValueError, match=next(iter(other))):
+            Stages(run, ReproduceArguments(output=str(run), **{**ran_at, **other}))
 
 
 def test_reproduce_passes_the_relevance_layer_to_every_vlm_round(tmp_path, monkeypatch):
@@ -517,6 +519,36 @@ def test_reproduce_builds_the_language_model_at_vlm_layers(tmp_path, monkeypatch
     )
     model, _ = new_testbed_model(0, 5)
     assert len(model.model.language_model.layers) == 5
+
+
+def test_reproduce_builds_the_language_model_at_vlm_width(tmp_path, monkeypatch):
+    """`vlm_width` sets the width of the language model stage 1 creates: 32-wide heads, an FFN 4x as wide, the tower's
+    merger projecting to it; the stock config of a fresh model is `TEXT_SIZES`'s, and a width the 32-wide heads do not
+    divide is refused."""
+    from hf_tokenprune_testbed import pipeline
+    from hf_tokenprune_testbed.model import TEXT_SIZES, new_testbed_model
+
+    built = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_pretrain_vision(model, *args, **kwargs):
+        built.append(model)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "pretrain_vision", fake_pretrain_vision)
+    with pytest.raises(Stop):
+        run_reproduce(ReproduceArguments(output=str(tmp_path / "run"), vlm_width=96, threads=1))
+    (model,) = built
+    text = model.config.text_config
+    assert (text.hidden_size, text.intermediate_size, text.num_attention_heads) == (96, 384, 3)
+    assert model.model.language_model.layers[0].mlp.up_proj.weight.shape == (384, 96)
+    assert model.model.visual.merger.mlp[-1].out_features == 96
+    model, _ = new_testbed_model(0)
+    assert model.config.text_config.hidden_size == TEXT_SIZES["hidden_size"] == model.lm_head.in_features
+    with pytest.raises(ValueError, match="text_width"):
+        new_testbed_model(0, text_width=48)
 
 
 # ----------------------------------------------------------------------------- the bundled default
@@ -990,6 +1022,8 @@ def test_reproduce_rejects_a_bad_vlm_schedule_before_training(tmp_path, schedule
         ("vlm_relevance_layer", 0),
         ("vlm_relevance_layer", 5),
         ("vlm_layers", 1),
+        ("vlm_width", 100),
+        ("vlm_width", 0),
     ],
 )
 def test_reproduce_rejects_bad_arguments_before_training(tmp_path, field, value):

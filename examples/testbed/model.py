@@ -49,9 +49,23 @@ CHAT_TEMPLATE = testing.CHAT_TEMPLATE.replace("%(image)s", testing.IMAGE_PLACEHO
 # Sizes of the testbed VLM: small enough to train from scratch on 2 CPU cores; as in real VLMs the language model
 # carries most of the prefill compute (so pruning shows in time to first token), the vision tower the smaller part.
 VISION_SIZES = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2)
-TEXT_SIZES = dict(
-    hidden_size=128, intermediate_size=512, num_hidden_layers=5, num_attention_heads=4, num_key_value_heads=2
-)
+TEXT_HEAD_DIM = 32  # every width keeps 32-wide heads (M-RoPE's sections below are cut from it) and 2 KV heads
+
+
+def text_sizes(width: int, layers: int) -> dict:
+    """Language-model sizes of a testbed VLM `width` wide (a multiple of 32; FFN 4x as wide) and `layers` deep."""
+    return dict(
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=width // TEXT_HEAD_DIM,
+        num_key_value_heads=2,
+    )
+
+
+# 128 wide: at 256 the demo's time to first token would shrink about 1.5x at budget 0.2 instead of 1.3x, but a VLM
+# round trains 2.9x slower and the recipe no longer fits in 3 hours on 2 CPU cores (docs/testbed.md, "The width").
+TEXT_SIZES = text_sizes(128, 5)
 
 
 def testbed_tokenizer():
@@ -84,15 +98,20 @@ def testbed_processor(tokenizer=None) -> ImageOnlyQwen2_5_VLProcessor:
     return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def testbed_config(tokenizer, text_layers: int | None = None) -> Qwen2_5_VLConfig:
-    """A small Qwen2.5-VL config whose special ids come from `tokenizer`; `text_layers` decoder layers (default:
-    `TEXT_SIZES`'s)."""
+def testbed_config(tokenizer, text_layers: int | None = None, text_width: int | None = None) -> Qwen2_5_VLConfig:
+    """A small Qwen2.5-VL config whose special ids come from `tokenizer`; a language model of `text_layers` decoder
+    layers, `text_width` wide (defaults: `TEXT_SIZES`'s)."""
+    if text_width is not None and (text_width < TEXT_HEAD_DIM or text_width % TEXT_HEAD_DIM):
+        raise ValueError(f"`text_width` must be a positive multiple of {TEXT_HEAD_DIM}, got {text_width}")
+    sizes = text_sizes(
+        TEXT_SIZES["hidden_size"] if text_width is None else text_width,
+        TEXT_SIZES["num_hidden_layers"] if text_layers is None else text_layers,
+    )
     ids = tokenizer.convert_tokens_to_ids
-    head_dim = TEXT_SIZES["hidden_size"] // TEXT_SIZES["num_attention_heads"]
-    half = head_dim // 2  # M-RoPE splits the rotary half-dimension into (time, height, width) sections
+    half = TEXT_HEAD_DIM // 2  # M-RoPE splits the rotary half-dimension into (time, height, width) sections
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            TEXT_SIZES | ({} if text_layers is None else {"num_hidden_layers": text_layers}),
+            sizes,
             vocab_size=len(tokenizer),
             max_position_embeddings=1024,
             rope_parameters={
@@ -111,7 +130,7 @@ def testbed_config(tokenizer, text_layers: int | None = None) -> Qwen2_5_VLConfi
             spatial_merge_size=MERGE_SIZE,
             temporal_patch_size=2,
             window_size=4 * TOKEN_PIXELS,  # 4 x 4 tokens per attention window
-            out_hidden_size=TEXT_SIZES["hidden_size"],
+            out_hidden_size=sizes["hidden_size"],
             fullatt_block_indexes=[1],
         ),
         image_token_id=ids("<|image_pad|>"),
@@ -123,11 +142,12 @@ def testbed_config(tokenizer, text_layers: int | None = None) -> Qwen2_5_VLConfi
     return config
 
 
-def new_testbed_model(seed: int = 0, text_layers: int | None = None):
-    """(freshly initialised testbed VLM with `text_layers` decoder layers (default: `TEXT_SIZES`'s), its processor)."""
+def new_testbed_model(seed: int = 0, text_layers: int | None = None, text_width: int | None = None):
+    """(freshly initialised testbed VLM whose language model has `text_layers` decoder layers and is `text_width`
+    wide (defaults: `TEXT_SIZES`'s), its processor)."""
     processor = testbed_processor()
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(testbed_config(processor.tokenizer, text_layers))
+    model = Qwen2_5_VLForConditionalGeneration(testbed_config(processor.tokenizer, text_layers, text_width))
     generation = model.generation_config
     generation.pad_token_id = processor.tokenizer.pad_token_id
     generation.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -684,6 +684,13 @@ class ReproduceArguments:
             "creates the model; every later stage goes on from it."
         },
     )
+    vlm_width: int = field(
+        default=TEXT_SIZES["hidden_size"],
+        metadata={
+            "help": "Width of the VLM's language model (a multiple of 32: 32-wide heads, FFN 4x as wide; "
+            "docs/testbed.md, 'The width'). Set when stage 1 creates the model."
+        },
+    )
     vlm_relevance_layer: int = field(
         default=3,
         metadata={
@@ -727,10 +734,31 @@ class ReproduceArguments:
     )
 
 
+def vlm_round_arguments(args: ReproduceArguments, schedule_round: Round) -> dict:
+    """The `train_vlm` keyword arguments of one round of `args.vlm_schedule` (a fresh VLM unless `init_from` is also
+    given; its records start at 0 unless `first_record` is)."""
+    return dict(
+        steps=schedule_round.steps,
+        batch_size=args.vlm_batch_size,
+        learning_rate=schedule_round.learning_rate,
+        seed=args.seed,
+        caption_every=args.vlm_caption_every,
+        cached_records=schedule_round.records,
+        scene=schedule_round.scene,
+        relevance_weight=args.vlm_relevance_weight,
+        gather_weight=args.vlm_gather_weight,
+        count_weight=schedule_round.count_weight,
+        relevance_layer=args.vlm_relevance_layer,
+        text_layers=args.vlm_layers,
+        text_width=args.vlm_width,
+        drop=schedule_round.drop,
+    )
+
+
 def train_vision_stage(output_dir: Path, args: ReproduceArguments):
     """Stage 1: a fresh testbed VLM whose vision tower learns per-token labels, its output rescaled to the word
     embeddings' norm (`match_feature_scale`); saves model + processor (+ the stage's log) to `output_dir`."""
-    model, processor = new_testbed_model(args.seed, args.vlm_layers)
+    model, processor = new_testbed_model(args.seed, args.vlm_layers, args.vlm_width)
     log = pretrain_vision(model, processor, output_dir, args.vision_steps, args.vlm_batch_size, 2e-3, args.seed)
     match_feature_scale(model, processor)
     model.save_pretrained(output_dir)
@@ -756,6 +784,7 @@ def train_vlm(
     relevance_layer: int = 2,
     text_layers: int | None = None,
     drop: float = 0.0,
+    text_width: int | None = None,
 ):
     """Stage 2 round: the language model of the VLM in `init_from` (a fresh one of `text_layers` decoder layers if None)
     trained with the stock Trainer, its whole vision tower frozen, on `cached_records` train records from
@@ -766,7 +795,7 @@ def train_vlm(
 
         model, processor = load_testbed(init_from)
     else:
-        model, processor = new_testbed_model(seed, text_layers)
+        model, processor = new_testbed_model(seed, text_layers, text_width)
     model.model.visual.requires_grad_(False)
     model.eval()  # the tower's pass (no dropout here either way), then the Trainer switches to train mode
     records = GeneratedRecords("train", cached_records, caption_every, first=first_record, scene=scene)
@@ -887,8 +916,8 @@ def train_selector(
         model_name_or_path=str(base_dir),
         method=method,
         budget=0.2,
-        # Widths as the bundled adapters were trained, whatever the methods' defaults: the testbed VLM is 128 wide,
-        # so are the Transformer scorers; questionselector's d is half the LLM width (its default is now a quarter).
+        # Widths as the bundled adapters were trained, whatever the methods' defaults and `--vlm_width`: the
+        # Transformer scorers 128 wide, questionselector's d 64 (half the width of the 128-wide VLM it was tuned on).
         scorer_hidden_size=TESTBED_SCORER_WIDTHS.get(method),
     )
     data_args = TrainDataArguments(train_file=str(records), image_folder=str(records.parent / "images"))
@@ -1054,6 +1083,8 @@ def run_reproduce(args: ReproduceArguments) -> dict:
     if args.vlm_layers < 2:
         raise ValueError(f"`vlm_layers` must be >= 2, got {args.vlm_layers}")
     layers = args.vlm_layers
+    if args.vlm_width < 32 or args.vlm_width % 32:
+        raise ValueError(f"`vlm_width` must be a positive multiple of 32, got {args.vlm_width}")
     if not 1 <= args.vlm_relevance_layer <= layers - 1:
         raise ValueError(
             f"`vlm_relevance_layer` must be in [1, {layers - 1}] (`vlm_layers` - 1), got {args.vlm_relevance_layer}"
@@ -1076,32 +1107,20 @@ def run_reproduce(args: ReproduceArguments) -> dict:
         stages.run("vision", lambda target: train_vision_stage(target, args), output / "vlm-vision")
         previous = output / "vlm-vision"
     first_record = 0
-    for index, (steps, learning_rate, scene, records, count_weight, drop) in enumerate(rounds):
+    for index, schedule_round in enumerate(rounds):
         last = index == len(rounds) - 1
         folder = output / ("base" if last else f"vlm-round-{index + 1}")
         stages.run(
             f"vlm-round-{index + 1}",
             functools.partial(
                 train_vlm,
-                steps=steps,
-                batch_size=args.vlm_batch_size,
-                learning_rate=learning_rate,
-                seed=args.seed,
-                caption_every=args.vlm_caption_every,
+                **vlm_round_arguments(args, schedule_round),
                 init_from=None if previous is None else str(previous),
                 first_record=first_record,
-                cached_records=records,
-                scene=scene,
-                relevance_weight=args.vlm_relevance_weight,
-                gather_weight=args.vlm_gather_weight,
-                count_weight=count_weight,
-                relevance_layer=args.vlm_relevance_layer,
-                text_layers=args.vlm_layers,
-                drop=drop,
             ),
             folder,
         )
-        previous, first_record = folder, first_record + records
+        previous, first_record = folder, first_record + schedule_round.records
     base_dir = output / "base"
 
     def write_all_records(target: Path) -> None:
