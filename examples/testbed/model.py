@@ -52,6 +52,12 @@ VISION_SIZES = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2)
 TEXT_HEAD_DIM = 32  # every width keeps 32-wide heads (M-RoPE's sections below are cut from it) and 2 KV heads
 
 
+def check_text_width(width: int, argument: str = "text_width") -> None:
+    """Refuse a language-model width that the 32-wide heads do not divide, naming `argument`."""
+    if width < TEXT_HEAD_DIM or width % TEXT_HEAD_DIM:
+        raise ValueError(f"`{argument}` must be a positive multiple of {TEXT_HEAD_DIM}, got {width}")
+
+
 def text_sizes(width: int, layers: int) -> dict:
     """Language-model sizes of a testbed VLM `width` wide (a multiple of 32; FFN 4x as wide) and `layers` deep."""
     return dict(
@@ -101,8 +107,8 @@ def testbed_processor(tokenizer=None) -> ImageOnlyQwen2_5_VLProcessor:
 def testbed_config(tokenizer, text_layers: int | None = None, text_width: int | None = None) -> Qwen2_5_VLConfig:
     """A small Qwen2.5-VL config whose special ids come from `tokenizer`; a language model of `text_layers` decoder
     layers, `text_width` wide (defaults: `TEXT_SIZES`'s)."""
-    if text_width is not None and (text_width < TEXT_HEAD_DIM or text_width % TEXT_HEAD_DIM):
-        raise ValueError(f"`text_width` must be a positive multiple of {TEXT_HEAD_DIM}, got {text_width}")
+    if text_width is not None:
+        check_text_width(text_width)
     sizes = text_sizes(
         TEXT_SIZES["hidden_size"] if text_width is None else text_width,
         TEXT_SIZES["num_hidden_layers"] if text_layers is None else text_layers,

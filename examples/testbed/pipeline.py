@@ -35,7 +35,7 @@ from hf_tokenprune import get_pruned_model, write_model_card
 from hf_tokenprune.training import TokenPruneDataCollator, TokenPruneTrainingArguments
 from hf_tokenprune.training.entry import TrainDataArguments, TrainModelArguments, run_train
 
-from .model import BUNDLED_METHODS, CAPTION_PROMPT, TEXT_SIZES, new_testbed_model
+from .model import BUNDLED_METHODS, CAPTION_PROMPT, TEXT_SIZES, check_text_width, new_testbed_model
 from .scenes import TASKS, check_task
 
 
@@ -1083,8 +1083,7 @@ def run_reproduce(args: ReproduceArguments) -> dict:
     if args.vlm_layers < 2:
         raise ValueError(f"`vlm_layers` must be >= 2, got {args.vlm_layers}")
     layers = args.vlm_layers
-    if args.vlm_width < 32 or args.vlm_width % 32:
-        raise ValueError(f"`vlm_width` must be a positive multiple of 32, got {args.vlm_width}")
+    check_text_width(args.vlm_width, "vlm_width")
     if not 1 <= args.vlm_relevance_layer <= layers - 1:
         raise ValueError(
             f"`vlm_relevance_layer` must be in [1, {layers - 1}] (`vlm_layers` - 1), got {args.vlm_relevance_layer}"
