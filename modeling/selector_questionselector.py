@@ -61,7 +61,8 @@ class QuestionSelectorScorer(TokenSelector):
     The first term is `visionselector`'s (paper 000, Eq. 2, mean over keys taken first): what the image makes
     salient. The second is one head of cross-attention from the visual tokens to the prompt: q_i . c_i is a
     softmax-weighted mean of token i's similarity to each prompt token, close to its best match, so a token that
-    matches a word of the question scores high. The cost is O(N M d) on top of visionselector's O(N D d).
+    matches a word of the question scores high. Computed with the query projection folded into the keys (see
+    `score_padded`): O(N D (1 + M)) for M prompt tokens, or O(N D d + N M d) where the prompt is longer than d.
 
     The prompt is every attended text token of the sample (chat template included): the template is the same for
     every question, so training learns to look past it. Projections have no bias and start near zero, so training
@@ -119,16 +120,26 @@ class QuestionSelectorScorer(TokenSelector):
             )
         dtype = self.query_proj.weight.dtype
         features, prompt_embeds = features.to(dtype), prompt_embeds.to(dtype)
-        queries = self.query_proj(features)
         mask = token_mask[..., None].to(dtype)
         mean_key = self.key_proj((features * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1))
         text_keys = self.text_proj(prompt_embeds)
         scale = math.sqrt(self.projection_dim)
-        logits = (queries @ text_keys.transpose(1, 2) / scale).masked_fill(~prompt_mask[:, None, :], -math.inf)
+        # Every score is q_i . x for a d-vector x per segment (the mean key, each prompt key): with q_i = W_q v_i,
+        # q_i . x = v_i . (W_q^T x). With fewer such vectors (1 + M) than d, folding them into W_q costs
+        # O(N D (1 + M)) instead of projecting every query, O(N D d); the scores are the same.
+        if 1 + text_keys.shape[1] < self.projection_dim:
+            directions = torch.cat([mean_key[:, None, :], text_keys], dim=1) @ self.query_proj.weight  # (S, 1+M, D)
+            products = features @ directions.transpose(1, 2)  # (S, N, 1 + M): q_i . mean key, q_i . each prompt key
+            mean_term, text_products = products[..., 0], products[..., 1:]
+        else:
+            queries = self.query_proj(features)
+            mean_term = (queries @ mean_key[..., None]).squeeze(-1)
+            text_products = queries @ text_keys.transpose(1, 2)
+        logits = (text_products / scale).masked_fill(~prompt_mask[:, None, :], -math.inf)
         # A sample without any text token gets no context (all -inf would give NaN).
         weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-        context = weights @ text_keys
-        return (queries * (mean_key[:, None, :] + context)).sum(-1) / scale
+        # q_i . context_i = sum_m w_im (q_i . t_m): the context vectors themselves are never needed.
+        return (mean_term + (weights * text_products).sum(-1)) / scale
 
     def select(self, features, num_keep, grid_hw=None, generator=None) -> torch.Tensor:
         raise ValueError(

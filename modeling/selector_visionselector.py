@@ -45,8 +45,10 @@ class VisionSelectorScorer(TokenSelector):
     """Scores each visual token by its mean scaled dot-product with all tokens of the same image.
 
     Q = V W_q and K = V W_k (Eq. 1); s_i = (1/N) sum_j q_i . k_j / sqrt(d) (Eq. 2). Because the mean over j
-    is linear, s_i = q_i . mean_j(k_j) / sqrt(d): the score costs O(N D d) for the query projection and
-    O(N d) afterwards, and the N x N matrix of Eq. 2 is never built.
+    is linear, s_i = q_i . mean_j(k_j) / sqrt(d), and because q_i = W_q v_i is linear too, s_i = v_i . (W_q^T
+    mean_j(k_j)) / sqrt(d): one D-vector per image, then one dot product per token. The score costs O(N D + D d)
+    instead of the O(N D d) of projecting every query (at LLaVA-NeXT-7B widths, 2,928 tokens of 4,096 into d = 2,048:
+    0.03 instead of 49 GFLOP), and neither Q nor the N x N matrix of Eq. 2 is ever built.
 
     Sizes: `d = config.scorer_hidden_size`, else `llm_hidden_size // 2` (the paper sets d = 1792 for the
     3584-wide Qwen2.5-VL-7B, 1024 for the 2048-wide 3B and 2560 for the 5120-wide 32B; Sec. 4.2, A.7-A.8).
@@ -89,12 +91,13 @@ class VisionSelectorScorer(TokenSelector):
         One image alone is the case S = 1 without padding, so batched and per-image scores are computed alike.
         """
         features = features.to(self.query_proj.weight.dtype)
-        queries = self.query_proj(features)
         # mean_j(V W_k) = mean_j(V) W_k: project one averaged token per segment instead of all N (padding adds zeros).
         mask = token_mask[..., None].to(features.dtype)
         mean_features = (features * mask).sum(dim=1) / mask.sum(dim=1)
         mean_key = self.key_proj(mean_features)
-        return (queries @ mean_key[..., None]).squeeze(-1) / math.sqrt(self.projection_dim)
+        # (W_q v_i) . k = v_i . (W_q^T k): fold the key into the query projection, (S, d) @ (d, D) -> (S, D).
+        direction = mean_key @ self.query_proj.weight
+        return (features @ direction[..., None]).squeeze(-1) / math.sqrt(self.projection_dim)
 
 
 register_selector("visionselector", VisionSelectorConfig, VisionSelectorScorer)

@@ -400,10 +400,10 @@ def test_batch_preset_counts_images_per_second_and_per_sample_flops(tmp_path):
 def test_selection_flops_are_counted_on_the_recorded_call(tmp_path):
     results, _ = run_bench(tmp_path, "--methods", "visionselector", "--budgets", "0.3", preset="tiny-qwen2.5-vl-video")
     row = results["rows"][1]
-    # visionselector on 4 frames of 16 tokens, LLM width 32, d = 16: Q projection of every token, K projection of
-    # each frame's mean, one dot product per token; 2 FLOPs per multiply-add.
+    # visionselector on 4 frames of 16 tokens, LLM width 32, d = 16: K projection of each frame's mean, the mean key
+    # folded into W_q (d x width per frame), one width-long dot product per token; 2 FLOPs per multiply-add.
     tokens, frames, width, d = 64, 4, 32, 16
-    assert row["selection_gflop"] * 1e9 == 2 * (tokens * width * d + frames * width * d + tokens * d)
+    assert row["selection_gflop"] * 1e9 == 2 * (frames * width * d + frames * d * width + tokens * width)
     assert row["selection_gflop_per_s"] == pytest.approx(row["selection_gflop"] * 1e3 / row["selection_ms"])
 
 

@@ -130,6 +130,37 @@ def test_visionselector_flops_grow_linearly_in_tokens():
     assert flops_2n <= 2.2 * flops_n
 
 
+def test_visionselector_per_token_cost_does_not_grow_with_projection_width():
+    # The key is folded into W_q (s_i = v_i . W_q^T mean_j k_j): each extra token costs O(D), not O(D d).
+    narrow = make_selector("visionselector", input_dim=64, scorer_hidden_size=8)
+    wide = make_selector("visionselector", input_dim=64, scorer_hidden_size=512)
+    for selector in (narrow, wide):
+        extra = count_flops(selector, random_features(1024, dim=64)) - count_flops(
+            selector, random_features(512, dim=64)
+        )
+        assert extra <= 4 * 512 * 64  # a few multiply-adds per token and input dimension
+    # Projecting every query would have cost 2 x 512 tokens x 64 x 512 flops more at d = 512.
+    assert count_flops(wide, random_features(1024, dim=64)) < 2 * 1024 * 64 * 512 / 8
+
+
+def test_visionselector_gradients_match_explicit_attention_matrix():
+    selector = make_selector("visionselector").double()
+    torch.nn.init.normal_(selector.query_proj.weight, std=0.2)
+    torch.nn.init.normal_(selector.key_proj.weight, std=0.2)
+    features = random_features(40).double().requires_grad_(True)
+    weights = torch.linspace(-1, 1, 40, dtype=torch.float64)  # any linear read-out of the scores
+    (selector.score(features) * weights).sum().backward()
+    folded = [features.grad, selector.query_proj.weight.grad, selector.key_proj.weight.grad]
+    for tensor in (features, selector.query_proj.weight, selector.key_proj.weight):
+        tensor.grad = None
+    queries = features @ selector.query_proj.weight.T
+    keys = features @ selector.key_proj.weight.T
+    ((queries @ keys.T / math.sqrt(queries.shape[-1])).mean(dim=1) * weights).sum().backward()
+    explicit = [features.grad, selector.query_proj.weight.grad, selector.key_proj.weight.grad]
+    for got, expected in zip(folded, explicit, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
 # --- autoselect / reconstruction --------------------------------------------------------------------------
 
 
@@ -382,19 +413,23 @@ def make_question_selector(**config_fields) -> TokenSelector:
     return make_selector("questionselector", input_dim=LLM_HIDDEN_SIZE, **config_fields)
 
 
-def test_questionselector_score_matches_explicit_cross_attention():
+@pytest.mark.parametrize("prompt_length", [7, 20])  # d = 16: folded into W_q below d - 1 prompt tokens, else not
+def test_questionselector_score_matches_explicit_cross_attention(prompt_length):
     selector = make_question_selector().double()
     for projection in (selector.query_proj, selector.key_proj, selector.text_proj):
         torch.nn.init.normal_(projection.weight, std=0.2)
-    features, prompt = random_features(30, LLM_HIDDEN_SIZE).double(), random_features(7, LLM_HIDDEN_SIZE, 1).double()
+    features, prompt = (
+        random_features(30, LLM_HIDDEN_SIZE).double(),
+        random_features(prompt_length, LLM_HIDDEN_SIZE, 1).double(),
+    )
     d = selector.projection_dim
     expected = torch.empty(30, dtype=torch.float64)
     keys = features @ selector.key_proj.weight.T
     text = prompt @ selector.text_proj.weight.T
     for i in range(30):  # token by token, as the docstring writes it
         query = selector.query_proj.weight @ features[i]
-        weights = torch.softmax(torch.stack([query @ text[m] for m in range(7)]) / math.sqrt(d), dim=0)
-        context = sum(weights[m] * text[m] for m in range(7))
+        weights = torch.softmax(torch.stack([query @ text[m] for m in range(prompt_length)]) / math.sqrt(d), dim=0)
+        context = sum(weights[m] * text[m] for m in range(prompt_length))
         expected[i] = query @ (keys.mean(0) + context) / math.sqrt(d)
     torch.testing.assert_close(selector.score(features, prompt), expected, rtol=1e-9, atol=1e-9)
     # Without any text token there is no context: the visionselector term alone.
