@@ -1,10 +1,10 @@
 """How hard a VLM's loss pulls on each object shape's tokens at visionselector's first step (issue 16).
 
-    python benchmarks/shape_gradients.py [--run runs/testbed-v6] [--records 200]
+    python benchmarks/shape_gradients.py [--run runs/testbed-v6] [--records 200] [--budget 0.1]
 
 visionselector starts with near-zero weights, so its first scores are all equal and its soft mask keeps every token
 at the budget's share. This script builds the recipe's own training step (`TokenPruneTrainer` through the library's
-entry point, `pipeline.train_selector`'s settings, the BCE constraint's weight at 0) on the run's first `--records`
+entry point, `pipeline.train_selector`'s settings at `--budget`, the BCE constraint's weight at 0) on the run's first `--records`
 selector records one at a time, with the scorer replaced by scores that are all 0, and reads the loss gradient on
 each token's score. Minus that gradient is how much raising the token's score would lower the loss at the start:
 what first teaches the scorer. It prints, per shape the question names, the mean pull on the evidence tokens (the
@@ -23,6 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/testbed-v6")
     parser.add_argument("--records", type=int, default=200)
+    parser.add_argument("--budget", type=float, default=0.1, help="the training budget of the step (recipe: 0.1)")
     args = parser.parse_args()
 
     import torch
@@ -43,7 +44,12 @@ def main() -> None:
     model = get_pruned_model(base, TokenPruneConfig(method="visionselector", budget=0.2))
     with tempfile.TemporaryDirectory() as output:
         training_args = training_arguments_class()(
-            output_dir=output, train_budget=0.1, lambda_start=0.0, max_steps=1, report_to="none", save_strategy="no"
+            output_dir=output,
+            train_budget=args.budget,
+            lambda_start=0.0,
+            max_steps=1,
+            report_to="none",
+            save_strategy="no",
         )
         path = Path(output) / "records.json"
         path.write_text(json.dumps(records))
@@ -78,7 +84,9 @@ def main() -> None:
             for shape in shapes:
                 pull[shape].append(float(gradient[evidence].mean() / gradient.std()))
                 rank[shape].append(float(percentile[evidence].mean()))
-    print(f"pull on the evidence at visionselector's first step, {args.run}, {args.records} train records")
+    print(
+        f"pull on the evidence at visionselector's first step, {args.run}, budget {args.budget}, {args.records} records"
+    )
     print("| shape named | examples | mean pull (image std) | mean rank of the evidence |")
     print("|---|---|---|---|")
     for shape in sorted(pull):
