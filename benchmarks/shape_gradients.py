@@ -1,6 +1,7 @@
 """How hard a VLM's loss pulls on each object shape's tokens at visionselector's first step (issue 16).
 
     python benchmarks/shape_gradients.py [--run runs/testbed-v6] [--records 200] [--budget 0.1]
+        [--soft_mask_mode attention_bias|multiply]
 
 visionselector starts with near-zero weights, so its first scores are all equal and its soft mask keeps every token
 at the budget's share. This script builds the recipe's own training step (`TokenPruneTrainer` through the library's
@@ -24,6 +25,9 @@ def main() -> None:
     parser.add_argument("--run", default="runs/testbed-v6")
     parser.add_argument("--records", type=int, default=200)
     parser.add_argument("--budget", type=float, default=0.1, help="the training budget of the step (recipe: 0.1)")
+    parser.add_argument(
+        "--soft_mask_mode", default="attention_bias", help="visionselector's (attention_bias, multiply)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -46,6 +50,7 @@ def main() -> None:
         training_args = training_arguments_class()(
             output_dir=output,
             train_budget=args.budget,
+            soft_mask_mode=args.soft_mask_mode,
             lambda_start=0.0,
             max_steps=1,
             report_to="none",
@@ -85,7 +90,8 @@ def main() -> None:
                 pull[shape].append(float(gradient[evidence].mean() / gradient.std()))
                 rank[shape].append(float(percentile[evidence].mean()))
     print(
-        f"pull on the evidence at visionselector's first step, {args.run}, budget {args.budget}, {args.records} records"
+        f"pull on the evidence at visionselector's first step, {args.run}, budget {args.budget}, "
+        f"{args.soft_mask_mode}, {args.records} records"
     )
     print("| shape named | examples | mean pull (image std) | mean rank of the evidence |")
     print("|---|---|---|---|")
