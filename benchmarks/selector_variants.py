@@ -10,18 +10,55 @@ examples at budget 0.1:
 - `initX`: the scorer's weights start at N(0, X) instead of `scorer_init_std` (0.001);
 - `lambdaX`: the BCE constraint ramps to X instead of `lambda_end` (2.0);
 - `budgetX`: trained at budget X instead of `--train_budget` (0.1; paper 000 recommends 0.2);
+- `stepsN`: N optimiser steps instead of the recipe's 1,500;
 - `mixX-Y`: each image's training budget drawn uniformly from [X, Y] (torch's generator, which the Trainer seeds), so
   the soft mask's threshold also passes through the middle of the ranking, where a shape the scorer has not learned
   sits with the background.
 
 The run's selector records must exist (`selector_data/`, not committed: a `reproduce` resume of the run writes them
-again in seconds). 2 threads; run nothing beside it. `benchmarks/score_rank_by_kind.py --adapter OUTPUT/<run>-<variant>` then shows
+again in seconds). Changes join with `+` (`lambda0.5+steps3000`). 2 threads; run nothing beside it. `benchmarks/score_rank_by_kind.py --adapter OUTPUT/<run>-<variant>` then shows
 which shapes it ranks with the background. Results: docs/testbed.md ("The recipe's time").
 """
 
 import argparse
 import json
 from pathlib import Path
+
+
+def apply_change(change: str, fields: dict, overrides: dict, parser) -> None:
+    """Apply one `--variant` change (`+` joins several) to the recipe fields, training overrides or patched code."""
+    import torch
+
+    from hf_tokenprune.modeling import selector_visionselector
+    from hf_tokenprune.training import recipe as training_recipe
+
+    tokens_to_keep = ORIGINAL["tokens_to_keep"]
+    if change.startswith("init"):
+        std = float(change.removeprefix("init"))
+
+        def reset(scorer, std=std):  # the config field is saved with the adapter; only the start changes
+            torch.nn.init.normal_(scorer.query_proj.weight, std=std)
+            torch.nn.init.normal_(scorer.key_proj.weight, std=std)
+
+        selector_visionselector.VisionSelectorScorer.reset_parameters = reset
+    elif change.startswith("lambda"):
+        overrides["lambda_end"] = float(change.removeprefix("lambda"))
+    elif change.startswith("budget"):
+        fields["train_budget"] = float(change.removeprefix("budget"))
+    elif change.startswith("steps"):
+        fields["selector_method_steps"] = f"visionselector={int(change.removeprefix('steps'))}"
+    elif change.startswith("mix"):
+        low, high = map(float, change.removeprefix("mix").split("-"))
+
+        def drawn(budget, num_tokens, low=low, high=high):  # the recipe's `train_budget` is replaced per image
+            return tokens_to_keep(low + (high - low) * torch.rand(()).item(), num_tokens)
+
+        training_recipe.tokens_to_keep = drawn
+    else:
+        parser.error(f"--variant change {change!r}: expected initX, lambdaX, budgetX, stepsN or mixX-Y")
+
+
+ORIGINAL: dict = {}
 
 
 def main() -> None:
@@ -42,32 +79,13 @@ def main() -> None:
     run, output = Path(args.run), Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     reset_parameters = selector_visionselector.VisionSelectorScorer.reset_parameters
-    tokens_to_keep = training_recipe.tokens_to_keep
+    tokens_to_keep = ORIGINAL["tokens_to_keep"] = training_recipe.tokens_to_keep
     for variant in args.variant:
         fields, overrides = {}, {}
         selector_visionselector.VisionSelectorScorer.reset_parameters = reset_parameters
         training_recipe.tokens_to_keep = tokens_to_keep
-        if variant.startswith("init"):
-            std = float(variant.removeprefix("init"))
-
-            def reset(scorer, std=std):  # the config field is saved with the adapter; only the start changes
-                torch.nn.init.normal_(scorer.query_proj.weight, std=std)
-                torch.nn.init.normal_(scorer.key_proj.weight, std=std)
-
-            selector_visionselector.VisionSelectorScorer.reset_parameters = reset
-        elif variant.startswith("lambda"):
-            overrides["lambda_end"] = float(variant.removeprefix("lambda"))
-        elif variant.startswith("budget"):
-            fields["train_budget"] = float(variant.removeprefix("budget"))
-        elif variant.startswith("mix"):
-            low, high = map(float, variant.removeprefix("mix").split("-"))
-
-            def drawn(budget, num_tokens, low=low, high=high):  # the recipe's `train_budget` is replaced per image
-                return tokens_to_keep(low + (high - low) * torch.rand(()).item(), num_tokens)
-
-            training_recipe.tokens_to_keep = drawn
-        else:
-            parser.error(f"--variant {variant!r}: expected initX, lambdaX, budgetX or mixX-Y")
+        for change in variant.split("+"):
+            apply_change(change, fields, overrides, parser)
         adapter = output / f"{run.name}-{variant}"
         recipe = ReproduceArguments(output=str(output), seed=0, **fields)
         train_selector("visionselector", run / "base", run / "selector_data" / "train.json", adapter, recipe, overrides)
