@@ -42,8 +42,7 @@ def main() -> None:
         with torch.no_grad():
             output = pruned.generate(**batch, max_new_tokens=1, prune_budget=args.budget, return_dict_in_generate=True)
         keep = output.keep_mask[0][batch["input_ids"][0] == base.config.image_token_id]
-        words = set(example.question.split())
-        shapes = [shape for shape in tasks.SHAPES if {shape, tasks.SHAPE_PLURALS[shape]} & words] or ["(none named)"]
+        shapes = tasks.shapes_named(example.question) or ("(none named)",)
         for shape in shapes:
             asked[shape] += 1
             missed[shape] += bool((evidence & ~keep).any())

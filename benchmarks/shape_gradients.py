@@ -83,8 +83,7 @@ def main() -> None:
             batch = trainer.data_collator([record])
             trainer.compute_loss(trainer.model, batch).backward()
             gradient = -leaves[-1].grad
-            words = set(example.question.split())
-            shapes = [shape for shape in tasks.SHAPES if {shape, tasks.SHAPE_PLURALS[shape]} & words] or ["(none)"]
+            shapes = tasks.shapes_named(example.question) or ("(none)",)
             percentile = gradient.argsort().argsort().float() / (len(gradient) - 1)
             for shape in shapes:
                 pull[shape].append(float(gradient[evidence].mean() / gradient.std()))

@@ -142,14 +142,13 @@ def token_relevance(example, prompt: str):
     What `RelevanceTrainer` teaches the visual tokens to flag (see there for why).
     """
     from .scenes import CELL
-    from .tasks import COLOURS, SHAPE_PLURALS, SHAPES
+    from .tasks import COLOURS, shapes_named
 
     if example.grid is None:
         return None
     rows, cols = example.grid
-    words = set(prompt.split())
-    shapes = {shape for shape in SHAPES if shape in words or SHAPE_PLURALS[shape] in words}
-    colours = words & set(COLOURS)
+    shapes = set(shapes_named(prompt))
+    colours = set(prompt.split()) & set(COLOURS)
     relevance = np.zeros((rows, cols), dtype=np.float32)
     for item in example.objects:
         if item.clutter or (shapes and item.shape not in shapes) or (colours and item.colour not in colours):

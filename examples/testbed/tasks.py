@@ -111,6 +111,12 @@ class VQAExample:
     grid: tuple[int, int] | None = None  # (rows, cols) of visual tokens when the image is drawn on the token grid (v2)
 
 
+def shapes_named(text: str) -> tuple[str, ...]:
+    """The shapes `text` names, in `SHAPES` order, singular or plural ("how many crosses" -> ("cross",))."""
+    words = set(text.split())
+    return tuple(shape for shape in SHAPES if shape in words or SHAPE_PLURALS[shape] in words)
+
+
 def token_grid(width: int, height: int, image_processor=None) -> tuple[int, int]:
     """(rows, cols) of visual tokens of a ``width`` x ``height`` image after the resize of ``image_processor`` (a
     Qwen2-VL-style image processor: one token per ``patch_size * merge_size`` px cell, the area bounded by its
