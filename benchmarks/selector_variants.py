@@ -30,9 +30,9 @@ def apply_change(change: str, fields: dict, overrides: dict, parser) -> None:
     import torch
 
     from hf_tokenprune.modeling import selector_visionselector
+    from hf_tokenprune.modeling.selection_ops import tokens_to_keep
     from hf_tokenprune.training import recipe as training_recipe
 
-    tokens_to_keep = ORIGINAL["tokens_to_keep"]
     if change.startswith("init"):
         std = float(change.removeprefix("init"))
 
@@ -58,9 +58,6 @@ def apply_change(change: str, fields: dict, overrides: dict, parser) -> None:
         parser.error(f"--variant change {change!r}: expected initX, lambdaX, budgetX, stepsN or mixX-Y")
 
 
-ORIGINAL: dict = {}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/testbed-v6")
@@ -79,7 +76,7 @@ def main() -> None:
     run, output = Path(args.run), Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     reset_parameters = selector_visionselector.VisionSelectorScorer.reset_parameters
-    tokens_to_keep = ORIGINAL["tokens_to_keep"] = training_recipe.tokens_to_keep
+    tokens_to_keep = training_recipe.tokens_to_keep
     for variant in args.variant:
         fields, overrides = {}, {}
         selector_visionselector.VisionSelectorScorer.reset_parameters = reset_parameters
