@@ -68,17 +68,26 @@ hf-tokenprune bench --preset qwen2.5-vl-7b-video64 --threads 1 --dtype float32 -
 hf-tokenprune bench --preset llava-onevision-7b-video --threads 1 --dtype float32 --layers 3 --tag "$xeon, 5 repeats" \
     --methods $learned,divprune --budgets 0.2 --repeats 5 --warmup 1 --decode-tokens 4 \
     --output "$results/llava-onevision-7b-video-xeon-5repeats.json"
+# The four bfloat16 image presets, every learned method (tag, output suffix).
+bf16_images() {
+    for preset in llava-next-7b llava-1.5-7b qwen2.5-vl-7b internvl3-8b; do
+        hf-tokenprune bench --preset "$preset" --threads 1 --dtype bfloat16 --layers 2 --vision-layers 2 \
+            --tag "$1" --methods $learned --budgets 0.2 --repeats 3 --warmup 1 --decode-tokens 0 \
+            --output "$results/$preset-$2.json"
+    done
+}
+# The eight image presets in float32, every learned method (tag, output suffix).
+float32_images() {
+    for preset in qwen2.5-vl-7b llava-1.5-7b llava-next-7b internvl3-8b qwen3-vl-8b gemma3-12b llava-onevision-7b \
+        smolvlm-instruct; do
+        hf-tokenprune bench --preset "$preset" "${issue21[@]}" --tag "$1" --methods $learned --budgets 0.2 --repeats 1 \
+            --warmup 1 --decode-tokens 3 --output "$results/$preset-$2.json"
+    done
+}
 # The bfloat16 image presets again with today's scorers (the untagged rows above are from 2026-11-21, before the
 # scorers' attention went through sdpa), on the Xeon host, which has AMX bfloat16 matrix units.
-for preset in llava-next-7b llava-1.5-7b qwen2.5-vl-7b internvl3-8b; do
-    hf-tokenprune bench --preset "$preset" --threads 1 --dtype bfloat16 --layers 2 --vision-layers 2 \
-        --tag "bfloat16, Xeon host" --methods $learned --budgets 0.2 --repeats 3 --warmup 1 --decode-tokens 0 \
-        --output "$results/$preset-bf16-xeon.json"
-done
-for preset in qwen2.5-vl-7b llava-1.5-7b llava-next-7b internvl3-8b qwen3-vl-8b gemma3-12b llava-onevision-7b smolvlm-instruct; do
-    hf-tokenprune bench --preset "$preset" "${issue21[@]}" --tag float32 --methods $learned --budgets 0.2 --repeats 1 \
-        --warmup 1 --decode-tokens 3 --output "$results/$preset-float32.json"
-done
+bf16_images "bfloat16, Xeon host" bf16-xeon
+float32_images float32 float32
 hf-tokenprune bench --preset qwen2.5-vl-7b-batch8 "${issue21[@]}" --tag float32 --methods visionselector,divprune \
     --budgets 0.2 --repeats 1 --warmup 1 --decode-tokens 0 --output "$results/qwen2.5-vl-7b-batch8.json"
 hf-tokenprune bench --preset llava-1.5-7b "${issue21[@]}" --tag "float32, what fits" --methods visionselector \
@@ -94,6 +103,11 @@ hf-tokenprune bench --preset qwen2.5-vl-7b --threads 1 --dtype float32 --layers 
     --tag "float32, issue 20" --methods visionselector,questionselector,autoselect,reconstruction,fastv --budgets 0.2,auto \
     --repeats 2 --warmup 1 --decode-tokens 0 --output "$results/qwen2.5-vl-7b-issue20.json"
 
+# The Transformer scorers' default heads became 128 wide (autoselect 2 heads, reconstruction 1; they had 4 in every
+# row above): the bfloat16 and float32 image presets again on the Xeon host (2026-11-27, nothing else running).
+bf16_images "bfloat16, Xeon host, 128-wide heads" bf16-xeon-heads128
+float32_images "float32, Xeon host, 128-wide heads" float32-heads128
+
 issue21_results=""
 for name in qwen2.5-vl-7b-video16 qwen2.5-vl-7b-video16-questionselector qwen2.5-vl-7b-video64 llava-onevision-7b-video \
     qwen2.5-vl-7b-video16-xeon llava-onevision-7b-video-xeon qwen2.5-vl-7b-video64-xeon \
@@ -101,7 +115,11 @@ for name in qwen2.5-vl-7b-video16 qwen2.5-vl-7b-video16-questionselector qwen2.5
     internvl3-8b-bf16-xeon qwen2.5-vl-7b-float32 \
     llava-1.5-7b-float32 llava-next-7b-float32 internvl3-8b-float32 qwen3-vl-8b-float32 gemma3-12b-float32 \
     llava-onevision-7b-float32 smolvlm-instruct-float32 qwen2.5-vl-7b-batch8 llava-1.5-7b-fit qwen2.5-vl-7b-fastv \
-    qwen2.5-vl-7b-issue20; do
+    qwen2.5-vl-7b-issue20 llava-next-7b-bf16-xeon-heads128 llava-1.5-7b-bf16-xeon-heads128 \
+    qwen2.5-vl-7b-bf16-xeon-heads128 internvl3-8b-bf16-xeon-heads128 qwen2.5-vl-7b-float32-heads128 \
+    llava-1.5-7b-float32-heads128 llava-next-7b-float32-heads128 internvl3-8b-float32-heads128 \
+    qwen3-vl-8b-float32-heads128 gemma3-12b-float32-heads128 llava-onevision-7b-float32-heads128 \
+    smolvlm-instruct-float32-heads128; do
     issue21_results+=",$results/$name.json"
 done
 

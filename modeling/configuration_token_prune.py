@@ -129,7 +129,7 @@ def check_float(value: Any, name: str, minimum: float = 0.0) -> None:
 FORMAT_1_METHOD_FIELDS = {
     "scorer_hidden_size": lambda value, name: check_int(value, name, 1, optional=True),
     "scorer_num_layers": lambda value, name: check_int(value, name, 1, optional=True),
-    "scorer_num_heads": lambda value, name: check_int(value, name, 1),
+    "scorer_num_heads": lambda value, name: check_int(value, name, 1, optional=True),
     "scorer_init_std": lambda value, name: check_float(value, name),
     "seed": lambda value, name: check_int(value, name),
     "dart_num_pivots": lambda value, name: check_int(value, name, 1),

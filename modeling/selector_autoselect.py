@@ -23,6 +23,11 @@ from .token_selectors import TokenSelector, register_selector
 # Narrower than paper 002 A's hidden dimension 1024 (the width of the CLIP ViT-L features it reads): see
 # `AutoSelectScorer` (selection cost).
 MAX_DEFAULT_HIDDEN_SIZE = 256
+# Width per head when `scorer_num_heads` is unset: the 7B LLMs' head dim. No paper fixes the scorers' heads (001 gives
+# none; 002 A's 16 heads over 1024 are 64 wide). Attention over thousands of tokens dominates these scorers' cost, and
+# torch's CPU flash kernel in bfloat16 ran 2.6x more FLOP/s at head dim 128 than at 32 (583 against 226 GFLOP/s, one
+# thread, 2,928 tokens, Intel Xeon with AMX; 385 at 64): docs/benchmarks.md, "Selection cost".
+DEFAULT_HEAD_DIM = 128
 
 
 @dataclass
@@ -32,7 +37,8 @@ class TransformerScorerConfig(TokenPruneConfig):
     Fields:
         scorer_hidden_size: width of the layers; `None` = the method's default.
         scorer_num_layers: encoder layers; `None` = the method's default.
-        scorer_num_heads: attention heads per layer; must divide the width.
+        scorer_num_heads: attention heads per layer; must divide the width. `None` = width // 128 (at least 1,
+            lowered to a divisor of the width).
     """
 
     scorer_hidden_size: int | None = field(
@@ -41,13 +47,16 @@ class TransformerScorerConfig(TokenPruneConfig):
     scorer_num_layers: int | None = field(
         default=None, metadata={"help": "Transformer layers of the scorer (>= 1); None = the method's default."}
     )
-    scorer_num_heads: int = field(default=4, metadata={"help": "Attention heads of the scorer's layers (>= 1)."})
+    scorer_num_heads: int | None = field(
+        default=None,
+        metadata={"help": "Attention heads of the scorer's layers (>= 1); None = width // 128, at least 1."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int(self.scorer_hidden_size, "scorer_hidden_size", 1, optional=True)
         check_int(self.scorer_num_layers, "scorer_num_layers", 1, optional=True)
-        check_int(self.scorer_num_heads, "scorer_num_heads", 1)
+        check_int(self.scorer_num_heads, "scorer_num_heads", 1, optional=True)
 
 
 @dataclass
@@ -57,21 +66,33 @@ class AutoSelectConfig(TransformerScorerConfig):
     method: str = field(default="autoselect", metadata={"help": "Registered selector name."})
 
 
-def default_hidden_size(config: TransformerScorerConfig, input_dim: int, cap: int = MAX_DEFAULT_HIDDEN_SIZE) -> int:
-    """`config.scorer_hidden_size`, else `min(input_dim, cap)` rounded up to a multiple of the head count.
+def scorer_sizes(
+    config: TransformerScorerConfig, input_dim: int, cap: int = MAX_DEFAULT_HIDDEN_SIZE
+) -> tuple[int, int]:
+    """(width, heads) of a Transformer scorer.
 
-    Raises ValueError when an explicit `scorer_hidden_size` is not divisible by `scorer_num_heads`.
+    Width: `config.scorer_hidden_size`, else `min(input_dim, cap)` (rounded up to a multiple of an explicit head
+    count). Heads: `config.scorer_num_heads`, else width // `DEFAULT_HEAD_DIM` (at least 1), lowered to the largest
+    count that divides the width.
+
+    Raises ValueError when an explicit `scorer_hidden_size` is not divisible by an explicit `scorer_num_heads`.
     """
     num_heads = config.scorer_num_heads
     if config.scorer_hidden_size is not None:
-        if config.scorer_hidden_size % num_heads:
+        hidden_size = config.scorer_hidden_size
+        if num_heads is not None and hidden_size % num_heads:
             raise ValueError(
-                f"`scorer_hidden_size` ({config.scorer_hidden_size}) must be divisible by "
-                f"`scorer_num_heads` ({num_heads})"
+                f"`scorer_hidden_size` ({hidden_size}) must be divisible by `scorer_num_heads` ({num_heads})"
             )
-        return config.scorer_hidden_size
-    hidden_size = min(input_dim, cap)
-    return -(-hidden_size // num_heads) * num_heads
+    elif num_heads is not None:
+        hidden_size = -(-min(input_dim, cap) // num_heads) * num_heads
+    else:
+        hidden_size = min(input_dim, cap)
+    if num_heads is None:
+        num_heads = max(1, hidden_size // DEFAULT_HEAD_DIM)
+        while hidden_size % num_heads:
+            num_heads -= 1
+    return hidden_size, num_heads
 
 
 class TokenTransformer(nn.Module):
@@ -161,21 +182,21 @@ class TransformerTokenScorer(TokenSelector):
 
     def __init__(self, config: TransformerScorerConfig, input_dim: int, llm_hidden_size: int) -> None:
         super().__init__(config, input_dim, llm_hidden_size)
-        hidden_size = default_hidden_size(config, input_dim, self.max_default_hidden_size)
+        hidden_size, num_heads = scorer_sizes(config, input_dim, self.max_default_hidden_size)
         self.hidden_size = hidden_size
         self.encoder = TokenTransformer(
-            input_dim,
-            hidden_size,
-            num_layers=config.scorer_num_layers or self.default_num_layers,
-            num_heads=config.scorer_num_heads,
+            input_dim, hidden_size, num_layers=config.scorer_num_layers or self.default_num_layers, num_heads=num_heads
         )
         self.head = nn.Linear(hidden_size, self.head_outputs)
 
     def resolved_config(self, config: TransformerScorerConfig) -> TransformerScorerConfig:
-        """`config` with the width and depth this scorer was built with, so that a saved adapter rebuilds at its
-        own sizes even if a method's defaults change."""
+        """`config` with the width, depth and heads this scorer was built with, so that a saved adapter rebuilds at
+        its own sizes even if a method's defaults change."""
         return dataclasses.replace(
-            config, scorer_hidden_size=self.hidden_size, scorer_num_layers=len(self.encoder.layers)
+            config,
+            scorer_hidden_size=self.hidden_size,
+            scorer_num_layers=len(self.encoder.layers),
+            scorer_num_heads=self.encoder.layers[0].self_attn.num_heads,
         )
 
 
@@ -187,11 +208,14 @@ class AutoSelectScorer(TransformerTokenScorer):
     does not change the ranking, so `score` returns the raw logits.
 
     Sizes: `scorer_num_layers` defaults to 2 (paper 002 A, "two Transformer encoder blocks"); hidden size
-    `scorer_hidden_size`, else `min(input_dim, 256)`. Paper 002 A uses 1024 (`scorer_hidden_size=1024`,
-    `scorer_num_heads=16` builds its scorer). Why narrower by default: at 1024 the two blocks cost 0.6-2.2% of
-    time to first token on one CPU thread at 7B widths (LLaVA-NeXT-7B's 2,928 tokens: 3.1 s of 142 s), over
-    the project's 0.5% selection budget; at 256 they cost 0.4 s there (docs/benchmarks.md). No published
-    result measures the narrower scorer's accuracy.
+    `scorer_hidden_size`, else `min(input_dim, 256)`; heads `scorer_num_heads`, else width // 128 (2 at 256).
+    Paper 002 A uses 1024 and 16 heads (`scorer_hidden_size=1024, scorer_num_heads=16` builds its scorer). Why
+    narrower by default: at 1024 the two blocks cost 0.6-2.2% of time to first token on one CPU thread at 7B
+    widths (LLaVA-NeXT-7B's 2,928 tokens: 3.1 s of 142 s), over the project's 0.5% selection budget; at 256 they
+    cost 0.4 s there in float32 (docs/benchmarks.md). Why 2 heads: in bfloat16 on a CPU with AMX, 4 heads of 64
+    cost 71 ms of LLaVA-NeXT-7B's 13.3 s (0.54%); the attention is most of it, and the kernel runs faster per FLOP
+    at head dim 128 (see `DEFAULT_HEAD_DIM`): 2 heads of 128 cost 50 ms (0.41%). No published result measures the
+    narrower scorer's accuracy.
 
     Attributes:
         encoder: the `TokenTransformer`.

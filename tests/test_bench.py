@@ -407,6 +407,26 @@ def test_selection_flops_are_counted_on_the_recorded_call(tmp_path):
     assert row["selection_gflop_per_s"] == pytest.approx(row["selection_gflop"] * 1e3 / row["selection_ms"])
 
 
+@pytest.mark.parametrize("lengths", [(10,), (10, 6)])
+def test_selection_flops_count_the_transformer_scorers_attention(lengths):
+    """Oracle: the FLOPs of autoselect's scorer written out layer by layer, attention included (torch's counter has
+    no formula for the CPU flash kernel, so without `flop_counter`'s entry the N^2 terms went uncounted)."""
+    from hf_tokenprune.bench.probes import selection_flops
+    from hf_tokenprune.modeling.token_selectors import get_selector_class
+
+    dim, width, heads = 24, 48, 4
+    config = TokenPruneConfig(method="autoselect", scorer_hidden_size=width, scorer_num_heads=heads)
+    selector = get_selector_class("autoselect")(config, dim, 32).eval()
+    features = [torch.randn(n, dim) for n in lengths]
+    # Padded to the longest segment: every row runs its projections and attends over the padded length.
+    rows, padded = len(lengths), max(lengths)
+    tokens = rows * padded
+    linear = tokens * (dim * width + 2 * (width * 3 * width + width * width + 2 * width * 4 * width) + width)
+    attention = 2 * rows * padded * padded * width  # QK^T and AV per layer, over all heads
+    expected = 2 * linear + 2 * 2 * attention
+    assert selection_flops(selector, ("select_segments", (features, [3] * rows), {})) == expected
+
+
 def test_largest_batch_search_bisects_on_the_measured_peak(monkeypatch):
     measured = []
 

@@ -190,8 +190,8 @@ def test_transformer_depths_and_widths():
 @pytest.mark.parametrize(
     ("method", "fields"),
     [
-        ("autoselect", ("scorer_hidden_size", "scorer_num_layers")),
-        ("reconstruction", ("scorer_hidden_size", "scorer_num_layers")),
+        ("autoselect", ("scorer_hidden_size", "scorer_num_layers", "scorer_num_heads")),
+        ("reconstruction", ("scorer_hidden_size", "scorer_num_layers", "scorer_num_heads")),
         ("questionselector", ("scorer_hidden_size",)),
     ],
 )
@@ -208,12 +208,35 @@ def test_a_built_selector_records_its_default_sizes_in_its_config(method, fields
     built = {"scorer_hidden_size": getattr(selector, "hidden_size", getattr(selector, "projection_dim", None))}
     if "scorer_num_layers" in fields:
         built["scorer_num_layers"] = len(selector.encoder.layers)
+        built["scorer_num_heads"] = selector.encoder.layers[0].self_attn.num_heads
     assert {name: getattr(config, name) for name in fields} == built
     explicit = get_pruned_model(base, TokenPruneConfig(method=method, scorer_hidden_size=8))
     assert explicit.token_prune_config.scorer_hidden_size == 8
     assert make_selector("autoselect", scorer_hidden_size=48).head.in_features == 48
     with pytest.raises(ValueError, match="scorer_hidden_size"):
         make_selector("autoselect", scorer_hidden_size=30, scorer_num_heads=4)
+
+
+@pytest.mark.parametrize(
+    ("method", "input_dim", "fields", "width", "heads"),
+    [
+        ("autoselect", 1024, {}, 256, 2),  # the 7B presets' default: heads of 128
+        ("reconstruction", 1024, {}, 128, 1),
+        ("autoselect", 100, {}, 100, 1),  # narrower than 128: one head
+        ("autoselect", 1024, {"scorer_hidden_size": 384}, 384, 3),
+        ("autoselect", 1024, {"scorer_hidden_size": 1000}, 1000, 5),  # 7 heads do not divide 1000: the largest that do
+        ("autoselect", 1024, {"scorer_num_heads": 4}, 256, 4),  # an explicit count is kept (format 1's default)
+        ("reconstruction", 30, {"scorer_num_heads": 4}, 32, 4),  # ... and the width rounded up to a multiple of it
+        ("autoselect", 1024, {"scorer_hidden_size": 1024, "scorer_num_heads": 16}, 1024, 16),  # paper 002 A
+    ],
+)
+def test_transformer_scorer_heads_default_to_width_over_128(method, input_dim, fields, width, heads):
+    """Oracle: the layers as built (width of the input projection, heads of every attention) against the rule
+    written out: explicit sizes as given, else width // 128 heads, at least 1, lowered until they divide the width."""
+    selector = make_selector(method, input_dim=input_dim, **fields)
+    assert selector.encoder.input_proj.out_features == width
+    assert {layer.self_attn.num_heads for layer in selector.encoder.layers} == {heads}
+    assert selector.resolved_config(TokenPruneConfig(method=method, **fields)).scorer_num_heads == heads
 
 
 @pytest.mark.parametrize("training", [False, True])

@@ -307,19 +307,34 @@ def measure_decode(config: Configuration, inputs, probe: PipelineProbe, tokens: 
     }
 
 
+def _attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """FlopCounterMode has no formula for the CPU flash-attention kernel: QK^T and AV, 2 FLOPs per multiply-add."""
+    batch, heads, query_length, head_dim = query
+    return 2 * 2 * batch * heads * query_length * key[-2] * head_dim
+
+
+def flop_counter():
+    """A `FlopCounterMode` that also counts the CPU flash-attention kernel."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {}
+    if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        mapping[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _attention_flops
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
 def selection_flops(selector: nn.Module, call: tuple[str, tuple, dict]) -> int:
     """FLOPs of one selection call (`select_segments` or `select_segments_auto`, as recorded: (name, args, kwargs))
     replayed on its recorded inputs (2 per multiply-add, torch's count).
 
-    The fused encoder-layer fast path is invisible to `FlopCounterMode`, so it is off while counting.
+    The fused encoder-layer fast path is invisible to `FlopCounterMode`, so it is off while counting; the CPU
+    flash-attention kernel is counted by `flop_counter`.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     name, args, kwargs = call
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), flop_counter() as counter:
             selector.__dict__.get(f"_unprobed_{name}", getattr(selector, name))(*args, **kwargs)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)

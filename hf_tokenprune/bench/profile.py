@@ -16,7 +16,16 @@ from ..model import get_pruned_model
 from ..modeling.configuration_token_prune import TokenPruneConfig
 from ..modeling.token_selectors import learned_selectors
 from .presets import Preset
-from .probes import Clock, Configuration, DepthMap, FlopClock, PipelineProbe, measure_ttft, pruning_selector
+from .probes import (
+    Clock,
+    Configuration,
+    DepthMap,
+    FlopClock,
+    PipelineProbe,
+    flop_counter,
+    measure_ttft,
+    pruning_selector,
+)
 
 OP_CATEGORIES = (
     ("GEMM (linear / matmul)", ("mm", "linear", "matmul", "gemm")),
@@ -29,22 +38,6 @@ OP_CATEGORIES = (
 def op_category(name: str) -> str:
     short = name.removeprefix("aten::").lower()
     return next((category for category, needles in OP_CATEGORIES if any(n in short for n in needles)), "other")
-
-
-def _attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    """FlopCounterMode has no formula for the CPU flash-attention kernel: QK^T and AV, 2 FLOPs per multiply-add."""
-    batch, heads, query_length, head_dim = query
-    return 2 * 2 * batch * heads * query_length * key[-2] * head_dim
-
-
-def flop_counter():
-    """A `FlopCounterMode` that also counts the CPU flash-attention kernel."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    mapping = {}
-    if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        mapping[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _attention_flops
-    return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
 def count_flops(config: Configuration, inputs, preset: Preset, depth: DepthMap) -> dict[str, float]:
