@@ -8,9 +8,10 @@ the recipe's steps and learning rate) with one change, then evaluates it with `e
 examples at budget 0.1:
 
 - `initX`: the scorer's weights start at N(0, X) instead of `scorer_init_std` (0.001);
-- `lambdaX`: the BCE constraint ramps to X instead of `lambda_end` (2.0);
+- `lambdaX`: the BCE constraint ramps from 0.1 to X instead of the recipe's `--visionselector_lambda_end` (2.0);
 - `budgetX`: trained at budget X instead of `--train_budget` (0.1; paper 000 recommends 0.2);
 - `stepsN`: N optimiser steps instead of the recipe's 1,500;
+- `seedN`: the recipe's `--seed` N instead of 0 (the scorer's start and the data order);
 - `mixX-Y`: each image's training budget drawn uniformly from [X, Y] (torch's generator, which the Trainer seeds), so
   the soft mask's threshold also passes through the middle of the ranking, where a shape the scorer has not learned
   sits with the background.
@@ -47,6 +48,8 @@ def apply_change(change: str, fields: dict, overrides: dict, parser) -> None:
         fields["train_budget"] = float(change.removeprefix("budget"))
     elif change.startswith("steps"):
         fields["selector_method_steps"] = f"visionselector={int(change.removeprefix('steps'))}"
+    elif change.startswith("seed"):
+        fields["seed"] = int(change.removeprefix("seed"))
     elif change.startswith("mix"):
         low, high = map(float, change.removeprefix("mix").split("-"))
 
@@ -55,7 +58,7 @@ def apply_change(change: str, fields: dict, overrides: dict, parser) -> None:
 
         training_recipe.tokens_to_keep = drawn
     else:
-        parser.error(f"--variant change {change!r}: expected initX, lambdaX, budgetX, stepsN or mixX-Y")
+        parser.error(f"--variant change {change!r}: expected initX, lambdaX, budgetX, stepsN, seedN or mixX-Y")
 
 
 def main() -> None:
@@ -84,7 +87,7 @@ def main() -> None:
         for change in variant.split("+"):
             apply_change(change, fields, overrides, parser)
         adapter = output / f"{run.name}-{variant}"
-        recipe = ReproduceArguments(output=str(output), seed=0, **fields)
+        recipe = ReproduceArguments(output=str(output), **{"seed": 0, **fields})
         train_selector("visionselector", run / "base", run / "selector_data" / "train.json", adapter, recipe, overrides)
         result = evaluate.run_eval(
             evaluate.EvalArguments(

@@ -383,6 +383,18 @@ def test_reproduce_reruns_only_the_stages_that_read_a_changed_downstream_argumen
     assert selectors_run == [] and evals[4:] == [3, 1]
     run_reproduce(dataclasses.replace(both, eval_tasks="v2,v1", v1_eval_limit=2))
     assert selectors_run == [] and evals[6:] == [3, 2]
+    # visionselector's constraint: that selector alone trains again (with it), then the evals.
+    constant = dataclasses.replace(both, eval_tasks="v2,v1", v1_eval_limit=2, visionselector_lambda_end=0.7)
+    lambdas, real_arguments = [], pipeline.TokenPruneTrainingArguments
+
+    def training_arguments(**fields):
+        lambdas.append(fields.get("lambda_end"))
+        return real_arguments(**fields)
+
+    monkeypatch.setattr(pipeline, "TokenPruneTrainingArguments", training_arguments)
+    run_reproduce(constant)
+    assert selectors_run == [("visionselector", 3 if method == "visionselector" else 2)] and lambdas == [0.7]
+    assert evals[8:] == [3, 2]
 
 
 @pytest.mark.parametrize(

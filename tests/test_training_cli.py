@@ -97,6 +97,27 @@ def test_unknown_yaml_field_is_named(tmp_path):
         main(["train", "--config", str(recipe)])
 
 
+@pytest.mark.parametrize("method", ["visionselector", "autoselect"])
+def test_the_seed_fixes_the_trained_selector_whatever_the_process_drew_before(tmp_path, method):
+    """Oracle: the same recipe trained twice in one process, with other random draws in between, writes the same
+    weights; another `seed` writes other weights. The scorer is initialised when it is attached to the base, before
+    the Trainer seeds: before the fix it started from whatever state the global generator was in."""
+    from hf_tokenprune.testing import tiny_processor
+
+    base = tmp_path / "base"  # from disk, as a user's model loads (the tiny builders seed the generator themselves)
+    BUILDERS["qwen2_5_vl"]().save_pretrained(base)
+    tiny_processor("qwen2_5_vl").save_pretrained(base)
+    trained = {}
+    for name, seed, draws in (("first", 0, 1), ("again", 0, 1000), ("other", 1, 1)):
+        torch.randn(draws)  # the process's generator in another state each time
+        output = tmp_path / name
+        recipe = write_recipe(tmp_path, output, method=method, seed=seed, max_steps=2, model_name_or_path=str(base))
+        assert main(["train", "--config", str(recipe)]) == 0
+        trained[name] = safetensors.torch.load_file(output / "token_selector.safetensors")
+    assert all(torch.equal(trained["first"][key], trained["again"][key]) for key in trained["first"])
+    assert any(not torch.equal(trained["first"][key], trained["other"][key]) for key in trained["first"])
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -43,7 +43,9 @@ class TrainModelArguments:
     )
     scorer_hidden_size: int | None = field(default=None, metadata={"help": "Selector width (default: the method's)."})
     scorer_num_layers: int | None = field(default=None, metadata={"help": "Selector depth (default: the method's)."})
-    scorer_num_heads: int = field(default=4, metadata={"help": "Attention heads of Transformer selectors."})
+    scorer_num_heads: int | None = field(
+        default=None, metadata={"help": "Attention heads of Transformer selectors (default: width // 128)."}
+    )
     dtype: str = field(default="auto", metadata={"help": "Dtype of the frozen VLM: auto, float32, bfloat16, float16."})
     attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa or flash_attention_2."})
 
@@ -91,6 +93,8 @@ def run_train(
     model_args: TrainModelArguments, data_args: TrainDataArguments, training_args: TokenPruneTrainingArguments
 ):
     """Train and save the selector to `training_args.output_dir`; returns the trainer."""
+    from transformers import set_seed
+
     from ..model import get_pruned_model
     from .data import load_conversation_records
     from .trainer import TokenPruneTrainer
@@ -114,6 +118,9 @@ def run_train(
     )
     records = load_conversation_records(data_args.train_file, data_args.image_folder, data_args.on_bad_image)
     base, processor = load_model_and_processor(model_args)
+    # The scorer's weights are drawn when it is attached, before the Trainer seeds anything: seed first (as the
+    # transformers example scripts do before building a model), or its start depends on what the process drew before.
+    set_seed(training_args.seed)
     model = get_pruned_model(base, prune_config)
     trainer = TokenPruneTrainer(
         model=model,

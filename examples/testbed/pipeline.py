@@ -707,6 +707,13 @@ class ReproduceArguments:
             "--selector_steps (empty: none)."
         },
     )
+    visionselector_lambda_end: float = field(
+        default=2.0,
+        metadata={
+            "help": "visionselector's BCE constraint weight at the end of its linear ramp from lambda_start 0.1 "
+            "(paper 000: 2.0; 0.1 holds it constant)."
+        },
+    )
     selector_batch_size: int = field(default=8, metadata={"help": "Selector training batch size."})
     train_budget: float = field(default=0.1, metadata={"help": "Budget the selectors are trained at."})
     eval_limit: int = field(default=500, metadata={"help": "Test examples of the v2 task for the eval table."})
@@ -891,6 +898,8 @@ def selector_steps(method: str, args: ReproduceArguments) -> int:
 
 #: `scorer_hidden_size` of each bundled adapter (visionselector: its default, half the LLM width).
 TESTBED_SCORER_WIDTHS = {"autoselect": 128, "reconstruction": 128, "questionselector": 64}
+#: `scorer_num_heads` of the bundled Transformer scorers (trained before the default became width // 128).
+TESTBED_SCORER_HEADS = {"autoselect": 4, "reconstruction": 4}
 
 
 def train_selector(
@@ -915,9 +924,11 @@ def train_selector(
         model_name_or_path=str(base_dir),
         method=method,
         budget=0.2,
-        # Widths as the bundled adapters were trained, whatever the methods' defaults and `--vlm_width`: the
-        # Transformer scorers 128 wide, questionselector's d 64 (half the width of the 128-wide VLM it was tuned on).
+        # Sizes as the bundled adapters were trained, whatever the methods' defaults and `--vlm_width`: the
+        # Transformer scorers 128 wide with 4 heads, questionselector's d 64 (half the width of the 128-wide VLM it
+        # was tuned on).
         scorer_hidden_size=TESTBED_SCORER_WIDTHS.get(method),
+        scorer_num_heads=TESTBED_SCORER_HEADS.get(method),
     )
     data_args = TrainDataArguments(train_file=str(records), image_folder=str(records.parent / "images"))
     training_args = TokenPruneTrainingArguments(
@@ -941,7 +952,8 @@ def train_selector(
         save_strategy="no",
         report_to="none",
         seed=args.seed,
-        **(training_overrides or {}),
+        **({"lambda_end": args.visionselector_lambda_end} if method == "visionselector" else {})
+        | (training_overrides or {}),
     )
     run_train(model_args, data_args, training_args)
     base, _ = load_testbed(base_dir)
@@ -962,14 +974,15 @@ class Stages:
 
     # Arguments that change no stage's result: a resumed run may change them.
     FREE_ARGUMENTS = ("threads", "bundle", "bundle_dir")
-    # Arguments that only later stages read, by the first stage kind they change: a resumed run may change them, and
-    # that kind of stage and every later kind (order: `STAGE_KINDS`) reruns. The VLM's arguments are not among them:
-    # a finished VLM is only ever extended (`_extend_schedule`).
+    # Arguments that only later stages read, by the first stage kind (or the one stage) they change: a resumed run may
+    # change them, and that kind of stage (or that stage) and every later kind (order: `STAGE_KINDS`) reruns. The
+    # VLM's arguments are not among them: a finished VLM is only ever extended (`_extend_schedule`).
     STAGE_KINDS = ("vision", "vlm-round", "records", "selector", "eval")
     DOWNSTREAM_ARGUMENTS = {
         "selector_records": "records",
         "selector_steps": "selector",
         "selector_method_steps": "selector",
+        "visionselector_lambda_end": "selector-visionselector",
         "selector_batch_size": "selector",
         "train_budget": "selector",
         "eval_limit": "eval",
@@ -1002,12 +1015,15 @@ class Stages:
                 "the same ones (those of the records, selectors and evals may change) or choose a new --output"
             )
         if downstream:
-            first = min(self.STAGE_KINDS.index(self.DOWNSTREAM_ARGUMENTS[key]) for key in downstream)
-            rerun = self.STAGE_KINDS[first:]
+            rerun = set()
+            for key in downstream:
+                stage = self.DOWNSTREAM_ARGUMENTS[key]
+                kind = next(kind for kind in self.STAGE_KINDS if stage == kind or stage.startswith(kind + "-"))
+                rerun.update([stage, *self.STAGE_KINDS[self.STAGE_KINDS.index(kind) + 1 :]])
             state["done"] = {
                 name: seconds
                 for name, seconds in state["done"].items()
-                if not any(name == kind or name.startswith(kind + "-") for kind in rerun)
+                if not any(name == stage or name.startswith(stage + "-") for stage in rerun)
             }
             state["arguments"].update({key: arguments[key] for key in downstream})
             write_json_atomically(self.path, state)
