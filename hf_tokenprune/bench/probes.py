@@ -8,6 +8,7 @@ Forward hooks on the stock vision modules, the language model and every block ma
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
@@ -313,31 +314,30 @@ def _attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
     return 2 * 2 * batch * heads * query_length * key[-2] * head_dim
 
 
+@contextlib.contextmanager
 def flop_counter():
-    """A `FlopCounterMode` that also counts the CPU flash-attention kernel."""
+    """A no-grad `FlopCounterMode` that sees what torch's counter alone does not: the CPU flash-attention kernel (a
+    formula added) and the fused encoder-layer fast path (turned off while counting)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     mapping = {}
     if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
         mapping[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _attention_flops
-    return FlopCounterMode(display=False, custom_mapping=mapping)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            yield counter
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def selection_flops(selector: nn.Module, call: tuple[str, tuple, dict]) -> int:
     """FLOPs of one selection call (`select_segments` or `select_segments_auto`, as recorded: (name, args, kwargs))
-    replayed on its recorded inputs (2 per multiply-add, torch's count).
-
-    The fused encoder-layer fast path is invisible to `FlopCounterMode`, so it is off while counting; the CPU
-    flash-attention kernel is counted by `flop_counter`.
-    """
+    replayed on its recorded inputs under `flop_counter` (2 per multiply-add)."""
     name, args, kwargs = call
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad(), flop_counter() as counter:
-            selector.__dict__.get(f"_unprobed_{name}", getattr(selector, name))(*args, **kwargs)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    with flop_counter() as counter:
+        selector.__dict__.get(f"_unprobed_{name}", getattr(selector, name))(*args, **kwargs)
     return counter.get_total_flops()
 
 

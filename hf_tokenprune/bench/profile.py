@@ -42,19 +42,14 @@ def op_category(name: str) -> str:
 
 def count_flops(config: Configuration, inputs, preset: Preset, depth: DepthMap) -> dict[str, float]:
     """Counted FLOPs of one `generate(max_new_tokens=1)`, split like the timings and extrapolated to full depth."""
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder-layer kernel is invisible to the counter
-    try:
-        with torch.no_grad(), flop_counter() as counter:
-            probe = PipelineProbe(config.model, preset, FlopClock(counter))
-            if config.method is not None:
-                probe.time_selector(pruning_selector(config.model, config.budget))
-            try:
-                flops = depth.full_depth(measure_ttft(config, inputs, probe, keep=False))
-            finally:
-                probe.remove()
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    with flop_counter() as counter:
+        probe = PipelineProbe(config.model, preset, FlopClock(counter))
+        if config.method is not None:
+            probe.time_selector(pruning_selector(config.model, config.budget))
+        try:
+            flops = depth.full_depth(measure_ttft(config, inputs, probe, keep=False))
+        finally:
+            probe.remove()
     return {name.removesuffix("_ms"): value for name, value in flops.items()}
 
 
