@@ -26,8 +26,8 @@ import json
 from pathlib import Path
 
 
-def apply_change(change: str, fields: dict, overrides: dict, parser) -> None:
-    """Apply one `--variant` change (`+` joins several) to the recipe fields, training overrides or patched code."""
+def apply_change(change: str, fields: dict, parser) -> None:
+    """Apply one `--variant` change (`+` joins several) to the recipe fields or patched code."""
     import torch
 
     from hf_tokenprune.modeling import selector_visionselector
@@ -43,7 +43,7 @@ def apply_change(change: str, fields: dict, overrides: dict, parser) -> None:
 
         selector_visionselector.VisionSelectorScorer.reset_parameters = reset
     elif change.startswith("lambda"):
-        overrides["lambda_end"] = float(change.removeprefix("lambda"))
+        fields["visionselector_lambda_end"] = float(change.removeprefix("lambda"))
     elif change.startswith("budget"):
         fields["train_budget"] = float(change.removeprefix("budget"))
     elif change.startswith("steps"):
@@ -81,14 +81,14 @@ def main() -> None:
     reset_parameters = selector_visionselector.VisionSelectorScorer.reset_parameters
     tokens_to_keep = training_recipe.tokens_to_keep
     for variant in args.variant:
-        fields, overrides = {}, {}
+        fields = {}
         selector_visionselector.VisionSelectorScorer.reset_parameters = reset_parameters
         training_recipe.tokens_to_keep = tokens_to_keep
         for change in variant.split("+"):
-            apply_change(change, fields, overrides, parser)
+            apply_change(change, fields, parser)
         adapter = output / f"{run.name}-{variant}"
         recipe = ReproduceArguments(output=str(output), **{"seed": 0, **fields})
-        train_selector("visionselector", run / "base", run / "selector_data" / "train.json", adapter, recipe, overrides)
+        train_selector("visionselector", run / "base", run / "selector_data" / "train.json", adapter, recipe)
         result = evaluate.run_eval(
             evaluate.EvalArguments(
                 model=str(run / "base"),
