@@ -9,7 +9,8 @@ examples at budget 0.1:
 
 - `initX`: the scorer's weights start at N(0, X) instead of `scorer_init_std` (0.001);
 - `lambdaX`: the BCE constraint ramps from 0.1 to X instead of the recipe's `--visionselector_lambda_end` (2.0);
-- `budgetX`: trained at budget X instead of `--train_budget` (0.1; paper 000 recommends 0.2);
+- `budgetX`: trained at budget X instead of `--visionselector_train_budget` (0.05; before 2026-11-27 the recipe
+  trained it at 0.1; paper 000 recommends 0.2);
 - `stepsN`: N optimiser steps instead of the recipe's 1,500;
 - `seedN`: the recipe's `--seed` N instead of 0 (the scorer's start and the data order);
 - `mixX-Y`: each image's training budget drawn uniformly from [X, Y] (torch's generator, which the Trainer seeds), so
@@ -45,7 +46,7 @@ def apply_change(change: str, fields: dict, parser) -> None:
     elif change.startswith("lambda"):
         fields["visionselector_lambda_end"] = float(change.removeprefix("lambda"))
     elif change.startswith("budget"):
-        fields["train_budget"] = float(change.removeprefix("budget"))
+        fields["visionselector_train_budget"] = float(change.removeprefix("budget"))
     elif change.startswith("steps"):
         fields["selector_method_steps"] = f"visionselector={int(change.removeprefix('steps'))}"
     elif change.startswith("seed"):

@@ -385,16 +385,29 @@ def test_reproduce_reruns_only_the_stages_that_read_a_changed_downstream_argumen
     assert selectors_run == [] and evals[6:] == [3, 2]
     # visionselector's constraint: that selector alone trains again (with it), then the evals.
     constant = dataclasses.replace(both, eval_tasks="v2,v1", v1_eval_limit=2, visionselector_lambda_end=0.7)
-    lambdas, real_arguments = [], pipeline.TokenPruneTrainingArguments
+    trained, real_arguments = [], pipeline.TokenPruneTrainingArguments
 
     def training_arguments(**fields):
-        lambdas.append(fields.get("lambda_end"))
+        trained.append((fields.get("lambda_end"), fields["train_budget"]))
         return real_arguments(**fields)
 
     monkeypatch.setattr(pipeline, "TokenPruneTrainingArguments", training_arguments)
     run_reproduce(constant)
-    assert selectors_run == [("visionselector", 3 if method == "visionselector" else 2)] and lambdas == [0.7]
+    visionselector_run = [("visionselector", 3 if method == "visionselector" else 2)]
+    assert selectors_run == visionselector_run and trained == [(0.7, 0.05)]
     assert evals[8:] == [3, 2]
+    # visionselector's own budget: that selector alone trains again at it, then the evals; `train_budget` is the
+    # other selectors' (the first run above trained them at its default 0.1).
+    selectors_run.clear()
+    run_reproduce(dataclasses.replace(constant, visionselector_train_budget=0.2))
+    assert selectors_run == visionselector_run and trained[1:] == [(0.7, 0.2)]
+    assert evals[10:] == [3, 2]
+    selectors_run.clear()
+    run_reproduce(dataclasses.replace(constant, visionselector_train_budget=0.2, train_budget=0.3))
+    assert [name for name, _ in selectors_run] == list(BUNDLED_METHODS)
+    assert [budget for _, budget in trained[2:]] == [
+        0.2 if name == "visionselector" else 0.3 for name in BUNDLED_METHODS
+    ]
 
 
 @pytest.mark.parametrize(
@@ -405,6 +418,32 @@ def test_bad_selector_method_steps_fail_before_anything_runs(tmp_path, value):
     with pytest.raises(ValueError, match="selector_method_steps"):
         run_reproduce(args)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["train_budget", "visionselector_train_budget"])
+@pytest.mark.parametrize("value", [0.0, 1.5, -0.1])
+def test_bad_training_budgets_fail_before_anything_runs(tmp_path, name, value):
+    args = ReproduceArguments(output=str(tmp_path / "run"), **{**TOY_RECIPE, name: value})
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        run_reproduce(args)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_from_before_visionselector_had_its_own_budget_trained_it_at_train_budget(tmp_path):
+    """stages.json without `visionselector_train_budget` means visionselector trained at the run's `train_budget`:
+    resumed at that value every stage stays done; at today's default (0.05) that selector and the evals rerun."""
+    run = tmp_path / "run"
+    run.mkdir()
+    arguments = {key: value for key, value in dataclasses.asdict(ReproduceArguments(train_budget=0.2)).items()}
+    for key in ("output", "threads", "bundle", "bundle_dir", "visionselector_train_budget"):
+        arguments.pop(key)
+    done = {"vision": 1.0, "records": 1.0, "selector-visionselector": 1.0, "selector-autoselect": 1.0, "eval-v2": 1.0}
+    (run / "stages.json").write_text(json.dumps({"arguments": arguments, "done": done}))
+    assert ReproduceArguments().visionselector_train_budget == 0.05
+    stages = Stages(run, ReproduceArguments(output=str(run), train_budget=0.2, visionselector_train_budget=0.2))
+    assert all(stages.done(stage) for stage in done)
+    stages = Stages(run, ReproduceArguments(output=str(run), train_budget=0.2))
+    assert [stage for stage in done if stages.done(stage)] == ["vision", "records", "selector-autoselect"]
 
 
 def test_reproduce_refuses_to_resume_with_other_arguments(tmp_path):
@@ -438,16 +477,17 @@ def test_reproduce_reads_a_run_recorded_before_an_argument_existed_at_its_value_
 @pytest.mark.parametrize("name", ["testbed-v2", "testbed-v3", "testbed-v5", "testbed-v6"])
 def test_the_committed_runs_resume_with_the_arguments_they_ran_at(tmp_path, name):
     """Each committed run's stages.json, read with the arguments the docs give for it (testbed-v2 and v3 at 4 layers
-    from before `vlm_layers` existed, testbed-v5 and v6 at today's defaults; all of them 128 wide, recorded before
-    `vlm_width` existed), resumes with every stage done; another depth or width is refused."""
+    from before `vlm_layers` existed, and from before visionselector had its own training budget; testbed-v5 and v6 at
+    today's defaults; all of them 128 wide, recorded before `vlm_width` existed), resumes with every stage done; another depth or width is refused."""
     run = tmp_path / name
     run.mkdir()
     shutil.copyfile(Path(__file__).resolve().parents[1] / "runs" / name / "stages.json", run / "stages.json")
     done = json.loads((run / "stages.json").read_text())["done"]
     old_schedule = "2000:2e-3:easy,2000:1e-3:full:8000,1000:1e-3:full:6000:1,1000:1e-3:full:6000:1"
+    before_own_budget = dict(visionselector_train_budget=0.1)  # visionselector trained at `train_budget` then
     ran_at = {
-        "testbed-v2": dict(vlm_layers=4, vlm_relevance_layer=2, vlm_schedule=old_schedule),
-        "testbed-v3": dict(vlm_layers=4, vlm_relevance_layer=3, vlm_schedule=old_schedule),
+        "testbed-v2": dict(vlm_layers=4, vlm_relevance_layer=2, vlm_schedule=old_schedule, **before_own_budget),
+        "testbed-v3": dict(vlm_layers=4, vlm_relevance_layer=3, vlm_schedule=old_schedule, **before_own_budget),
         "testbed-v5": {},
         "testbed-v6": {},
     }[name]
