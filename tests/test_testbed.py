@@ -478,7 +478,8 @@ def test_reproduce_reads_a_run_recorded_before_an_argument_existed_at_its_value_
 def test_the_committed_runs_resume_with_the_arguments_they_ran_at(tmp_path, name):
     """Each committed run's stages.json, read with the arguments the docs give for it (testbed-v2 and v3 at 4 layers
     from before `vlm_layers` existed, and from before visionselector had its own training budget; testbed-v5 and v6 at
-    today's defaults; all of them 128 wide, recorded before `vlm_width` existed), resumes with every stage done; another depth or width is refused."""
+    today's defaults; all of them 128 wide, recorded before `vlm_width` existed), resumes with every stage done;
+    another depth or width is refused."""
     run = tmp_path / name
     run.mkdir()
     shutil.copyfile(Path(__file__).resolve().parents[1] / "runs" / name / "stages.json", run / "stages.json")
